@@ -1,0 +1,148 @@
+"""Flow's settings: every environment variable the service reads, typed and documented.
+
+One ``Settings`` class (pydantic-settings) reads the process environment and an
+optional ``.env`` file. ``env.example`` documents the same variables; a test checks
+that the two never drift apart. Secrets are ``SecretStr`` so they never print.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRET = "change-me"
+
+
+class Settings(BaseSettings):
+    """Flow's configuration. Field names map to upper-case environment variables.
+
+    Parameters:
+        flow_env: ``development``, ``test`` or ``production``. Production refuses the
+            simulated transport and placeholder secrets.
+        supabase_url: Supabase project URL (or the local stack's gateway).
+        supabase_service_role_key: service-role JWT; Flow only ever acts as service_role.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- service -----------------------------------------------------------
+    flow_env: Literal["development", "test", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    flow_log_level: str = "INFO"
+    flow_max_body_bytes: int = 64 * 1024
+
+    # --- database ----------------------------------------------------------
+    supabase_url: str = ""
+    supabase_service_role_key: SecretStr = SecretStr("")
+    supabase_timeout_seconds: float = 10.0
+
+    # --- auth --------------------------------------------------------------
+    unkey_root_key: SecretStr = SecretStr("")
+    unkey_base_url: str = ""
+    unkey_timeout_seconds: float = 5.0
+    flow_auth_cache_ttl_seconds: float = Field(default=10.0, ge=0, le=30)
+
+    # --- bot ---------------------------------------------------------------
+    openai_api_key: SecretStr = SecretStr("")
+    openai_base_url: str = ""
+    flow_llm_model: str = "gpt-4o-mini"
+    flow_system_prompt: str = (
+        "You are a friendly, concise voice assistant. Answer in one or two short sentences."
+    )
+    flow_greeting: str = ""
+    flow_tts_provider: Literal["openai", "deepgram"] = "openai"
+    flow_tts_model: str = "tts-1"
+    flow_tts_voice: str = "alloy"
+    deepgram_api_key: SecretStr = SecretStr("")
+    flow_stt_model: str = ""
+    daily_api_key: SecretStr = SecretStr("")
+    flow_max_bots: int = Field(default=20, ge=1)
+    flow_max_call_seconds: float = Field(default=1800.0, gt=0)
+    flow_idle_timeout_seconds: float = Field(default=120.0, gt=0)
+    flow_max_script_turns: int = Field(default=50, ge=1)
+    flow_max_prompt_chars: int = Field(default=8000, ge=1)
+
+    # --- metering ----------------------------------------------------------
+    flow_meter_flush_seconds: float = Field(default=1.0, gt=0)
+    flow_spool_dir: Path = Path(".flow/spool")
+    flow_price_overrides: str = ""
+    flow_voice_prices: str = ""
+
+    # --- post-call ---------------------------------------------------------
+    flow_insights_model: str = "gpt-4o-mini"
+    flow_webhook_secret: SecretStr = SecretStr("")
+    flow_webhook_allow_private: bool = False
+
+    # --- PostHog live capture ---------------------------------------------
+    posthog_api_key: SecretStr = SecretStr("")
+    posthog_host: str = ""
+    posthog_capture_content: bool = False
+
+    # --- exports -----------------------------------------------------------
+    flow_secret_key: SecretStr = SecretStr("")
+    flow_sync_enabled: bool = True
+    flow_sync_tick_seconds: float = Field(default=15.0, gt=0)
+    flow_export_source_id: str = "prism-gateway"
+
+    @field_validator("supabase_url", "openai_base_url", "unkey_base_url", "posthog_host")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_in_production(self) -> Settings:
+        if self.flow_env == "production":
+            for name in ("flow_secret_key", "flow_webhook_secret"):
+                value: SecretStr = getattr(self, name)
+                if value.get_secret_value() == PLACEHOLDER_SECRET:
+                    raise ValueError(f"{name.upper()} must be changed from the placeholder")
+        for name in ("flow_price_overrides", "flow_voice_prices"):
+            raw = getattr(self, name)
+            if raw:
+                try:
+                    parsed = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{name.upper()} is not valid JSON: {exc}") from exc
+                if not isinstance(parsed, dict):
+                    raise ValueError(f"{name.upper()} must be a JSON object")
+        return self
+
+    # --- derived -----------------------------------------------------------
+    @property
+    def unkey_enabled(self) -> bool:
+        return bool(self.unkey_root_key.get_secret_value())
+
+    @property
+    def posthog_enabled(self) -> bool:
+        return bool(self.posthog_api_key.get_secret_value())
+
+    def price_overrides(self) -> dict[str, dict[str, Decimal]]:
+        """Per-model negotiated prices in USD per million tokens (``input``, ``output``,
+        ``cache_read``), keyed by model name."""
+        return _decimal_table(self.flow_price_overrides)
+
+    def voice_prices(self) -> dict[str, dict[str, Decimal]]:
+        """Voice vendor price overrides keyed by ``provider/model``: ``per_character`` or
+        ``per_second`` in USD."""
+        return _decimal_table(self.flow_voice_prices)
+
+
+def _decimal_table(raw: str) -> dict[str, dict[str, Decimal]]:
+    if not raw:
+        return {}
+    parsed: dict[str, Any] = json.loads(raw, parse_float=Decimal, parse_int=Decimal)
+    return {k: {f: Decimal(v) for f, v in row.items()} for k, row in parsed.items()}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
