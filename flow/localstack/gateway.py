@@ -50,9 +50,7 @@ def build_app(upstream: str) -> web.Application:
             request.method, url, params=request.query, headers=headers, data=body or None
         ) as resp:
             payload = await resp.read()
-            out_headers = {
-                k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS
-            }
+            out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
             if "Content-Encoding" in resp.headers:
                 out_headers["Content-Encoding"] = resp.headers["Content-Encoding"]
             return web.Response(status=resp.status, body=payload, headers=out_headers)

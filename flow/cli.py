@@ -1,0 +1,150 @@
+"""The ``flow`` command: serve the API, manage keys, run the local stack.
+
+Each subcommand is a small function registered in :func:`build_parser`; long work
+prints progress to stderr and results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from flow.config import get_settings
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+async def _client() -> Any:
+    from flow.db.client import create_client
+
+    return await create_client(get_settings())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "flow.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level=settings.flow_log_level.lower(),
+    )
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from flow.db import keys
+
+    async def go() -> int:
+        row, plaintext = await keys.create_local_key(await _client(), args.name, args.owner)
+        print(f"created key {row['id']} ({row['key_prefix']}...) named {row['name']!r}")
+        print("store it now, it is not shown again:", file=sys.stderr)
+        print(plaintext)
+        return 0
+
+    return _run(go())
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from flow.db import keys
+
+    async def go() -> int:
+        revoked = await keys.revoke_key(await _client(), args.key)
+        if not revoked:
+            print(f"no active key matches {args.key!r}", file=sys.stderr)
+            return 1
+        for row in revoked:
+            print(f"revoked {row['id']} ({row['name']})")
+        return 0
+
+    return _run(go())
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from flow.db import keys
+
+    async def go() -> int:
+        for row in await keys.list_keys(await _client()):
+            state = "active" if row["is_active"] else "revoked"
+            ident = row["key_prefix"] or row["unkey_key_id"]
+            print(f"{row['id']}  {ident:<16}  {state:<8}  {row['name']}")
+        return 0
+
+    return _run(go())
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from flow.localstack.__main__ import main as stack_main
+
+    return stack_main([args.action])
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the effective settings with secrets masked."""
+    settings = get_settings()
+    print(json.dumps(json.loads(settings.model_dump_json()), indent=2, default=str))
+    return 0
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flow", description="Voice bots that meter every cent: per call, per key."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API (and the export scheduler)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage local API keys (when Unkey is not used)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--owner", default=None)
+    create.set_defaults(func=cmd_keys_create)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id or prefix")
+    revoke.add_argument("key")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    keys_sub.add_parser("list", help="list keys").set_defaults(func=cmd_keys_list)
+
+    stack = sub.add_parser("stack", help="the local Supabase-compatible stack")
+    stack.add_argument("action", choices=["install", "up", "down", "env", "status"])
+    stack.set_defaults(func=cmd_stack)
+
+    sub.add_parser("config", help="print effective settings (secrets masked)").set_defaults(
+        func=cmd_config
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Command = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error, not a traceback, for operators
+        from flow.db.client import DatabaseError, DatabaseUnavailable
+
+        if isinstance(exc, DatabaseError | DatabaseUnavailable):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The async supabase-py client (PostgREST over HTTP) and its error mapping.
+
+Failure behaviour: an unreachable database raises :class:`DatabaseUnavailable` (callers
+retry, spool or answer 503); a request the database refuses raises
+:class:`DatabaseError` with PostgREST's code and message (callers answer 4xx).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import httpx
+from postgrest.exceptions import APIError
+
+from flow.config import Settings
+from supabase import AsyncClient, AsyncClientOptions, acreate_client
+
+T = TypeVar("T")
+
+# SQLSTATE classes 08 (connection), 53 (resources), 57 (shutdown), 58 (system) and
+# PostgREST's PGRST000-003 (cannot reach or pool the database): worth a retry.
+UNAVAILABLE_CODES = ("08", "53", "57", "58", "PGRST000", "PGRST001", "PGRST002", "PGRST003")
+
+
+class DatabaseError(Exception):
+    """The database refused the request (constraint, validation, permission)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached (network, timeout, 5xx from the gateway)."""
+
+
+async def create_client(settings: Settings) -> AsyncClient:
+    if not settings.supabase_url or not settings.supabase_service_role_key.get_secret_value():
+        raise DatabaseUnavailable(
+            "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are not set "
+            "(run scripts/stack-up for a local stack)"
+        )
+    return await acreate_client(
+        settings.supabase_url,
+        settings.supabase_service_role_key.get_secret_value(),
+        options=AsyncClientOptions(
+            postgrest_client_timeout=settings.supabase_timeout_seconds,
+            auto_refresh_token=False,
+            persist_session=False,
+        ),
+    )
+
+
+async def call(op: Callable[[], Awaitable[T]]) -> T:
+    """Run one supabase-py request, translating its failures into ours."""
+    try:
+        return await op()
+    except APIError as exc:
+        code = str(exc.code) if exc.code else None
+        if code and code.startswith(UNAVAILABLE_CODES):
+            raise DatabaseUnavailable(exc.message or "database unavailable") from exc
+        if exc.message and "JSON could not be generated" in exc.message:
+            raise DatabaseUnavailable(exc.message) from exc
+        raise DatabaseError(exc.message or str(exc), code) from exc
+    except (httpx.TransportError, OSError) as exc:
+        raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}") from exc
+    except json.JSONDecodeError as exc:  # a gateway answering HTML
+        raise DatabaseUnavailable("database gateway answered garbage") from exc
+
+
+def loads_exact(text: str | None) -> Any:
+    """Parse JSON keeping numbers exact (Decimal), for money read back from jsonb."""
+    if text is None:
+        return None
+    return json.loads(text, parse_float=Decimal)
+
+
+def rows_of(res: Any) -> list[dict[str, Any]]:
+    """The rows of a PostgREST response, typed."""
+    data = res.data
+    return [dict(r) for r in data] if isinstance(data, list) else []
+
+
+def first_of(res: Any) -> dict[str, Any] | None:
+    found = rows_of(res)
+    return found[0] if found else None

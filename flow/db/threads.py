@@ -1,0 +1,123 @@
+"""``workflow_threads``: one row per call, owned by an API key.
+
+Status moves pending -> starting -> running -> processing -> completed, or to failed
+with ``error_stage``/``error_code``/``error_message``. Updates name their columns;
+``usage_stats`` is written only by ``record_usage_events`` in SQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid4
+
+from postgrest.types import ReturnMethod
+
+from flow.db.client import call, first_of, loads_exact, rows_of
+from supabase import AsyncClient
+
+THREAD_COLUMNS = (
+    "workflow_thread_id,api_key_id,status,error_stage,error_code,error_message,transport,"
+    "room_url,bot_config,script,end_user_id,process_insights,analysis_prompt,webhook_url,"
+    "metadata,transcript,insights,posthog_trace_id,bot_started_at,bot_ended_at,created_at,"
+    "updated_at,usage_stats_json:usage_stats::text"
+)
+ACTIVE_STATUSES = ("pending", "starting", "running", "processing")
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    row["usage_stats"] = loads_exact(row.pop("usage_stats_json", None)) or {}
+    return row
+
+
+async def create_thread(
+    sb: AsyncClient, *, api_key_id: UUID | str, **fields: Any
+) -> dict[str, Any]:
+    """Insert a pending thread; its PostHog trace id is the thread id."""
+    thread_id = str(fields.pop("workflow_thread_id", None) or uuid4())
+    row = {
+        "workflow_thread_id": thread_id,
+        "api_key_id": str(api_key_id),
+        "posthog_trace_id": thread_id,
+        "usage_stats": {"posthog_trace_id": thread_id},
+        **fields,
+    }
+    res = await call(lambda: sb.table("workflow_threads").insert(row).execute())
+    return rows_of(res)[0]
+
+
+async def get_thread(
+    sb: AsyncClient, thread_id: UUID | str, api_key_id: UUID | str | None = None
+) -> dict[str, Any] | None:
+    """The thread, or None; with ``api_key_id`` another key's thread is None too."""
+    try:
+        UUID(str(thread_id))
+    except ValueError:
+        return None
+    query = (
+        sb.table("workflow_threads").select(THREAD_COLUMNS).eq("workflow_thread_id", str(thread_id))
+    )
+    if api_key_id is not None:
+        query = query.eq("api_key_id", str(api_key_id))
+    res = await call(lambda: query.limit(1).execute())
+    found = first_of(res)
+    return _decode(found) if found else None
+
+
+async def update_thread(sb: AsyncClient, thread_id: UUID | str, **columns: Any) -> None:
+    """Set the named columns of one thread (never ``usage_stats``)."""
+    if "usage_stats" in columns:
+        raise ValueError("usage_stats is written only by record_usage_events")
+    await call(
+        lambda: (
+            sb.table("workflow_threads")
+            .update(columns, returning=ReturnMethod.minimal)
+            .eq("workflow_thread_id", str(thread_id))
+            .execute()
+        )
+    )
+
+
+async def set_status(
+    sb: AsyncClient,
+    thread_id: UUID | str,
+    status: str,
+    *,
+    only_from: tuple[str, ...] | None = None,
+    **columns: Any,
+) -> bool:
+    """Move a thread to ``status`` (optionally only from the given statuses, atomically);
+    returns whether the row changed."""
+    query = (
+        sb.table("workflow_threads")
+        .update({"status": status, **columns})
+        .eq("workflow_thread_id", str(thread_id))
+    )
+    if only_from:
+        query = query.in_("status", list(only_from))
+    res = await call(lambda: query.execute())
+    return bool(res.data)
+
+
+async def fail_thread(
+    sb: AsyncClient, thread_id: UUID | str, *, stage: str, code: str, message: str
+) -> None:
+    await update_thread(
+        sb,
+        thread_id,
+        status="failed",
+        error_stage=stage,
+        error_code=code,
+        error_message=message[:2000],
+    )
+
+
+async def list_unfinished(sb: AsyncClient) -> list[dict[str, Any]]:
+    res = await call(
+        lambda: (
+            sb.table("workflow_threads")
+            .select("workflow_thread_id,status")
+            .in_("status", list(ACTIVE_STATUSES))
+            .execute()
+        )
+    )
+    return rows_of(res)

@@ -1,0 +1,25 @@
+"""``usage_events``: the ledger, written only through ``record_usage_events``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flow.db.client import call
+from flow.metering.events import UsageEvent
+from supabase import AsyncClient
+
+MAX_BATCH = 10_000
+
+
+async def record_usage_events(sb: AsyncClient, events: Sequence[UsageEvent]) -> int:
+    """Record a batch exactly once: returns how many events were new. The whole batch
+    is applied or refused (a bad event rejects the batch with the reason)."""
+    if not events:
+        return 0
+    inserted = 0
+    for start in range(0, len(events), MAX_BATCH):
+        rows = [e.to_row() for e in events[start : start + MAX_BATCH]]
+        res: Any = await call(sb.rpc("record_usage_events", {"events": rows}).execute)
+        inserted += int(res.data)
+    return inserted

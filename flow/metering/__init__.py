@@ -1,0 +1,1 @@
+"""Metering: the usage event, its price, and the meter that records it exactly once."""

@@ -1,0 +1,126 @@
+"""The usage event: one metered unit of work (an LLM inference, a TTS request, an STT
+increment), the row of the ledger.
+
+An event gets its id the moment it is created and keeps it through every retry, spool
+replay and export: the id is the idempotency key everywhere (the ledger's primary key,
+PostHog's ``uuid``, Mixpanel's ``$insert_id``). Counts follow the OpenAI/OpenTelemetry
+convention: ``input_tokens`` counts every prompt token, cached ones included, and
+``cache_read_tokens`` is the cached part of it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+COST_QUANTUM = Decimal("0.0000000001")  # numeric(20, 10) in the ledger
+SECONDS_QUANTUM = Decimal("0.001")  # numeric(14, 3)
+
+
+class UsageKind(StrEnum):
+    LLM = "llm"
+    TTS = "tts"
+    STT = "stt"
+
+
+class UsageCategory(StrEnum):
+    BOT = "bot"
+    INSIGHTS = "insights"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def quantize_cost(value: Decimal) -> Decimal:
+    """Round a cost to the ledger's precision, so Python and SQL sums agree exactly."""
+    return value.quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def event_id_from(namespace: str, key: str) -> uuid.UUID:
+    """A deterministic event id (for usage whose source has its own id, like an
+    OpenAI response id): retrying the same work yields the same id."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"flow:{namespace}:{key}")
+
+
+class UsageEvent(BaseModel):
+    """One row of the usage ledger.
+
+    Parameters:
+        id: idempotency key, fixed at creation.
+        kind: ``llm``, ``tts`` or ``stt``.
+        category: ``bot`` (during the call) or ``insights`` (post-call).
+        input_tokens: every prompt token, cached included (gross).
+        cache_read_tokens: the cached part of ``input_tokens``.
+        characters: TTS characters synthesised.
+        audio_seconds: STT audio transcribed.
+        cost_usd: price in USD; ``None`` means unpriced (unknown model), never zero.
+        estimated: counts estimated by Flow (an interrupted completion reported none).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    workflow_thread_id: uuid.UUID
+    api_key_id: uuid.UUID
+    end_user_id: str | None = Field(default=None, max_length=255)
+    occurred_at: datetime = Field(default_factory=utcnow)
+    kind: UsageKind
+    category: UsageCategory = UsageCategory.BOT
+    provider: str = Field(min_length=1, max_length=100)
+    model: str = Field(min_length=1, max_length=200)
+    processor: str | None = None
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cache_read_tokens: int = Field(default=0, ge=0)
+    cache_write_tokens: int = Field(default=0, ge=0)
+    reasoning_tokens: int = Field(default=0, ge=0)
+    characters: int = Field(default=0, ge=0)
+    audio_seconds: Decimal = Field(default=Decimal(0), ge=0)
+    cost_usd: Decimal | None = Field(default=None, ge=0)
+    latency_ms: Decimal | None = Field(default=None, ge=0)
+    status_code: int | None = None
+    is_error: bool = False
+    cache_hit: bool = False
+    estimated: bool = False
+
+    @field_validator("audio_seconds", mode="after")
+    @classmethod
+    def _seconds_to_ledger_precision(cls, v: Decimal) -> Decimal:
+        return v.quantize(SECONDS_QUANTUM, rounding=ROUND_HALF_UP)
+
+    @field_validator("cost_usd", mode="after")
+    @classmethod
+    def _cost_to_ledger_precision(cls, v: Decimal | None) -> Decimal | None:
+        return None if v is None else quantize_cost(v)
+
+    @field_validator("latency_ms", mode="after")
+    @classmethod
+    def _latency_to_ledger_precision(cls, v: Decimal | None) -> Decimal | None:
+        return None if v is None else v.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+    @model_validator(mode="after")
+    def _check(self) -> UsageEvent:
+        if self.cache_read_tokens > self.input_tokens:
+            raise ValueError("cache_read_tokens cannot exceed input_tokens (gross convention)")
+        if self.occurred_at.tzinfo is None:
+            raise ValueError("occurred_at must be timezone-aware")
+        return self
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def to_row(self) -> dict[str, Any]:
+        """The JSON object ``record_usage_events`` takes (Decimals as exact strings)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> UsageEvent:
+        fields = {k: v for k, v in row.items() if k in cls.model_fields}
+        return cls.model_validate(fields)

@@ -1,0 +1,188 @@
+"""Prices for every metered unit, in Decimal USD.
+
+- LLM tokens: negotiated per-model overrides first (``FLOW_PRICE_OVERRIDES``), then
+  genai-prices (historical prices, cached tokens at the cached rate).
+- TTS characters and STT seconds: a small table of our own for voice vendors
+  (genai-prices does not cover Deepgram or Cartesia), overridable per ``provider/model``
+  with ``FLOW_VOICE_PRICES``.
+
+Token counts arrive here in the gross convention (``input_tokens`` includes cached
+tokens); :func:`gross_input_tokens` converts the net counts some providers report.
+An unknown model prices as ``None``: the event is recorded and counted as unpriced.
+Pricing never raises, never prices at zero for lack of a price, and never borrows
+another model's price.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from genai_prices import Usage, calc_price
+
+from flow.metering.events import quantize_cost
+
+log = logging.getLogger(__name__)
+
+MTOK = Decimal(1_000_000)
+
+# Providers whose usage reports prompt tokens NET of cache reads/writes (Pipecat passes
+# the vendor's numbers through): Anthropic's Messages API and Bedrock's Converse API.
+NET_PROMPT_PROVIDERS = frozenset({"anthropic", "aws", "bedrock", "aws_bedrock"})
+
+# USD per character (TTS) and per second (STT), as published by each vendor.
+# Keys are ``provider/model``; ``provider/*`` applies to any model of that vendor.
+DEFAULT_VOICE_PRICES: dict[str, dict[str, Decimal]] = {
+    # OpenAI TTS: $15 / $30 per 1M characters.
+    "openai/tts-1": {"per_character": Decimal("0.000015")},
+    "openai/tts-1-hd": {"per_character": Decimal("0.00003")},
+    # OpenAI transcription: $0.006 / $0.003 per minute.
+    "openai/whisper-1": {"per_second": Decimal("0.0001")},
+    "openai/gpt-4o-transcribe": {"per_second": Decimal("0.0001")},
+    "openai/gpt-4o-mini-transcribe": {"per_second": Decimal("0.00005")},
+    # Deepgram: Aura $0.015 / Aura-2 $0.030 per 1K characters;
+    # Nova-3 streaming $0.0077/min, Nova-2 streaming $0.0058/min.
+    "deepgram/aura": {"per_character": Decimal("0.000015")},
+    "deepgram/aura-2": {"per_character": Decimal("0.00003")},
+    "deepgram/nova-3": {"per_minute": Decimal("0.0077")},
+    "deepgram/nova-2": {"per_minute": Decimal("0.0058")},
+}
+
+
+def gross_input_tokens(
+    provider: str, prompt_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
+) -> int:
+    """Prompt tokens in the gross convention (cached tokens included)."""
+    if provider.lower() in NET_PROMPT_PROVIDERS:
+        return prompt_tokens + cache_read_tokens + cache_write_tokens
+    return prompt_tokens
+
+
+@dataclass(frozen=True)
+class LLMPrice:
+    input_cost_usd: Decimal
+    output_cost_usd: Decimal
+
+    @property
+    def total_cost_usd(self) -> Decimal:
+        return self.input_cost_usd + self.output_cost_usd
+
+
+class PriceBook:
+    """Looks up prices; built once from settings and shared by every meter."""
+
+    def __init__(
+        self,
+        llm_overrides: dict[str, dict[str, Decimal]] | None = None,
+        voice_prices: dict[str, dict[str, Decimal]] | None = None,
+    ) -> None:
+        self._llm_overrides = {k.lower(): v for k, v in (llm_overrides or {}).items()}
+        self._voice = {**DEFAULT_VOICE_PRICES}
+        self._voice.update({k.lower(): v for k, v in (voice_prices or {}).items()})
+
+    @classmethod
+    def from_settings(cls) -> PriceBook:
+        from flow.config import get_settings
+
+        settings = get_settings()
+        return cls(settings.price_overrides(), settings.voice_prices())
+
+    # --- LLM -----------------------------------------------------------------
+    def llm(
+        self,
+        provider: str,
+        model: str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        at: datetime | None = None,
+    ) -> LLMPrice | None:
+        """Price one inference given GROSS input tokens; None when the model is unknown."""
+        override = self._llm_overrides.get(model.lower())
+        if override is not None:
+            uncached = input_tokens - cache_read_tokens
+            input_rate = override.get("input", Decimal(0))
+            cache_rate = override.get("cache_read", input_rate)
+            return LLMPrice(
+                input_cost_usd=quantize_cost(
+                    (uncached * input_rate + cache_read_tokens * cache_rate) / MTOK
+                ),
+                output_cost_usd=quantize_cost(output_tokens * override.get("output", 0) / MTOK),
+            )
+        try:
+            calc = _calc(
+                provider.lower() or None,
+                model,
+                input_tokens,
+                output_tokens,
+                cache_read_tokens,
+                cache_write_tokens,
+                at,
+            )
+        except LookupError:
+            log.warning("no price for model %s/%s: recorded as unpriced", provider, model)
+            return None
+        except Exception:  # a malformed price entry must not lose the usage
+            log.exception("pricing failed for %s/%s: recorded as unpriced", provider, model)
+            return None
+        return LLMPrice(quantize_cost(calc[0]), quantize_cost(calc[1]))
+
+    # --- voice ---------------------------------------------------------------
+    def _voice_rate(self, provider: str, model: str) -> dict[str, Decimal] | None:
+        """Exact ``provider/model``, else the longest model family (Deepgram voices are
+        named ``aura-2-thalia-en``), else ``provider/*``."""
+        provider, model = provider.lower(), model.lower()
+        exact = self._voice.get(f"{provider}/{model}")
+        if exact is not None:
+            return exact
+        families = [
+            key
+            for key in self._voice
+            if key.startswith(provider + "/") and model.startswith(key.split("/", 1)[1] + "-")
+        ]
+        if families:
+            return self._voice[max(families, key=len)]
+        return self._voice.get(f"{provider}/*")
+
+    def tts(self, provider: str, model: str, characters: int) -> Decimal | None:
+        rate = self._voice_rate(provider, model)
+        if rate is None or "per_character" not in rate:
+            log.warning("no TTS price for %s/%s: recorded as unpriced", provider, model)
+            return None
+        return quantize_cost(characters * rate["per_character"])
+
+    def stt(self, provider: str, model: str, audio_seconds: Decimal) -> Decimal | None:
+        rate = self._voice_rate(provider, model)
+        if rate is not None and "per_second" in rate:
+            return quantize_cost(audio_seconds * rate["per_second"])
+        if rate is not None and "per_minute" in rate:
+            return quantize_cost(audio_seconds * rate["per_minute"] / 60)
+        log.warning("no STT price for %s/%s: recorded as unpriced", provider, model)
+        return None
+
+
+def _calc(
+    provider: str | None,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int,
+    cache_write_tokens: int,
+    at: datetime | None,
+) -> tuple[Decimal, Decimal]:
+    result = calc_price(
+        Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cache_read_tokens or None,
+            cache_write_tokens=cache_write_tokens or None,
+        ),
+        model,
+        provider_id=provider,
+        genai_request_timestamp=at,
+    )
+    return result.input_price, result.output_price

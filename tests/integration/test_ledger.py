@@ -1,0 +1,253 @@
+"""The exactly-once ledger against the real stack (Postgres + PostgREST + supabase-py)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from flow import localstack
+from flow.db import threads as threads_repo
+from flow.db.client import DatabaseError, call, rows_of
+from flow.db.usage import record_usage_events
+from flow.metering.events import UsageEvent, UsageKind
+from flow.metering.pricing import PriceBook
+from supabase import AsyncClient, acreate_client
+
+BOOK = PriceBook()
+
+
+def llm_event(thread: dict[str, Any], model: str = "gpt-4o-mini", **kw: Any) -> UsageEvent:
+    input_tokens = kw.pop("input_tokens", random.randint(50, 5000))
+    output_tokens = kw.pop("output_tokens", random.randint(1, 500))
+    cached = kw.pop("cache_read_tokens", random.randint(0, input_tokens))
+    price = BOOK.llm(
+        "openai",
+        model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cached,
+    )
+    return UsageEvent(
+        workflow_thread_id=thread["workflow_thread_id"],
+        api_key_id=thread["api_key_id"],
+        kind=UsageKind.LLM,
+        provider="openai",
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cached,
+        cost_usd=price.total_cost_usd if price else None,
+        **kw,
+    )
+
+
+def tts_event(thread: dict[str, Any], characters: int) -> UsageEvent:
+    return UsageEvent(
+        workflow_thread_id=thread["workflow_thread_id"],
+        api_key_id=thread["api_key_id"],
+        kind=UsageKind.TTS,
+        provider="openai",
+        model="tts-1",
+        characters=characters,
+        cost_usd=BOOK.tts("openai", "tts-1", characters),
+    )
+
+
+def stt_event(thread: dict[str, Any], seconds: str) -> UsageEvent:
+    return UsageEvent(
+        workflow_thread_id=thread["workflow_thread_id"],
+        api_key_id=thread["api_key_id"],
+        kind=UsageKind.STT,
+        provider="deepgram",
+        model="nova-3",
+        audio_seconds=Decimal(seconds),
+        cost_usd=BOOK.stt("deepgram", "nova-3", Decimal(seconds)),
+    )
+
+
+async def ledger_rows(sb: AsyncClient, thread_id: str) -> list[dict[str, Any]]:
+    res = await call(
+        sb.table("usage_events")
+        .select("id,input_tokens,output_tokens,characters,audio_seconds::text,cost_usd::text")
+        .eq("workflow_thread_id", thread_id)
+        .execute
+    )
+    return rows_of(res)
+
+
+def expected_stats(events: list[UsageEvent]) -> dict[str, Any]:
+    distinct = {e.id: e for e in events}.values()
+    priced = [e.cost_usd for e in distinct if e.cost_usd is not None]
+    return {
+        "events": len(distinct),
+        "llm_calls": sum(1 for e in distinct if e.kind == UsageKind.LLM),
+        "input_tokens": sum(e.input_tokens for e in distinct),
+        "output_tokens": sum(e.output_tokens for e in distinct),
+        "total_tokens": sum(e.total_tokens for e in distinct),
+        "cache_read_tokens": sum(e.cache_read_tokens for e in distinct),
+        "tts_characters": sum(e.characters for e in distinct if e.kind == UsageKind.TTS),
+        "total_cost_usd": sum(priced, Decimal(0)),
+        "unpriced_events": sum(1 for e in distinct if e.cost_usd is None),
+    }
+
+
+async def assert_stats_match(sb: AsyncClient, thread: dict[str, Any], events: list[UsageEvent]):
+    want = expected_stats(events)
+    got = await threads_repo.get_thread(sb, thread["workflow_thread_id"])
+    assert got is not None
+    stats = got["usage_stats"]
+    for key, value in want.items():
+        assert Decimal(str(stats.get(key, 0))) == Decimal(value), key
+    rows = await ledger_rows(sb, thread["workflow_thread_id"])
+    assert len(rows) == want["events"]
+    assert sum(Decimal(r["cost_usd"] or 0) for r in rows) == want["total_cost_usd"]
+    assert sum(r["input_tokens"] for r in rows) == want["input_tokens"]
+
+
+def test_migrations_apply_cleanly_in_order_to_an_empty_database(
+    stack: localstack.StackInfo,
+) -> None:
+    name = f"empty_{uuid.uuid4().hex[:8]}"
+    localstack.psql(stack, "-c", f"create database {name}")
+    url = stack.database_url.rsplit("/", 1)[0] + f"/{name}"
+    applied = localstack.apply_migrations(url, quiet=True)
+    files = sorted(p.name for p in (localstack.project_root() / "supabase/migrations").glob("*"))
+    assert applied == files
+    tables = localstack.psql(
+        url, "-At", "-c", "select tablename from pg_tables where schemaname='public' order by 1"
+    ).split()
+    assert {"api_keys", "workflow_threads", "usage_events", "analytics_integrations"} <= set(tables)
+    rls = localstack.psql(
+        url,
+        "-At",
+        "-c",
+        "select count(*) from pg_tables where schemaname='public' and not rowsecurity",
+    )
+    assert rls.strip() == "0", "every public table has RLS enabled"
+    assert localstack.apply_migrations(url, quiet=True) == [], "re-running applies nothing"
+    localstack.psql(stack, "-c", f"drop database {name}")
+
+
+async def test_a_batch_recorded_twice_is_counted_once(sb: AsyncClient, thread: dict) -> None:
+    events = [llm_event(thread) for _ in range(20)] + [
+        tts_event(thread, 37),
+        stt_event(thread, "2.5"),
+    ]
+    assert await record_usage_events(sb, events) == 22
+    assert await record_usage_events(sb, events) == 0
+    assert await record_usage_events(sb, [*events[:5], events[0]]) == 0
+    await assert_stats_match(sb, thread, events)
+    got = await threads_repo.get_thread(sb, thread["workflow_thread_id"])
+    assert got is not None
+    stats = got["usage_stats"]
+    assert Decimal(str(stats["stt_seconds"])) == Decimal("2.5")
+    assert stats["models_used"]["gpt-4o-mini"]["calls"] == 20
+    assert stats["posthog_trace_id"] == thread["workflow_thread_id"]
+    assert Decimal(str(stats["bot_cost_usd"])) == Decimal(str(stats["total_cost_usd"]))
+
+
+async def test_sixteen_concurrent_writers_with_overlapping_batches_count_each_event_once(
+    settings: Any, sb: AsyncClient, api_key: dict
+) -> None:
+    threads = [
+        await threads_repo.create_thread(sb, api_key_id=api_key["id"], transport="simulated")
+        for _ in range(3)
+    ]
+    pool = [llm_event(random.choice(threads)) for _ in range(400)]
+    pool += [tts_event(random.choice(threads), random.randint(1, 300)) for _ in range(50)]
+    clients = [
+        await acreate_client(
+            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
+        )
+        for _ in range(4)
+    ]
+
+    async def writer(i: int) -> int:
+        rnd = random.Random(i)
+        total = 0
+        for _ in range(6):
+            batch = rnd.sample(pool, 120)
+            total += await record_usage_events(clients[i % 4], batch)
+        return total
+
+    inserted = await asyncio.gather(*(writer(i) for i in range(16)))
+    seen = {e.id for e in pool}
+    assert sum(inserted) <= len(seen)
+    # Whatever the writers missed, a final pass records; it must add exactly the rest.
+    rest = await record_usage_events(sb, pool)
+    assert sum(inserted) + rest == len(seen)
+    for t in threads:
+        mine = [e for e in pool if str(e.workflow_thread_id) == t["workflow_thread_id"]]
+        await assert_stats_match(sb, t, mine)
+
+
+async def test_unknown_model_is_recorded_as_unpriced(sb: AsyncClient, thread: dict) -> None:
+    event = llm_event(thread, model="gpt-from-the-future", input_tokens=100, output_tokens=10)
+    assert event.cost_usd is None
+    assert await record_usage_events(sb, [event, llm_event(thread)]) == 2
+    got = await threads_repo.get_thread(sb, thread["workflow_thread_id"])
+    assert got is not None
+    assert got["usage_stats"]["unpriced_events"] == 1
+    assert got["usage_stats"]["models_used"]["gpt-from-the-future"]["calls"] == 1
+
+
+async def test_rls_refuses_the_anon_role(
+    stack: localstack.StackInfo, sb: AsyncClient, thread: dict
+) -> None:
+    await record_usage_events(sb, [llm_event(thread)])
+    anon = await acreate_client(stack.supabase_url, stack.anon_key)
+    for table in ("api_keys", "workflow_threads", "usage_events", "analytics_integrations"):
+        res = await anon.table(table).select("*").execute()
+        assert res.data == [], table
+    with pytest.raises(DatabaseError, match="permission denied"):
+        await record_usage_events(anon, [llm_event(thread)])
+    with pytest.raises(DatabaseError):
+        await call(anon.table("api_keys").insert({"name": "x", "key_hash": "0" * 64}).execute)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda row: row.update(input_tokens=-5), "input_tokens_nonnegative"),
+        (
+            lambda row: row.update(workflow_thread_id=str(uuid.uuid4())),
+            "unknown workflow_thread_id",
+        ),
+        (lambda row: row.update(kind="video"), "kind_valid"),
+        (lambda row: row.pop("id"), "missing id"),
+    ],
+)
+async def test_a_bad_event_rejects_the_whole_batch(
+    sb: AsyncClient, thread: dict, mutate: Any, message: str
+) -> None:
+    good = [llm_event(thread).to_row() for _ in range(3)]
+    bad = llm_event(thread).to_row()
+    mutate(bad)
+    with pytest.raises(DatabaseError, match=message):
+        await call(sb.rpc("record_usage_events", {"events": [*good, bad]}).execute)
+    assert await ledger_rows(sb, thread["workflow_thread_id"]) == []
+    got = await threads_repo.get_thread(sb, thread["workflow_thread_id"])
+    assert got is not None and "events" not in got["usage_stats"]
+
+
+@pytest.mark.parametrize("body", [{"not": "an array"}, ["a string"], None])
+async def test_a_malformed_body_is_rejected_with_a_clear_error(sb: AsyncClient, body: Any) -> None:
+    with pytest.raises(DatabaseError, match=r"JSON|array|object"):
+        await call(sb.rpc("record_usage_events", {"events": body}).execute)
+
+
+def test_the_event_model_refuses_negative_counts() -> None:
+    with pytest.raises(ValueError):
+        UsageEvent(
+            workflow_thread_id=uuid.uuid4(),
+            api_key_id=uuid.uuid4(),
+            kind=UsageKind.LLM,
+            provider="openai",
+            model="gpt-4o-mini",
+            output_tokens=-1,
+        )
