@@ -1,0 +1,1 @@
+"""The voice bot: Pipecat pipeline, usage metering processor, transcript, call runner."""
