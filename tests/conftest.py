@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from supabase import AsyncClient
 
 from flow import localstack
 from flow.config import Settings, get_settings
 from flow.db import keys as keys_repo
 from flow.db import threads as threads_repo
 from flow.db.client import create_client
-from supabase import AsyncClient
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import httpx
 from postgrest.exceptions import APIError
+from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from flow.config import Settings
-from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 T = TypeVar("T")
 

@@ -9,9 +9,9 @@ from typing import Any
 from uuid import UUID
 
 from postgrest.types import ReturnMethod
+from supabase import AsyncClient
 
 from flow.db.client import DatabaseError, call, first_of, rows_of
-from supabase import AsyncClient
 
 KEY_PREFIX = "flow_sk_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)

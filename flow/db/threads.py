@@ -11,9 +11,9 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from postgrest.types import ReturnMethod
+from supabase import AsyncClient
 
 from flow.db.client import call, first_of, loads_exact, rows_of
-from supabase import AsyncClient
 
 THREAD_COLUMNS = (
     "workflow_thread_id,api_key_id,status,error_stage,error_code,error_message,transport,"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from supabase import AsyncClient
+
 from flow.db.client import call
 from flow.metering.events import UsageEvent
-from supabase import AsyncClient
 
 MAX_BATCH = 10_000
 

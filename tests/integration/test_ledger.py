@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from supabase import AsyncClient, acreate_client
 
 from flow import localstack
 from flow.db import threads as threads_repo
@@ -16,7 +17,6 @@ from flow.db.client import DatabaseError, call, rows_of
 from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent, UsageKind
 from flow.metering.pricing import PriceBook
-from supabase import AsyncClient, acreate_client
 
 BOOK = PriceBook()
 
