@@ -146,3 +146,29 @@ def _decimal_table(raw: str) -> dict[str, dict[str, Decimal]]:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_table(env_example: str) -> str:
+    """The README's configuration table: every setting with its default (from Settings)
+    and its description (the comment above it in ``env.example``)."""
+    rows = ["| Variable | Default | What it does |", "|---|---|---|"]
+    comment: list[str] = []
+    for line in env_example.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("# ---"):
+            comment = []
+        elif stripped.startswith("#"):
+            comment.append(stripped.lstrip("# ").strip())
+        elif "=" in stripped:
+            name = stripped.split("=", 1)[0]
+            field = Settings.model_fields.get(name.lower())
+            if field is None:
+                continue
+            default = field.default
+            if isinstance(default, SecretStr):
+                default = ""
+            shown = f"`{default}`" if default not in ("", None) else ""
+            text = " ".join(comment).replace("|", "\\|")
+            rows.append(f"| `{name}` | {shown} | {text} |")
+            comment = []
+    return "\n".join(rows)

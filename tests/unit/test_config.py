@@ -28,3 +28,16 @@ def test_secrets_do_not_print() -> None:
     s = Settings(supabase_service_role_key="very-secret-value")
     assert "very-secret-value" not in repr(s)
     assert "very-secret-value" not in s.model_dump_json()
+
+
+def test_readme_configuration_table_is_generated_from_settings() -> None:
+    from flow.config import settings_table
+
+    table = settings_table((ROOT / "env.example").read_text())
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- config:start -->\n", "\n<!-- config:end -->"
+    assert start in readme and end in readme, "README lacks the configuration table markers"
+    current = readme.split(start, 1)[1].split(end, 1)[0]
+    assert current == table, "README's configuration table is stale: run scripts/config-table"
+    for row in table.splitlines()[2:]:
+        assert row.rsplit("|", 2)[1].strip(), f"env.example does not describe {row}"
