@@ -94,6 +94,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flow.demo.run import main as demo_main
+
+    return demo_main(calls=args.calls, port=args.port, exit_after=args.exit)
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -118,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key")
     revoke.set_defaults(func=cmd_keys_revoke)
     keys_sub.add_parser("list", help="list keys").set_defaults(func=cmd_keys_list)
+
+    demo = sub.add_parser("demo", help="run Flow end to end on this machine, no keys needed")
+    demo.add_argument("--calls", type=int, default=3, help="simulated calls to run (1-3)")
+    demo.add_argument("--port", type=int, default=None, help="API port (default: free)")
+    demo.add_argument(
+        "--exit", action="store_true", help="stop after the report instead of serving"
+    )
+    demo.set_defaults(func=cmd_demo)
 
     stack = sub.add_parser("stack", help="the local Supabase-compatible stack")
     stack.add_argument("action", choices=["install", "up", "down", "env", "status"])

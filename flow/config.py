@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     flow_max_script_turns: int = Field(default=50, ge=1)
     flow_max_prompt_chars: int = Field(default=8000, ge=1)
 
+    # --- demo --------------------------------------------------------------
+    flow_demo_daily_room_url: str = ""
+    flow_demo_daily_token: SecretStr = SecretStr("")
+
     # --- metering ----------------------------------------------------------
     flow_meter_flush_seconds: float = Field(default=1.0, gt=0)
     flow_spool_dir: Path = Path(".flow/spool")

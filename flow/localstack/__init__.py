@@ -156,7 +156,7 @@ def ensure_postgrest(quiet: bool = False) -> Path:
     return binary
 
 
-def _free_port(preferred: int | None) -> int:
+def free_port(preferred: int | None) -> int:
     if preferred:
         with socket.socket() as s:
             try:
@@ -296,7 +296,7 @@ def up(
         env = os.environ.get(f"FLOW_STACK_{name.upper()}_PORT")
         if env:
             return int(env)
-        return _free_port(DEFAULT_PORTS[name] if fixed_ports else None)
+        return free_port(DEFAULT_PORTS[name] if fixed_ports else None)
 
     pg_port, rest_port = port("pg"), port("rest")
     gateway_port = port("gateway")
