@@ -1,0 +1,180 @@
+"""The life of a call after the join: run the bot, then the post-call workflow.
+
+join (the API: thread ``pending``) -> the runner runs the bot (``starting``,
+``running``) -> ``processing``: :meth:`BotCallWorkflow.post_call` runs
+``process_transcript`` -> ``extract_insights`` (when asked) -> ``completed``. A step
+that fails leaves the thread ``failed`` with ``error_stage`` naming the step,
+``error_code`` and ``error_message``; the transcript saved before it stays.
+
+After the workflow (either way) the call's ``$ai_trace`` goes to PostHog and, when the
+join named a ``webhook_url``, a signed ``call.completed``/``call.failed`` event is
+delivered in the background (retries never hold the call's slot).
+
+Every step is safe to run again: a saved transcript is kept, saved insights skip the
+LLM, usage ids derive from their source, the trace and webhook ids from the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from supabase import AsyncClient
+
+from flow.bot.contract import CallRequest
+from flow.config import Settings
+from flow.db import threads as threads_repo
+from flow.db.client import DatabaseError, DatabaseUnavailable
+from flow.metering.events import UsageEvent
+from flow.metering.posthog import PostHogAnalytics
+from flow.workflows.extract_insights import InsightsExtractor, InsightsFailed
+from flow.workflows.process_transcript import process_transcript
+from flow.workflows.webhook import WebhookSender
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_DRAIN_SECONDS = 10.0
+
+
+class CallOutcome(Protocol):
+    """What the runner reports about a finished call (``flow.bot`` ``CallResult``)."""
+
+    transcript: Any
+    started_at: datetime | None
+    ended_at: datetime | None
+    end_reason: str | None
+
+
+class StepFailed(Exception):
+    def __init__(self, stage: str, code: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.code = code
+        self.message = message
+
+
+class BotCallWorkflow:
+    """The post-call workflow, shared by every call of the process.
+
+    Parameters:
+        settings: service settings.
+        sb: the database client.
+        analytics: PostHog capture (a no-op without ``POSTHOG_API_KEY``).
+        insights: the insights step (built from settings when omitted).
+        webhooks: the webhook sender (built from settings when omitted).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sb: AsyncClient,
+        analytics: PostHogAnalytics,
+        *,
+        insights: InsightsExtractor | None = None,
+        webhooks: WebhookSender | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sb = sb
+        self.analytics = analytics
+        self.insights = insights or InsightsExtractor(settings, sb, analytics)
+        self.webhooks = webhooks or WebhookSender(settings)
+        self._deliveries: set[asyncio.Task[bool]] = set()
+
+    # --- the runner's hook -------------------------------------------------------
+    async def post_call(self, call: CallRequest, result: CallOutcome) -> None:
+        """Run with the thread in ``processing``; leaves it ``completed`` or ``failed``."""
+        thread_id = call.workflow_thread_id
+        transcript = ""
+        try:
+            transcript = await self._step(
+                "process_transcript", process_transcript(self.sb, thread_id, result.transcript)
+            )
+            if call.process_insights:
+                thread = await threads_repo.get_thread(self.sb, thread_id)
+                if thread is None:
+                    raise StepFailed("extract_insights", "thread_missing", "the thread is gone")
+                await self._step("extract_insights", self.insights.run(thread, transcript))
+        except StepFailed as failed:
+            log.warning(
+                "call %s failed at %s: %s (%s)",
+                thread_id,
+                failed.stage,
+                failed.code,
+                failed.message,
+            )
+            await threads_repo.fail_thread(
+                self.sb, thread_id, stage=failed.stage, code=failed.code, message=failed.message
+            )
+        else:
+            await threads_repo.set_status(
+                self.sb, thread_id, "completed", only_from=("processing",)
+            )
+        await self.call_finished(call, result, transcript_text=transcript)
+
+    async def _step(self, stage: str, work: Awaitable[Any]) -> Any:
+        try:
+            return await work
+        except StepFailed:
+            raise
+        except InsightsFailed as exc:
+            raise StepFailed(stage, exc.code, exc.message) from exc
+        except DatabaseUnavailable as exc:
+            raise StepFailed(stage, "database_unavailable", str(exc)) from exc
+        except DatabaseError as exc:
+            raise StepFailed(stage, "database_error", exc.message) from exc
+        except Exception as exc:
+            log.exception("post-call step %s crashed", stage)
+            raise StepFailed(stage, "internal_error", exc.__class__.__name__) from exc
+
+    async def call_finished(
+        self, call: CallRequest, result: CallOutcome | None, *, transcript_text: str = ""
+    ) -> None:
+        """Send the call's ``$ai_trace`` and schedule its webhook. The runner may call
+        this directly for a call that failed before reaching the post-call workflow."""
+        try:
+            thread = await threads_repo.get_thread(self.sb, call.workflow_thread_id)
+        except (DatabaseUnavailable, DatabaseError):
+            log.warning(
+                "call %s: cannot read the thread for trace/webhook", call.workflow_thread_id
+            )
+            return
+        if thread is None:
+            return
+        self.analytics.capture_trace(
+            workflow_thread_id=call.workflow_thread_id,
+            api_key_id=call.api_key_id,
+            end_user_id=call.end_user_id,
+            started_at=(result.started_at if result else None) or thread.get("bot_started_at"),
+            ended_at=(result.ended_at if result else None) or thread.get("bot_ended_at"),
+            usage_stats=thread.get("usage_stats") or {},
+            status=str(thread.get("status")),
+            error_stage=thread.get("error_stage"),
+            error_code=thread.get("error_code"),
+            end_reason=result.end_reason if result else None,
+            transcript_text=transcript_text or None,
+            insights=thread.get("insights"),
+        )
+        url = thread.get("webhook_url") or call.webhook_url
+        if url and thread.get("status") in ("completed", "failed"):
+            event_type = "call.completed" if thread["status"] == "completed" else "call.failed"
+            task = asyncio.create_task(self.webhooks.deliver(url, event_type, thread))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def drain(self, timeout_seconds: float = WEBHOOK_DRAIN_SECONDS) -> None:
+        """Wait for webhook deliveries in flight (bounded), then give up on the rest."""
+        pending = list(self._deliveries)
+        if not pending:
+            return
+        _done, still = await asyncio.wait(pending, timeout=timeout_seconds)
+        for task in still:
+            task.cancel()
+
+
+def meter_listeners(analytics: PostHogAnalytics) -> Sequence[Callable[[UsageEvent], None]]:
+    """What every call's meter tells as each usage event is created."""
+    return (analytics.capture_usage,) if analytics.enabled else ()
