@@ -1,0 +1,386 @@
+"""The sync cycle: ledger rows after the cursor -> destination -> cursor moved.
+
+:class:`Exporter` claims integrations that are due (an atomic lease in the database, so
+two Flow instances never sync the same one at once), then for each: reads a page of rows
+after the cursor (``analytics_export_page``, which only returns rows whose transactions
+have all finished, see the migration), sends it, and moves the cursor
+(``analytics_export_advance``) only after the destination accepted it. A crash between
+the two resends the page on the next cycle with the same uuids / $insert_ids.
+
+Failure behaviour: 429/5xx/network errors back off exponentially (``Retry-After``
+honoured) and, once the attempts are spent, end the cycle with the integration still
+``active`` and a retry scheduled; 401/403 and other refusals put it in ``error`` with the
+destination's message; 413 splits the batch. Rows a destination refuses on their own
+(Mixpanel strict mode, too old for /track) are logged with the reason, counted as
+skipped, and never resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+from supabase import AsyncClient
+
+from flow.config import Settings
+from flow.db.client import DatabaseError, DatabaseUnavailable, call, rows_of
+from flow.exporters.base import (
+    AuthRejected,
+    Destination,
+    DestinationError,
+    PayloadTooLarge,
+    Retryable,
+    SendResult,
+)
+from flow.exporters.crypto import CredentialBox, CredentialsUnreadable, SecretKeyMissing
+from flow.exporters.integrations import build_destination
+
+log = logging.getLogger(__name__)
+
+HTTP_TIMEOUT_SECONDS = 30.0
+Progress = Callable[[str, int], None]
+
+
+class _Stop(Exception):
+    """The cycle must stop: lease lost, integration paused or deleted."""
+
+
+@dataclass
+class SyncOutcome:
+    """The result of one integration's cycle.
+
+    Parameters:
+        exported: events the destination accepted in this cycle.
+        skipped: rows reported and passed over (refused records, too old for /track).
+        status: the integration's status afterwards (as this cycle left it).
+        error: why the cycle failed or stopped early, if it did.
+    """
+
+    integration_id: str
+    exported: int = 0
+    skipped: int = 0
+    status: str = "active"
+    error: str | None = None
+
+
+class Exporter:
+    """Runs sync cycles for one Flow instance (its lease owner id).
+
+    Parameters:
+        page_size: rows read (and sent) at a time; at most the destination's batch size.
+        lease_seconds: how long a claim lasts without renewal (renewed every page and
+            every retry).
+        max_attempts: sends tried per batch before the cycle gives up until next time.
+        backoff_base_seconds: first retry delay; doubles up to ``backoff_max_seconds``.
+    """
+
+    def __init__(
+        self,
+        sb: AsyncClient,
+        settings: Settings,
+        *,
+        http: httpx.AsyncClient | None = None,
+        owner: str | None = None,
+        page_size: int = 2000,
+        lease_seconds: int = 120,
+        max_attempts: int = 6,
+        backoff_base_seconds: float = 1.0,
+        backoff_max_seconds: float = 60.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.sb = sb
+        self.settings = settings
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.page_size = page_size
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.backoff_base_seconds = backoff_base_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self._sleep = sleep
+        self._box: CredentialBox | None = None
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self.http.aclose()
+
+    def _credentials(self) -> CredentialBox:
+        if self._box is None:
+            self._box = CredentialBox.from_settings(self.settings)
+        return self._box
+
+    # --- claiming -------------------------------------------------------------
+    async def claim(
+        self, *, force: bool = False, ids: list[str] | None = None, limit: int = 10
+    ) -> list[dict[str, Any]]:
+        res = await call(
+            self.sb.rpc(
+                "analytics_claim_integrations",
+                {
+                    "p_owner": self.owner,
+                    "p_lease_seconds": self.lease_seconds,
+                    "p_limit": limit,
+                    "p_force": force,
+                    "p_ids": ids,
+                },
+            ).execute
+        )
+        return rows_of(res)
+
+    async def backlog(self, integration_id: str) -> int:
+        res: Any = await call(
+            self.sb.rpc("analytics_export_backlog", {"p_id": integration_id}).execute
+        )
+        return int(res.data or 0)
+
+    async def run_due(
+        self,
+        *,
+        force: bool = False,
+        ids: list[str] | None = None,
+        progress: Progress | None = None,
+        on_claim: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> list[SyncOutcome]:
+        """Claim what is due (everything active when ``force``) and sync it, one at a
+        time, until nothing is left to claim."""
+        outcomes: list[SyncOutcome] = []
+        seen: set[str] = set()
+        while True:
+            claimed = [r for r in await self.claim(force=force, ids=ids, limit=1)]
+            if not claimed:
+                return outcomes
+            row = claimed[0]
+            if row["id"] in seen:
+                # Forced runs would claim the same integration again: one cycle each.
+                await self._release(row["id"], "active", None, synced=False)
+                return outcomes
+            seen.add(row["id"])
+            if on_claim is not None:
+                await on_claim(row)
+            outcomes.append(await self.sync_one(row, progress=progress))
+
+    # --- one integration -------------------------------------------------------
+    async def sync_one(
+        self, row: dict[str, Any], *, progress: Progress | None = None
+    ) -> SyncOutcome:
+        """Run one cycle for an integration this instance has claimed."""
+        iid = str(row["id"])
+        outcome = SyncOutcome(integration_id=iid)
+        retry_in: int | None = None
+        synced = False
+        release = True
+        try:
+            creds = self._credentials().open(row["credentials_encrypted"])
+            dest = build_destination(
+                row["provider"],
+                row["settings"] or {},
+                creds,
+                self.http,
+                self.settings.flow_export_source_id,
+            )
+            created_at = datetime.fromisoformat(str(row["created_at"]))
+            page_size = min(self.page_size, dest.max_batch)
+            while True:
+                page = await self._page(iid, page_size)
+                if not page.get("leased"):
+                    release = page.get("status") != "deleted"
+                    outcome.status = str(page.get("status"))
+                    break
+                scanned = int(page["scanned"])
+                if scanned == 0:
+                    synced = True
+                    break
+                rows: list[dict[str, Any]] = page["rows"]
+                historical = (
+                    bool(rows)
+                    and min(datetime.fromisoformat(str(r["occurred_at"])) for r in rows)
+                    < created_at
+                )
+                result = await self._deliver(iid, dest, rows, historical)
+                warning = _report_skipped(iid, result)
+                last_txid, last_seq = page["last"]
+                status = await self._advance(
+                    iid,
+                    str(last_txid),
+                    int(last_seq),
+                    result.accepted,
+                    len(result.skipped),
+                    warning,
+                )
+                outcome.exported += result.accepted
+                outcome.skipped += len(result.skipped)
+                if progress is not None:
+                    progress(iid, scanned)
+                if status != "syncing":
+                    outcome.status = status
+                    break
+                if scanned < page_size:
+                    synced = True
+                    break
+        except _Stop as stop:
+            outcome.error = str(stop)
+            release = "lease" not in str(stop)
+        except AuthRejected as exc:
+            outcome.status, outcome.error = "error", str(exc)
+        except Retryable as exc:
+            outcome.error = f"retrying later: {exc}"
+            retry_in = int(min(self.backoff_max_seconds * 5, 300))
+        except (DestinationError, CredentialsUnreadable, SecretKeyMissing) as exc:
+            outcome.status, outcome.error = "error", str(exc)
+        except (DatabaseUnavailable, DatabaseError) as exc:
+            # The lease expires by itself; the next cycle resumes from the cursor.
+            log.warning("export %s: database error, will resume: %s", iid, exc)
+            outcome.error = f"database: {exc}"
+            release = isinstance(exc, DatabaseError)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(iid, "active", "interrupted", synced=False))
+            raise
+        if outcome.status == "syncing":
+            outcome.status = "active"
+        if release:
+            final = await self._release(
+                iid,
+                outcome.status if outcome.status in ("active", "error") else "active",
+                outcome.error,
+                synced=synced,
+                retry_in_seconds=retry_in,
+            )
+            if final:
+                outcome.status = final
+        if outcome.error:
+            log.warning("export %s: %s", iid, outcome.error)
+        else:
+            log.info("export %s: %d events exported", iid, outcome.exported)
+        return outcome
+
+    async def _page(self, iid: str, limit: int) -> dict[str, Any]:
+        res: Any = await call(
+            self.sb.rpc(
+                "analytics_export_page", {"p_id": iid, "p_owner": self.owner, "p_limit": limit}
+            ).execute
+        )
+        page: dict[str, Any] = res.data
+        return page
+
+    async def _advance(
+        self, iid: str, txid: str, seq: int, exported: int, skipped: int, warning: str | None
+    ) -> str:
+        res = await call(
+            self.sb.rpc(
+                "analytics_export_advance",
+                {
+                    "p_id": iid,
+                    "p_owner": self.owner,
+                    "p_txid": txid,
+                    "p_seq": seq,
+                    "p_exported": exported,
+                    "p_skipped": skipped,
+                    "p_warning": warning,
+                    "p_lease_seconds": self.lease_seconds,
+                },
+            ).execute
+        )
+        found = rows_of(res)
+        if not found:
+            raise _Stop("lease lost: another instance took over this integration")
+        return str(found[0]["status"])
+
+    async def _renew(self, iid: str) -> None:
+        res: Any = await call(
+            self.sb.rpc(
+                "analytics_export_renew",
+                {"p_id": iid, "p_owner": self.owner, "p_lease_seconds": self.lease_seconds},
+            ).execute
+        )
+        if not res.data:
+            raise _Stop("lease lost while retrying")
+        if res.data != "syncing":
+            raise _Stop(f"integration is now {res.data}")
+
+    async def _release(
+        self,
+        iid: str,
+        status: str,
+        error: str | None,
+        *,
+        synced: bool,
+        retry_in_seconds: int | None = None,
+    ) -> str | None:
+        try:
+            res: Any = await call(
+                self.sb.rpc(
+                    "analytics_export_release",
+                    {
+                        "p_id": iid,
+                        "p_owner": self.owner,
+                        "p_status": status,
+                        "p_error": error,
+                        "p_synced": synced,
+                        "p_retry_in_seconds": retry_in_seconds,
+                    },
+                ).execute
+            )
+        except DatabaseUnavailable as exc:
+            log.warning("export %s: could not release the lease (it will expire): %s", iid, exc)
+            return None
+        return str(res.data) if res.data else None
+
+    # --- sending ---------------------------------------------------------------
+    async def _deliver(
+        self, iid: str, dest: Destination, rows: list[dict[str, Any]], historical: bool
+    ) -> SendResult:
+        result = SendResult()
+        for start in range(0, len(rows), dest.max_batch):
+            result.add(
+                await self._send(iid, dest, rows[start : start + dest.max_batch], historical)
+            )
+        return result
+
+    async def _send(
+        self, iid: str, dest: Destination, rows: list[dict[str, Any]], historical: bool
+    ) -> SendResult:
+        attempt = 0
+        while True:
+            try:
+                return await dest.send(rows, historical=historical)
+            except PayloadTooLarge:
+                if len(rows) == 1:
+                    return SendResult(skipped=[(str(rows[0]["id"]), "event too large (413)")])
+                half = len(rows) // 2
+                result = await self._send(iid, dest, rows[:half], historical)
+                result.add(await self._send(iid, dest, rows[half:], historical))
+                return result
+            except Retryable as exc:
+                attempt += 1
+                if attempt >= self.max_attempts:
+                    raise
+                delay = exc.retry_after_seconds
+                if delay is None:
+                    delay = min(
+                        self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1)
+                    ) * random.uniform(0.8, 1.2)
+                delay = min(delay, self.backoff_max_seconds)
+                log.info("export %s: %s; retry %d in %.2fs", iid, exc, attempt, delay)
+                await self._renew(iid)
+                await self._sleep(delay)
+                await self._renew(iid)
+
+
+def _report_skipped(iid: str, result: SendResult) -> str | None:
+    if not result.skipped:
+        return None
+    reasons: dict[str, int] = {}
+    for ledger_id, reason in result.skipped:
+        log.warning("export %s: usage event %s not exported: %s", iid, ledger_id, reason)
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return "; ".join(f"{n} event(s) not exported: {r}" for r, n in reasons.items())
