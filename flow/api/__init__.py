@@ -1,0 +1,1 @@
+"""The HTTP API: dependencies, error mapping, limits and one router per resource."""

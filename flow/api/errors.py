@@ -1,0 +1,167 @@
+"""Every error the API answers is JSON ``{"error": "<stable_code>", "message": "<human>"}``.
+
+Validation errors (422) add ``details``: a list of ``{"loc", "msg", "type"}``, never the
+offending input (it may be large or secret). Database refusals are the caller's fault
+(400, or 409 for conflicts) and carry the database's message; an unreachable database
+is 503 with ``Retry-After``. Only a genuine bug answers 500, without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from flow.auth.models import AuthFailure
+from flow.db.client import DatabaseError, DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
+
+DATABASE_RETRY_AFTER_SECONDS = 5
+# SQLSTATE classes/codes that mean "conflicts with what is stored".
+CONFLICT_CODES = ("23505", "40001", "40P01", "55P03")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ApiError(Exception):
+    """Raised by routes for an answer other than success."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.details = details
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    details: list[dict[str, Any]] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+STATUS_CODES = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed"}
+
+
+def _status_code_name(status_code: int) -> str:
+    if status_code in STATUS_CODES:
+        return STATUS_CODES[status_code]
+    try:
+        return HTTPStatus(status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_error"
+
+
+def validation_details(errors: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "loc": [str(part) for part in err.get("loc", ())],
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        for err in errors
+    ]
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(
+        exc.status_code, exc.code, exc.message, headers=exc.headers, details=exc.details
+    )
+
+
+async def _auth_failure(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AuthFailure)
+    return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers())
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else _status_code_name(exc.status_code)
+    return error_response(
+        exc.status_code,
+        _status_code_name(exc.status_code),
+        message,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = validation_details(exc.errors())
+    first = details[0] if details else None
+    where = ".".join(first["loc"]) if first else "request"
+    message = f"invalid {where}: {first['msg']}" if first else "the request is not valid"
+    return error_response(422, "validation_error", message, details=details)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DatabaseError)
+    if exc.code and exc.code.startswith(CONFLICT_CODES):
+        return error_response(409, "conflict", exc.message)
+    return error_response(400, "rejected_by_database", exc.message)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable: %s", exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "an unexpected error occurred")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(AuthFailure, _auth_failure)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DatabaseError, _database_error)
+    app.add_exception_handler(DatabaseUnavailable, _database_unavailable)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, malformed or invalid API key"},
+    403: {"model": ErrorBody, "description": "The key may not use this API"},
+    413: {"model": ErrorBody, "description": "Request body too large"},
+    422: {"model": ErrorBody, "description": "Validation error"},
+    429: {"model": ErrorBody, "description": "Rate limited (see Retry-After)"},
+    503: {"model": ErrorBody, "description": "A dependency is unavailable (see Retry-After)"},
+}

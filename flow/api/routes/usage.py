@@ -1,0 +1,114 @@
+"""Usage reports for the calling key, computed in SQL by ``usage_report`` (one RPC).
+
+Totals over ``[start, end)`` (default: the last 30 days) and, with ``group_by``, one
+group per day (UTC), model, category, kind or end user. Decimal figures (cost, audio
+seconds, averages, error rate) are strings so no digit is lost on the way.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from flow.api.deps import ApiKeyDep, SupabaseDep
+from flow.api.errors import ERROR_RESPONSES, ApiError
+from flow.db.client import call
+
+router = APIRouter(prefix="/api/usage", tags=["usage"], responses=ERROR_RESPONSES)
+
+DEFAULT_RANGE = timedelta(days=30)
+MAX_RANGE = timedelta(days=400)
+GroupBy = Literal["day", "model", "category", "kind", "end_user"]
+
+
+class UsageFigures(BaseModel):
+    """Figures for a period (or a group within it).
+
+    Parameters:
+        calls: distinct calls with usage. end_users: distinct end users.
+        events: ledger rows. llm_calls: LLM inferences.
+        cost_usd: priced cost; ``unpriced_events`` were recorded without a price.
+        avg_cost_per_call_usd / avg_cost_per_end_user_usd: null when there is no call /
+            no named end user (the latter averages the cost of events naming one).
+        avg_llm_latency_ms: over LLM events that report a latency.
+        error_rate: error events / events, null without events.
+    """
+
+    calls: int
+    end_users: int
+    events: int
+    llm_calls: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    tts_characters: int
+    stt_seconds: str
+    cost_usd: str
+    unpriced_events: int
+    avg_cost_per_call_usd: str | None
+    avg_cost_per_end_user_usd: str | None
+    avg_llm_latency_ms: str | None
+    error_events: int
+    error_rate: str | None
+
+
+class UsageGroup(UsageFigures):
+    key: str | None
+
+
+class UsageReport(BaseModel):
+    api_key_id: str
+    start: datetime
+    end: datetime
+    group_by: GroupBy | None
+    totals: UsageFigures
+    groups: list[UsageGroup]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@router.get("", response_model=UsageReport)
+async def usage_report(
+    api_key: ApiKeyDep,
+    sb: SupabaseDep,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    group_by: GroupBy | None = None,
+) -> UsageReport:
+    """Usage and cost of the calling key. Times without a zone are UTC."""
+    end_at = _utc(end) if end else datetime.now(UTC)
+    start_at = _utc(start) if start else end_at - DEFAULT_RANGE
+    if start_at >= end_at:
+        raise _invalid("start", "start must be before end")
+    if end_at - start_at > MAX_RANGE:
+        raise _invalid("end", f"the range may span at most {MAX_RANGE.days} days")
+    params = {
+        "p_api_key_id": api_key.id,
+        "p_start": start_at.isoformat(),
+        "p_end": end_at.isoformat(),
+        "p_group_by": group_by,
+    }
+    res: Any = await call(sb.rpc("usage_report", params).execute)
+    data: dict[str, Any] = res.data
+    return UsageReport(
+        api_key_id=api_key.id,
+        start=start_at,
+        end=end_at,
+        group_by=group_by,
+        totals=UsageFigures(**data["totals"]),
+        groups=[UsageGroup(**g) for g in data["groups"]],
+    )
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(
+        422,
+        "validation_error",
+        message,
+        details=[{"loc": ["query", field], "msg": message, "type": "value_error"}],
+    )

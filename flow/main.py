@@ -1,0 +1,59 @@
+"""The FastAPI app: settings, clients and the bot runner on ``app.state``, the routers,
+the error format and the body size limit.
+
+``uvicorn flow.main:create_app --factory`` (the Procfile, ``flow serve``) builds it from
+the environment; tests pass their own settings and a runner they can observe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from flow.api.errors import install_error_handlers
+from flow.api.limits import BodySizeLimitMiddleware
+from flow.api.routes import bots, health, usage
+from flow.auth import Authenticator
+from flow.bot.contract import CallRunner
+from flow.config import Settings, get_settings
+from flow.db.client import create_client
+
+
+def create_app(settings: Settings | None = None, runner: CallRunner | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sb = await create_client(settings)
+        app.state.sb = sb
+        app.state.auth = Authenticator(settings, sb)
+        if runner is None:
+            from flow.bot.runner import create_runner
+
+            app.state.runner = create_runner(settings, sb)
+        else:
+            app.state.runner = runner
+        async with AsyncExitStack() as services:
+            # Stopped in reverse order: background services first, the runner last
+            # but one (it ends calls and flushes their meters), auth's pending writes last.
+            services.push_async_callback(app.state.auth.aclose)
+            services.push_async_callback(app.state.runner.shutdown)
+            # Background services start here and register their stop with `services`.
+            yield
+
+    app = FastAPI(
+        title="Flow",
+        summary="Voice bots that meter every cent: per call, per key.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.flow_max_body_bytes)
+
+    app.include_router(health.router)
+    app.include_router(bots.router)
+    app.include_router(usage.router)
+    return app
