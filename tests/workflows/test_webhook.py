@@ -1,0 +1,228 @@
+"""Signed webhooks against a local receiver, and the private-address guard."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from supabase import AsyncClient
+
+from flow.config import Settings
+from flow.db import threads as threads_repo
+from flow.metering.posthog import PostHogAnalytics
+from flow.workflows.bot_call import BotCallWorkflow
+from flow.workflows.extract_insights import InsightsExtractor
+from flow.workflows.webhook import (
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    WebhookSender,
+    WebhookURLError,
+    sign,
+    validate_webhook_url,
+    verify_signature,
+)
+from tests.fakes.openai_json_server import OpenAIJSONServer, ScriptedAnswer
+from tests.workflows.support import (
+    GOOD_INSIGHTS,
+    FakeCallResult,
+    call_request,
+    good_answer,
+    new_thread,
+    workflow_settings,
+)
+
+SECRET = "whsec-test-0123456789"
+
+
+class Receiver:
+    """A webhook endpoint: answers the scripted statuses in order (then 200)."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.statuses = list(statuses or [])
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.arrived = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.received.append((dict(self.headers.items()), body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                if status == 200:
+                    receiver.arrived.set()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/flow"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver([503])  # the first delivery fails: the retry must carry the event
+    yield r
+    r.close()
+
+
+def hook_settings(settings: Settings, **update: Any) -> Settings:
+    return workflow_settings(
+        settings,
+        flow_webhook_secret=SECRET,
+        flow_webhook_allow_private=update.pop("allow_private", True),
+        posthog_api_key="",
+        **update,
+    )
+
+
+async def test_completed_call_webhook_is_signed_retried_and_carries_usage_and_insights(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    openai_server: OpenAIJSONServer,
+    receiver: Receiver,
+) -> None:
+    openai_server.script(ScriptedAnswer(good_answer()))
+    s = hook_settings(settings, openai_base_url=openai_server.base_url)
+    analytics = PostHogAnalytics.from_settings(s)
+    workflow = BotCallWorkflow(
+        s,
+        sb,
+        analytics,
+        insights=InsightsExtractor(s, sb, analytics),
+        webhooks=WebhookSender(s, backoff_seconds=0.05),
+    )
+    thread = await new_thread(sb, api_key, webhook_url=receiver.url, end_user_id="u-7")
+
+    await workflow.post_call(call_request(thread), FakeCallResult())
+    await workflow.drain()
+
+    assert len(receiver.received) == 2  # 503, then delivered
+    (first_headers, first_body), (headers, body) = receiver.received
+    assert first_headers[EVENT_ID_HEADER] == headers[EVENT_ID_HEADER]
+    assert first_body == body
+    assert verify_signature(SECRET, headers[SIGNATURE_HEADER], body)
+    assert not verify_signature("another-secret", headers[SIGNATURE_HEADER], body)
+    assert not verify_signature(SECRET, headers[SIGNATURE_HEADER], body + b" ")
+    payload = json.loads(body)
+    assert payload["type"] == "call.completed"
+    data = payload["data"]
+    assert data["workflow_thread_id"] == str(thread["workflow_thread_id"])
+    assert data["status"] == "completed" and data["error"] is None
+    assert data["insights"] == GOOD_INSIGHTS
+    row = await threads_repo.get_thread(sb, thread["workflow_thread_id"])
+    assert row is not None
+    assert data["usage"]["llm_calls"] == 1
+    assert data["usage"]["total_cost_usd"] == str(row["usage_stats"]["total_cost_usd"])
+
+
+async def test_failed_step_sends_call_failed_with_the_stage(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    openai_server: OpenAIJSONServer,
+) -> None:
+    openai_server.script(ScriptedAnswer("not json"))
+    receiver = Receiver()
+    try:
+        s = hook_settings(settings, openai_base_url=openai_server.base_url)
+        analytics = PostHogAnalytics.from_settings(s)
+        workflow = BotCallWorkflow(
+            s, sb, analytics, webhooks=WebhookSender(s, backoff_seconds=0.05)
+        )
+        thread = await new_thread(sb, api_key, webhook_url=receiver.url)
+        await workflow.post_call(call_request(thread), FakeCallResult())
+        await workflow.drain()
+        [(headers, body)] = receiver.received
+        payload = json.loads(body)
+        assert payload["type"] == "call.failed"
+        assert payload["data"]["error"]["stage"] == "extract_insights"
+        assert payload["data"]["error"]["code"] == "invalid_output"
+        assert verify_signature(SECRET, headers[SIGNATURE_HEADER], body)
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/hook",
+        "https://10.1.2.3/hook",
+        "https://192.168.0.10/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://0.0.0.0/hook",
+    ],
+)
+async def test_private_loopback_and_link_local_urls_are_refused(
+    settings: Settings, url: str
+) -> None:
+    with pytest.raises(WebhookURLError, match="private, loopback or link-local"):
+        await validate_webhook_url(url, hook_settings(settings, allow_private=False))
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://example.com/x", "must use"),
+        ("https:///nohost", "no host"),
+        ("https://user:pw@93.184.216.34/x", "credentials"),
+        ("https://no-such-host.invalid/x", "does not resolve"),
+    ],
+)
+async def test_malformed_urls_are_refused_with_the_reason(
+    settings: Settings, url: str, reason: str
+) -> None:
+    with pytest.raises(WebhookURLError, match=reason):
+        await validate_webhook_url(url, hook_settings(settings, allow_private=False))
+
+
+async def test_public_address_passes_and_private_passes_only_when_allowed(
+    settings: Settings,
+) -> None:
+    strict = hook_settings(settings, allow_private=False)
+    assert await validate_webhook_url("https://93.184.216.34/hook", strict)
+    assert await validate_webhook_url("http://127.0.0.1:1/hook", hook_settings(settings))
+
+
+async def test_webhooks_need_a_secret(settings: Settings) -> None:
+    unsigned = workflow_settings(settings, flow_webhook_secret="")
+    with pytest.raises(WebhookURLError, match="FLOW_WEBHOOK_SECRET"):
+        await validate_webhook_url("https://93.184.216.34/hook", unsigned)
+
+
+async def test_delivery_to_a_private_address_is_refused_at_send_time_too(
+    settings: Settings,
+) -> None:
+    receiver = Receiver()
+    try:
+        sender = WebhookSender(hook_settings(settings, allow_private=False))
+        thread = {"workflow_thread_id": "00000000-0000-0000-0000-000000000001"}
+        assert await sender.deliver(receiver.url, "call.completed", thread) is False
+        assert receiver.received == []
+    finally:
+        receiver.close()
+
+
+def test_stale_signature_is_rejected() -> None:
+    header = sign(SECRET, 1_000_000, b"{}")
+    assert verify_signature(SECRET, header, b"{}", now=1_000_100)
+    assert not verify_signature(SECRET, header, b"{}", now=1_000_000 + 301)
+    assert not verify_signature(SECRET, "garbage", b"{}")
