@@ -1,0 +1,373 @@
+"""Runs calls as asyncio tasks in the API process, and never loses their usage.
+
+Each call moves its thread ``starting`` -> ``running`` -> ``processing`` ->
+``completed``, or to ``failed`` with ``error_stage``/``error_code``/``error_message``.
+At most ``FLOW_MAX_BOTS`` calls run at once (:class:`AtCapacity` beyond). A call ends
+when its transport ends it (the caller hangs up, the script is done), on
+:meth:`BotRunner.stop`, after ``FLOW_MAX_CALL_SECONDS``, after
+``FLOW_IDLE_TIMEOUT_SECONDS`` without speech, on a fatal pipeline error, when its task
+is cancelled, or on :meth:`BotRunner.shutdown` (SIGTERM).
+
+However it ends, the call's meter is closed exactly once in the task's last step:
+everything buffered goes to the ledger (or the spool), then the transcript is saved,
+then the optional ``post_call`` hook runs while the thread is ``processing``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipecat.frames.frames import EndFrame
+from pipecat.workers.runner import WorkerRunner
+from supabase import AsyncClient
+
+from flow.bot.contract import AtCapacity, CallRequest
+from flow.bot.pipeline import BotCall, ServicesFactory, build_call, default_services
+from flow.bot.simulated import SimulatedParams
+from flow.config import Settings
+from flow.db import threads as threads_repo
+from flow.metering.events import UsageEvent
+from flow.metering.meter import Listener, Meter, replay_spool
+from flow.metering.pricing import PriceBook
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+# How long a graceful end (stop, shutdown) may drain before the call is cancelled.
+GRACEFUL_END_SECONDS = 10.0
+
+# end_reason values; the first group ends the call normally (post-call runs).
+NORMAL_ENDS = ("completed", "stopped", "max_duration", "idle")
+
+
+@dataclass
+class CallResult:
+    """What a finished call hands the post-call step.
+
+    Parameters:
+        transcript: the turns (``role``, ``content``, ``started_at``, ``ended_at``,
+            ``interrupted``).
+        started_at: when the pipeline started.
+        ended_at: when it ended.
+        end_reason: ``completed``, ``stopped``, ``max_duration``, ``idle``, ``error``,
+            ``cancelled`` or ``shutdown``.
+        usage_events: every usage event the call recorded.
+    """
+
+    transcript: list[dict[str, Any]]
+    started_at: datetime
+    ended_at: datetime
+    end_reason: str
+    usage_events: list[UsageEvent] = field(default_factory=list)
+
+
+PostCall = Callable[[CallRequest, CallResult], Awaitable[None]]
+
+
+class _EndedWhileStarting(Exception):
+    """Stop or shutdown arrived before the pipeline ran."""
+
+
+@dataclass
+class _Running:
+    call: CallRequest
+    task: asyncio.Task[None] | None = None
+    bot: BotCall | None = None
+    end_reason: str | None = None
+    error: str | None = None
+
+
+class BotRunner:
+    """The in-process :class:`flow.bot.contract.CallRunner`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sb: AsyncClient,
+        *,
+        post_call: PostCall | None = None,
+        listeners: Sequence[Listener] = (),
+        services_factory: ServicesFactory | None = None,
+        price_book: PriceBook | None = None,
+        simulated: SimulatedParams | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sb = sb
+        self._post_call = post_call
+        self._listeners = tuple(listeners)
+        self._services_factory = services_factory or default_services
+        self._prices = price_book or PriceBook(settings.price_overrides(), settings.voice_prices())
+        self._simulated = simulated
+        self._calls: dict[str, _Running] = {}
+        self._shutting_down = False
+        self._replay_task: asyncio.Task[int] | None = None
+
+    # --- CallRunner ----------------------------------------------------------------
+    def has_capacity(self) -> bool:
+        return not self._shutting_down and len(self._calls) < self._settings.flow_max_bots
+
+    @property
+    def active_calls(self) -> list[str]:
+        return list(self._calls)
+
+    async def submit(self, call: CallRequest) -> None:
+        if not self.has_capacity() or call.workflow_thread_id in self._calls:
+            raise AtCapacity(RETRY_AFTER_SECONDS)
+        running = _Running(call)
+        self._calls[call.workflow_thread_id] = running
+        running.task = asyncio.create_task(
+            self._run(running), name=f"call-{call.workflow_thread_id}"
+        )
+        # A task cancelled before its first step never runs its own cleanup.
+        running.task.add_done_callback(lambda _t: self._calls.pop(call.workflow_thread_id, None))
+
+    async def stop(self, workflow_thread_id: str) -> bool:
+        running = self._calls.get(workflow_thread_id)
+        if running is None:
+            return False
+        await self._end(running, "stopped", graceful=True)
+        return True
+
+    async def shutdown(self) -> None:
+        """End every call, flush every meter, mark every unfinished thread failed."""
+        self._shutting_down = True
+        running = list(self._calls.values())
+        for r in running:
+            await self._end(r, "shutdown", graceful=False)
+        tasks = [r.task for r in running if r.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=GRACEFUL_END_SECONDS)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=GRACEFUL_END_SECONDS)
+        # A call whose task could not even mark its thread (cancelled in its last step).
+        for r in running:
+            if r.task is not None and not r.task.done():
+                continue
+            await self._mark_failed(r.call, "call", "shutdown", "the service shut down")
+        if self._replay_task is not None and not self._replay_task.done():
+            self._replay_task.cancel()
+
+    async def wait(self, workflow_thread_id: str) -> None:
+        """Wait for a call's task to finish (tests, the CLI demo)."""
+        running = self._calls.get(workflow_thread_id)
+        if running is not None and running.task is not None:
+            await asyncio.wait([running.task])
+
+    # --- spool -------------------------------------------------------------------------
+    async def replay_spool(self) -> int:
+        """Record usage a previous run spooled while the database was unreachable."""
+        try:
+            return await replay_spool(self._sb, self._settings.flow_spool_dir)
+        except Exception:
+            log.exception("spool replay failed; it is retried on the next start")
+            return 0
+
+    def start(self) -> None:
+        """Replay the spool in the background (called by :func:`create_runner`)."""
+        if self._replay_task is None:
+            self._replay_task = asyncio.get_running_loop().create_task(self.replay_spool())
+
+    # --- one call ----------------------------------------------------------------------
+    async def _end(self, running: _Running, reason: str, *, graceful: bool) -> None:
+        if running.end_reason is None:
+            running.end_reason = reason
+        bot = running.bot
+        if bot is None:
+            # Still starting: the task checks end_reason before the pipeline runs.
+            # (Cancelling it here could kill it before its first step, leaving the
+            # thread unmarked.)
+            return
+        if graceful:
+            await bot.worker.queue_frame(EndFrame())
+            asyncio.get_running_loop().call_later(
+                GRACEFUL_END_SECONDS,
+                lambda: asyncio.ensure_future(bot.worker.cancel(reason=reason)),
+            )
+        else:
+            await bot.worker.cancel(reason=reason)
+
+    async def _run(self, running: _Running) -> None:
+        call = running.call
+        tid = call.workflow_thread_id
+        meter = Meter(
+            self._sb,
+            spool_dir=self._settings.flow_spool_dir,
+            flush_seconds=self._settings.flow_meter_flush_seconds,
+            listeners=self._listeners,
+        )
+        started_at = datetime.now(UTC)
+        cancelled = False
+        try:
+            await self._status(tid, "starting", only_from=("pending", "starting"))
+            services = self._services_factory(self._settings, call)
+            simulated = SimulatedParams(**vars(self._simulated)) if self._simulated else None
+            bot = build_call(
+                call,
+                self._settings,
+                services=services,
+                meter=meter,
+                price_book=self._prices,
+                simulated=simulated,
+                idle_timeout_seconds=self._settings.flow_idle_timeout_seconds,
+            )
+            running.bot = bot
+            self._watch(running, bot)
+            meter.start()
+            started_at = datetime.now(UTC)
+            await self._status(tid, "running", bot_started_at=started_at.isoformat())
+            await bot.greet()
+            runner = WorkerRunner(handle_sigint=False)
+            await runner.add_workers(bot.worker)
+            limit = asyncio.get_running_loop().call_later(
+                self._settings.flow_max_call_seconds,
+                lambda: asyncio.ensure_future(self._end(running, "max_duration", graceful=False)),
+            )
+            try:
+                if running.end_reason is not None:  # stopped while starting
+                    raise _EndedWhileStarting
+                await runner.run()
+            finally:
+                limit.cancel()
+            if running.error and running.end_reason is None:
+                running.end_reason = "error"
+        except _EndedWhileStarting:
+            pass
+        except asyncio.CancelledError:
+            cancelled = True
+            if running.end_reason is None:
+                running.end_reason = "cancelled"
+        except Exception as exc:
+            log.exception("call %s failed", tid)
+            running.end_reason = running.end_reason or "error"
+            running.error = running.error or f"{exc.__class__.__name__}: {exc}"
+        finally:
+            # The last step runs to its end even if this task is cancelled again.
+            finish = asyncio.ensure_future(self._finish(running, meter, started_at))
+            try:
+                await asyncio.shield(finish)
+            except asyncio.CancelledError:
+                cancelled = True
+                await asyncio.wait([finish])
+            self._calls.pop(tid, None)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _watch(self, running: _Running, bot: BotCall) -> None:
+        @bot.worker.event_handler("on_idle_timeout")
+        async def _idle(_worker: Any) -> None:
+            if running.end_reason is None:
+                running.end_reason = "idle"
+
+        @bot.worker.event_handler("on_pipeline_error")
+        async def _error(_worker: Any, frame: Any) -> None:
+            running.error = running.error or str(getattr(frame, "error", frame))
+            processor = getattr(frame, "processor", None)
+            if getattr(frame, "fatal", False) or (
+                processor is not None and not processor.is_usable
+            ):
+                if running.end_reason is None:
+                    running.end_reason = "error"
+                await bot.worker.cancel(reason="error")
+
+    async def _finish(self, running: _Running, meter: Meter, started_at: datetime) -> None:
+        call = running.call
+        tid = call.workflow_thread_id
+        ended_at = datetime.now(UTC)
+        reason = running.end_reason or "completed"
+        if running.bot is not None:
+            running.bot.recorder.finish()
+        try:
+            await meter.close()
+        except Exception:
+            log.exception("call %s: closing the meter failed", tid)
+        transcript = running.bot.transcript.to_json() if running.bot is not None else []
+        result = CallResult(
+            transcript=transcript,
+            started_at=started_at,
+            ended_at=ended_at,
+            end_reason=reason,
+            usage_events=meter.events,
+        )
+        await self._update(tid, transcript=transcript, bot_ended_at=ended_at.isoformat())
+        if reason not in NORMAL_ENDS:
+            code = {"error": "pipeline_error"}.get(reason, reason)
+            message = running.error or f"the call ended: {reason}"
+            await self._mark_failed(call, "call", code, message)
+            return
+        if not await self._status(tid, "processing", only_from=("running", "starting")):
+            return
+        if self._post_call is not None:
+            try:
+                await self._post_call(call, result)
+            except asyncio.CancelledError:
+                await self._mark_failed(call, "post_call", "shutdown", "the service shut down")
+                raise
+            except Exception as exc:
+                log.exception("call %s: post-call step failed", tid)
+                await self._mark_failed(
+                    call, "post_call", "post_call_failed", f"{exc.__class__.__name__}: {exc}"
+                )
+                return
+        await self._status(tid, "completed", only_from=("processing",))
+
+    # --- thread updates that never take the call down ------------------------------------
+    async def _status(self, tid: str, status: str, **kw: Any) -> bool:
+        try:
+            return await threads_repo.set_status(self._sb, tid, status, **kw)
+        except Exception:
+            log.exception("thread %s: could not set status %s", tid, status)
+            return False
+
+    async def _update(self, tid: str, **columns: Any) -> None:
+        try:
+            await threads_repo.update_thread(self._sb, tid, **columns)
+        except Exception:
+            log.exception("thread %s: could not save the call's end", tid)
+
+    async def _mark_failed(self, call: CallRequest, stage: str, code: str, message: str) -> None:
+        try:
+            await threads_repo.set_status(
+                self._sb,
+                call.workflow_thread_id,
+                "failed",
+                only_from=("pending", "starting", "running", "processing"),
+                error_stage=stage,
+                error_code=code,
+                error_message=message[:2000],
+            )
+        except Exception:
+            log.exception("thread %s: could not mark it failed", call.workflow_thread_id)
+
+
+def create_runner(
+    settings: Settings,
+    sb: AsyncClient,
+    *,
+    post_call: PostCall | None = None,
+    listeners: Sequence[Listener] = (),
+    services_factory: ServicesFactory | None = None,
+    simulated: SimulatedParams | None = None,
+) -> BotRunner:
+    """The runner the API uses; replays the usage spool in the background when called
+    with an event loop running (the API's lifespan)."""
+    runner = BotRunner(
+        settings,
+        sb,
+        post_call=post_call,
+        listeners=listeners,
+        services_factory=services_factory,
+        simulated=simulated,
+    )
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return runner
+    runner.start()
+    return runner

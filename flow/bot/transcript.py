@@ -1,0 +1,78 @@
+"""The call's transcript, collected from the context aggregators' turn events.
+
+``on_user_turn_stopped`` (user aggregator) and ``on_assistant_turn_stopped``
+(assistant aggregator, which says whether the bot was interrupted) each add one turn.
+The runner saves the list on the thread (``workflow_threads.transcript``) at call end;
+nothing is written during the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pipecat.processors.aggregators.llm_response_universal import (
+    AssistantTurnStoppedMessage,
+    LLMAssistantAggregator,
+    LLMUserAggregator,
+    UserTurnStoppedMessage,
+)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One turn of the conversation.
+
+    Parameters:
+        role: ``user`` or ``assistant``.
+        content: what was said (for the bot: what it got to say before a cut).
+        started_at: ISO 8601, when the turn started.
+        ended_at: ISO 8601, when the turn ended.
+        interrupted: the caller cut the bot off.
+    """
+
+    role: Literal["user", "assistant"]
+    content: str
+    started_at: str
+    ended_at: str
+    interrupted: bool = False
+
+
+class Transcript:
+    """Collects turns in order."""
+
+    def __init__(self) -> None:
+        self.turns: list[Turn] = []
+
+    def attach(self, user: LLMUserAggregator, assistant: LLMAssistantAggregator) -> None:
+        @user.event_handler("on_user_turn_stopped")
+        async def _user_turn(_agg: Any, _strategy: Any, message: UserTurnStoppedMessage) -> None:
+            if message.content:
+                self.add("user", message.content, message.timestamp)
+
+        @assistant.event_handler("on_assistant_turn_stopped")
+        async def _assistant_turn(_agg: Any, message: AssistantTurnStoppedMessage) -> None:
+            # An interrupted turn that said nothing is still part of the story.
+            if message.content or message.interrupted:
+                self.add("assistant", message.content, message.timestamp, message.interrupted)
+
+    def add(
+        self,
+        role: Literal["user", "assistant"],
+        content: str,
+        started_at: str,
+        interrupted: bool = False,
+    ) -> None:
+        self.turns.append(
+            Turn(
+                role=role,
+                content=content,
+                started_at=started_at,
+                ended_at=datetime.now(UTC).isoformat(),
+                interrupted=interrupted,
+            )
+        )
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [asdict(t) for t in self.turns]

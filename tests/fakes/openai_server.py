@@ -1,0 +1,141 @@
+"""A local OpenAI-compatible chat-completions server that streams, for tests.
+
+It speaks the streaming protocol the real ``openai`` client (and so Pipecat's
+``OpenAILLMService``) expects: ``POST /v1/chat/completions`` answered with Server-Sent
+Events, one ``chat.completion.chunk`` per word, then a last chunk with no choices that
+carries ``usage`` (with ``prompt_tokens_details.cached_tokens``), then ``[DONE]``.
+
+Every request is recorded with the usage it was answered with and whether that usage
+chunk was actually sent (a client that hangs up mid-stream never receives it), so a
+test can compute exactly what the ledger must hold.
+
+``slow_word_seconds`` makes the stream slow, to let a test interrupt a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
+
+
+@dataclass
+class Served:
+    """One request: what it asked, what it was answered, and whether usage got out."""
+
+    messages: list[dict[str, Any]]
+    model: str
+    reply: str
+    usage: Usage
+    usage_sent: bool = False
+    words_sent: int = 0
+
+
+@dataclass
+class FakeOpenAI:
+    """The server's behaviour; change the fields between requests as a test needs.
+
+    Parameters:
+        replies: replies in order (the last one repeats).
+        usage: the usage reported for the n-th request (0-based) given its reply.
+        slow_word_seconds: delay before each word (0: as fast as possible).
+    """
+
+    replies: list[str] = field(default_factory=lambda: ["Sure, happy to help."])
+    slow_word_seconds: float = 0.0
+    served: list[Served] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    def usage_for(self, n: int, reply: str) -> Usage:
+        # Distinct, known numbers per request so a lost or doubled event shows.
+        return Usage(prompt_tokens=100 + 7 * n, completion_tokens=10 + n, cached_tokens=32)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> FakeOpenAI:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._completions)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        n = len(self.served)
+        reply = self.replies[min(n, len(self.replies) - 1)]
+        served = Served(
+            messages=body.get("messages", []),
+            model=body.get("model", ""),
+            reply=reply,
+            usage=self.usage_for(n, reply),
+        )
+        self.served.append(served)
+        if not body.get("stream"):
+            return web.json_response({"error": {"message": "only streaming is served"}}, status=400)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        created = int(time.time())
+        cid = f"chatcmpl-{n}"
+
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+            payload = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": served.model,
+                "choices": choices,
+                "usage": usage,
+            }
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        try:
+            await resp.write(chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}]))
+            words = reply.split(" ")
+            for i, word in enumerate(words):
+                if self.slow_word_seconds:
+                    await asyncio.sleep(self.slow_word_seconds)
+                text = word if i == 0 else " " + word
+                await resp.write(chunk([{"index": 0, "delta": {"content": text}}]))
+                served.words_sent += 1
+            await resp.write(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+            await resp.write(chunk([], served.usage.to_json()))
+            served.usage_sent = True
+            await resp.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            # The client hung up (an interrupted reply): no usage reached it.
+            served.usage_sent = False
+            raise
+        return resp
