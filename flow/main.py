@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from flow.api.errors import install_error_handlers
 from flow.api.limits import BodySizeLimitMiddleware
-from flow.api.routes import bots, health, usage
+from flow.api.routes import bots, health, integrations, usage
 from flow.auth import Authenticator
 from flow.bot.contract import CallRunner
 from flow.config import Settings, get_settings
@@ -41,6 +41,14 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
             services.push_async_callback(app.state.auth.aclose)
             services.push_async_callback(app.state.runner.shutdown)
             # Background services start here and register their stop with `services`.
+            if settings.flow_sync_enabled and settings.flow_secret_key.get_secret_value():
+                from flow.exporters.scheduler import SyncScheduler
+                from flow.exporters.sync import Exporter
+
+                scheduler = SyncScheduler(Exporter(sb, settings), settings.flow_sync_tick_seconds)
+                app.state.export_scheduler = scheduler
+                scheduler.start()
+                services.push_async_callback(scheduler.stop)
             yield
 
     app = FastAPI(
@@ -56,4 +64,5 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
     app.include_router(health.router)
     app.include_router(bots.router)
     app.include_router(usage.router)
+    app.include_router(integrations.router)
     return app
