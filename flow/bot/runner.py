@@ -235,6 +235,10 @@ class BotRunner:
                 await runner.run()
             finally:
                 limit.cancel()
+            this = asyncio.current_task()
+            if this is not None and this.cancelling():
+                # Pipecat's runner absorbs the cancellation; it is still ours.
+                raise asyncio.CancelledError
             if running.error and running.end_reason is None:
                 running.end_reason = "error"
         except _EndedWhileStarting:

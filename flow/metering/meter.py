@@ -77,6 +77,7 @@ class Meter:
         self._events: list[UsageEvent] = []
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
         self._closed = False
         self.recorded = 0
         self.spooled = 0
@@ -114,8 +115,11 @@ class Meter:
             )
 
     async def _flush_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self._flush_seconds)
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=self._flush_seconds)
+            except TimeoutError:
+                pass
             try:
                 await self.flush()
             except Exception:  # never let the flusher die: close() flushes again
@@ -127,38 +131,46 @@ class Meter:
             if not self._buffer:
                 return
             batch, self._buffer = self._buffer, []
-            delay = self._backoff_seconds
-            for attempt in range(1, self._max_attempts + 1):
-                try:
-                    await record_usage_events(self._sb, batch)
-                    self.recorded += len(batch)
-                    return
-                except DatabaseUnavailable as exc:
-                    log.warning(
-                        "usage flush attempt %d/%d failed: %s", attempt, self._max_attempts, exc
-                    )
-                except DatabaseError as exc:
-                    # Refused (not unreachable): retrying the same rows cannot help, but
-                    # the usage must not be lost either; the spool keeps it for an
-                    # operator to replay once the cause is fixed.
-                    log.error("the ledger refused a usage batch (%s): spooling it", exc)
-                    break
-                if attempt < self._max_attempts:
-                    await asyncio.sleep(delay)
-                    delay *= 2
-            await asyncio.to_thread(append_to_spool, self._spool_dir, batch)
-            self.spooled += len(batch)
+            try:
+                await self._record_or_spool(batch)
+            except BaseException:
+                # Cancelled (or failed) before the batch was recorded or spooled: put it
+                # back for the next flush. If it did reach the ledger, the retry inserts
+                # nothing (ids are fixed).
+                self._buffer[:0] = batch
+                raise
+
+    async def _record_or_spool(self, batch: list[UsageEvent]) -> None:
+        delay = self._backoff_seconds
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                await record_usage_events(self._sb, batch)
+                self.recorded += len(batch)
+                return
+            except DatabaseError as exc:
+                # Refused (not unreachable): retrying the same rows cannot help, but the
+                # usage must not be lost either; the spool keeps it for a replay once
+                # the cause is fixed.
+                log.error("the ledger refused a usage batch (%s): spooling it", exc)
+                break
+            except Exception as exc:  # DatabaseUnavailable, or anything unforeseen
+                log.warning(
+                    "usage flush attempt %d/%d failed: %s", attempt, self._max_attempts, exc
+                )
+            if attempt < self._max_attempts:
+                await asyncio.sleep(delay)
+                delay *= 2
+        await asyncio.to_thread(append_to_spool, self._spool_dir, batch)
+        self.spooled += len(batch)
 
     async def close(self) -> None:
         """Stop the periodic flush and flush everything left. Idempotent."""
         self._closed = True
+        self._stop.set()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+            # Let a flush in progress finish (its retries included) rather than cut it.
+            await asyncio.wait([task])
         await self.flush()
 
 

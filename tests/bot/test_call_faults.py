@@ -1,0 +1,169 @@
+"""Calls that end badly still record their usage exactly once: database outage, task
+cancelled mid-turn, maximum duration, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from supabase import AsyncClient
+
+from flow.db import threads as threads_repo
+from flow.db.client import create_client
+from flow.metering.meter import SPOOL_FILE, replay_spool
+from tests.bot.helpers import FakeVoices, bot_settings, ledger, make_runner, request_for
+from tests.fakes.openai_server import FakeOpenAI
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def until(predicate: Any, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+def call_task(thread_id: str) -> asyncio.Task[Any]:
+    [task] = [t for t in asyncio.all_tasks() if t.get_name() == f"call-{thread_id}"]
+    return task
+
+
+async def test_database_outage_during_call_spools_usage_and_replay_is_exact(
+    sb: AsyncClient, settings: Any, thread: dict[str, Any], tmp_path: Path
+) -> None:
+    server = await FakeOpenAI(replies=["One.", "Two."]).start()
+    try:
+        down = bot_settings(
+            settings,
+            server.base_url,
+            tmp_path,
+            supabase_url=f"http://127.0.0.1:{closed_port()}",
+        )
+        unreachable = await create_client(down)
+        voices = FakeVoices()
+        runner = make_runner(down, unreachable, voices)
+        request = request_for(thread, ["first", "second"])
+        await runner.submit(request)
+        await runner.wait(request.workflow_thread_id)
+    finally:
+        await server.stop()
+
+    tid = request.workflow_thread_id
+    assert await ledger(sb, tid) == []  # nothing reached the database...
+    assert (tmp_path / SPOOL_FILE).stat().st_size > 0  # ...everything is spooled
+
+    assert await replay_spool(sb, tmp_path) > 0
+    rows = await ledger(sb, tid)
+    llm = [r for r in rows if r["kind"] == "llm"]
+    assert sorted(r["input_tokens"] for r in llm) == sorted(
+        s.usage.prompt_tokens for s in server.served
+    )
+    assert sum(r["characters"] for r in rows) == voices.characters
+    assert sum(Decimal(r["audio_seconds_text"]) for r in rows) == voices.seconds
+
+    # A second replay (or the same events spooled again) counts nothing twice.
+    assert await replay_spool(sb, tmp_path) == 0
+    row = await threads_repo.get_thread(sb, tid)
+    assert row is not None
+    assert row["usage_stats"]["events"] == len(rows)
+    assert row["usage_stats"]["input_tokens"] == sum(s.usage.prompt_tokens for s in server.served)
+
+
+async def test_call_task_cancelled_mid_turn_keeps_its_usage(
+    sb: AsyncClient, settings: Any, thread: dict[str, Any], tmp_path: Path
+) -> None:
+    server = await FakeOpenAI(replies=[" ".join(["blah"] * 100)]).start()
+    server.slow_word_seconds = 0.05
+    try:
+        voices = FakeVoices()
+        runner = make_runner(bot_settings(settings, server.base_url, tmp_path), sb, voices)
+        request = request_for(thread, ["talk to me"])
+        await runner.submit(request)
+        await until(lambda: server.served and server.served[0].words_sent >= 4)
+        task = call_task(request.workflow_thread_id)
+        task.cancel()
+        await asyncio.wait([task])
+        assert task.cancelled()
+    finally:
+        await server.stop()
+
+    rows = await ledger(sb, request.workflow_thread_id)
+    llm = [r for r in rows if r["kind"] == "llm"]
+    assert len(llm) == 1 and llm[0]["estimated"] and llm[0]["output_tokens"] >= 4
+    assert sum(Decimal(r["audio_seconds_text"]) for r in rows) == voices.seconds > 0
+    row = await threads_repo.get_thread(sb, request.workflow_thread_id)
+    assert row is not None
+    assert (row["status"], row["error_stage"], row["error_code"]) == (
+        "failed",
+        "call",
+        "cancelled",
+    )
+    assert row["usage_stats"]["events"] == len(rows)
+    assert row["transcript"][0] == {**row["transcript"][0], "role": "user", "content": "talk to me"}
+
+
+async def test_call_over_max_duration_is_ended_with_its_usage(
+    sb: AsyncClient, settings: Any, thread: dict[str, Any], tmp_path: Path
+) -> None:
+    server = await FakeOpenAI(replies=[" ".join(["on"] * 200)]).start()
+    server.slow_word_seconds = 0.05  # a 10 s reply
+    try:
+        runner = make_runner(
+            bot_settings(settings, server.base_url, tmp_path, flow_max_call_seconds=1.0),
+            sb,
+            FakeVoices(),
+        )
+        request = request_for(thread, ["go on forever"])
+        await runner.submit(request)
+        await runner.wait(request.workflow_thread_id)
+    finally:
+        await server.stop()
+
+    row = await threads_repo.get_thread(sb, request.workflow_thread_id)
+    assert row is not None and row["status"] == "completed"
+    lasted = datetime.fromisoformat(row["bot_ended_at"]) - datetime.fromisoformat(
+        row["bot_started_at"]
+    )
+    assert 1.0 <= lasted.total_seconds() < 5.0
+    assert not server.served[0].usage_sent
+    llm = [r for r in await ledger(sb, request.workflow_thread_id) if r["kind"] == "llm"]
+    assert len(llm) == 1 and llm[0]["estimated"]
+
+
+async def test_shutdown_ends_every_call_flushes_and_marks_threads(
+    sb: AsyncClient, settings: Any, api_key: dict[str, Any], tmp_path: Path
+) -> None:
+    server = await FakeOpenAI(replies=[" ".join(["la"] * 200)]).start()
+    server.slow_word_seconds = 0.05
+    threads = [
+        await threads_repo.create_thread(sb, api_key_id=api_key["id"], transport="simulated")
+        for _ in range(2)
+    ]
+    try:
+        runner = make_runner(bot_settings(settings, server.base_url, tmp_path), sb, FakeVoices())
+        for t in threads:
+            await runner.submit(request_for(t, ["sing"]))
+        await until(lambda: len(server.served) == 2 and server.served[1].words_sent >= 2)
+        await runner.shutdown()
+        assert runner.active_calls == [] and not runner.has_capacity()
+    finally:
+        await server.stop()
+
+    for t in threads:
+        row = await threads_repo.get_thread(sb, t["workflow_thread_id"])
+        assert row is not None
+        assert (row["status"], row["error_code"]) == ("failed", "shutdown")
+        rows = await ledger(sb, str(t["workflow_thread_id"]))
+        assert {"stt", "llm"} <= {r["kind"] for r in rows}
+        assert [r["estimated"] for r in rows if r["kind"] == "llm"] == [True]
+        assert row["usage_stats"]["events"] == len(rows)
