@@ -7,6 +7,7 @@ the environment; tests pass their own settings and a runner they can observe.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -19,6 +20,7 @@ from flow.auth import Authenticator
 from flow.bot.contract import CallRunner
 from flow.config import Settings, get_settings
 from flow.db.client import create_client
+from flow.metering.posthog import PostHogAnalytics
 
 
 def create_app(settings: Settings | None = None, runner: CallRunner | None = None) -> FastAPI:
@@ -29,16 +31,23 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
         sb = await create_client(settings)
         app.state.sb = sb
         app.state.auth = Authenticator(settings, sb)
+        # One PostHog client for the process (none without POSTHOG_API_KEY).
+        app.state.analytics = PostHogAnalytics.from_settings(settings)
+        app.state.workflow = None
         if runner is None:
-            from flow.bot.runner import create_runner
+            from flow.workflows.bot_call import build_runner
 
-            app.state.runner = create_runner(settings, sb)
+            app.state.runner, app.state.workflow = build_runner(settings, sb, app.state.analytics)
         else:
             app.state.runner = runner
         async with AsyncExitStack() as services:
             # Stopped in reverse order: background services first, the runner last
             # but one (it ends calls and flushes their meters), auth's pending writes last.
             services.push_async_callback(app.state.auth.aclose)
+            # After the runner: its calls' post-call steps still capture and send webhooks.
+            services.push_async_callback(asyncio.to_thread, app.state.analytics.shutdown)
+            if app.state.workflow is not None:
+                services.push_async_callback(app.state.workflow.drain)
             services.push_async_callback(app.state.runner.shutdown)
             # Background services start here and register their stop with `services`.
             if settings.flow_sync_enabled and settings.flow_secret_key.get_secret_value():

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from supabase import AsyncClient
 
 from flow.bot.contract import CallRequest
+from flow.bot.runner import BotRunner, create_runner
 from flow.config import Settings
 from flow.db import threads as threads_repo
 from flow.db.client import DatabaseError, DatabaseUnavailable
@@ -40,12 +41,19 @@ WEBHOOK_DRAIN_SECONDS = 10.0
 
 
 class CallOutcome(Protocol):
-    """What the runner reports about a finished call (``flow.bot`` ``CallResult``)."""
+    """What post-call reads of the runner's :class:`flow.bot.runner.CallResult`."""
 
-    transcript: Any
-    started_at: datetime | None
-    ended_at: datetime | None
-    end_reason: str | None
+    @property
+    def transcript(self) -> Any: ...
+
+    @property
+    def started_at(self) -> datetime | None: ...
+
+    @property
+    def ended_at(self) -> datetime | None: ...
+
+    @property
+    def end_reason(self) -> str | None: ...
 
 
 class StepFailed(Exception):
@@ -178,3 +186,24 @@ class BotCallWorkflow:
 def meter_listeners(analytics: PostHogAnalytics) -> Sequence[Callable[[UsageEvent], None]]:
     """What every call's meter tells as each usage event is created."""
     return (analytics.capture_usage,) if analytics.enabled else ()
+
+
+def build_runner(
+    settings: Settings,
+    sb: AsyncClient,
+    analytics: PostHogAnalytics,
+    *,
+    workflow: BotCallWorkflow | None = None,
+    **runner_options: Any,
+) -> tuple[BotRunner, BotCallWorkflow]:
+    """The bot runner with the post-call workflow and live PostHog capture wired in.
+    ``runner_options`` go to :func:`flow.bot.runner.create_runner`."""
+    workflow = workflow or BotCallWorkflow(settings, sb, analytics)
+    runner = create_runner(
+        settings,
+        sb,
+        post_call=workflow.post_call,
+        listeners=meter_listeners(analytics),
+        **runner_options,
+    )
+    return runner, workflow

@@ -43,6 +43,7 @@ EVENT_ID_HEADER = "Flow-Event-Id"
 EVENT_TYPE_HEADER = "Flow-Event"
 MAX_URL_LENGTH = 2048
 TIMEOUT_SECONDS = 10.0
+DNS_TIMEOUT_SECONDS = 3.0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKOFF_SECONDS = 1.0
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -89,10 +90,13 @@ def check_url_shape(url: str, settings: Settings) -> tuple[str, int]:
     return parts.hostname, port
 
 
-async def validate_webhook_url(url: str, settings: Settings) -> str:
+async def validate_webhook_url(
+    url: str, settings: Settings, *, require_resolution: bool = False
+) -> str:
     """Refuse a URL Flow must not call (raises :class:`WebhookURLError` with the reason);
     returns the URL. Resolves the host: every address must be public unless
-    ``FLOW_WEBHOOK_ALLOW_PRIVATE`` is set."""
+    ``FLOW_WEBHOOK_ALLOW_PRIVATE`` is set. A host that does not resolve (yet) passes
+    unless ``require_resolution``: delivery checks again and refuses it then."""
     host, port = check_url_shape(url, settings)
     if settings.flow_webhook_allow_private:
         return url
@@ -104,13 +108,18 @@ async def validate_webhook_url(url: str, settings: Settings) -> str:
         addresses = [literal]
     else:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM),
+                DNS_TIMEOUT_SECONDS,
             )
-        except (OSError, UnicodeError) as exc:
+        except (OSError, UnicodeError, TimeoutError) as exc:
+            if not require_resolution:
+                return url
             raise WebhookURLError(f"webhook_url host {host!r} does not resolve") from exc
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not addresses:
+        if not require_resolution:
+            return url
         raise WebhookURLError(f"webhook_url host {host!r} does not resolve")
     for address in addresses:
         if not _is_public(address):
@@ -215,7 +224,7 @@ class WebhookSender:
     async def deliver(self, url: str, event_type: str, thread: Mapping[str, Any]) -> bool:
         """Send one event; True once the receiver answered 2xx. Never raises."""
         try:
-            await validate_webhook_url(url, self.settings)
+            await validate_webhook_url(url, self.settings, require_resolution=True)
         except WebhookURLError as exc:
             log.warning("webhook for thread %s refused: %s", thread.get("workflow_thread_id"), exc)
             return False

@@ -35,12 +35,20 @@ def runner() -> RecordingRunner:
     return RecordingRunner()
 
 
+def local_mode(settings: Settings) -> Settings:
+    """The settings in local-key mode with the auth cache on (at its longest)."""
+    return settings.model_copy(
+        update={
+            "unkey_root_key": SecretStr(""),
+            "flow_auth_cache_ttl_seconds": 30.0,
+            "flow_webhook_secret": SecretStr("whsec-api-tests"),
+        }
+    )
+
+
 @pytest.fixture
 def local_settings(settings: Settings) -> Settings:
-    """The session settings in local-key mode with the auth cache on."""
-    return settings.model_copy(
-        update={"unkey_root_key": SecretStr(""), "flow_auth_cache_ttl_seconds": 30.0}
-    )
+    return local_mode(settings)
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def good_answer(**extra: Any) -> str:
 
 def workflow_settings(base: Settings, **update: Any) -> Settings:
     """The session settings with the given fields replaced (secrets as SecretStr)."""
-    secret_fields = {"posthog_api_key", "openai_api_key", "flow_webhook_secret"}
+    secret_fields = {"posthog_api_key", "openai_api_key", "flow_webhook_secret", "unkey_root_key"}
     values = {k: SecretStr(v) if k in secret_fields else v for k, v in update.items()}
     values.setdefault("openai_api_key", SecretStr("sk-test-local"))
     return base.model_copy(update=values)

@@ -190,8 +190,18 @@ async def test_private_loopback_and_link_local_urls_are_refused(
 async def test_malformed_urls_are_refused_with_the_reason(
     settings: Settings, url: str, reason: str
 ) -> None:
+    strict = hook_settings(settings, allow_private=False)
     with pytest.raises(WebhookURLError, match=reason):
-        await validate_webhook_url(url, hook_settings(settings, allow_private=False))
+        await validate_webhook_url(url, strict, require_resolution=True)
+
+
+async def test_unresolvable_host_passes_the_join_but_not_the_delivery(settings: Settings) -> None:
+    strict = hook_settings(settings, allow_private=False)
+    url = "https://no-such-host.invalid/x"
+    assert await validate_webhook_url(url, strict) == url
+    sender = WebhookSender(strict, backoff_seconds=0.01)
+    thread = {"workflow_thread_id": "00000000-0000-0000-0000-000000000002"}
+    assert await sender.deliver(url, "call.completed", thread) is False
 
 
 async def test_public_address_passes_and_private_passes_only_when_allowed(
@@ -226,3 +236,27 @@ def test_stale_signature_is_rejected() -> None:
     assert verify_signature(SECRET, header, b"{}", now=1_000_100)
     assert not verify_signature(SECRET, header, b"{}", now=1_000_000 + 301)
     assert not verify_signature(SECRET, "garbage", b"{}")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest/meta-data", "http://localhost:8080/hook"]
+)
+async def test_join_refuses_a_private_webhook_url_with_a_clear_400(
+    settings: Settings, sb: AsyncClient, api_key: dict[str, Any], url: str
+) -> None:
+    from tests.api.conftest import bearer, serve
+    from tests.api.recording_runner import RecordingRunner
+
+    s = hook_settings(settings, allow_private=False, unkey_root_key="")
+    runner = RecordingRunner()
+    async with serve(s, runner) as client:
+        res = await client.post(
+            "/api/bot/join",
+            json={"transport": "simulated", "script": ["hi"], "webhook_url": url},
+            headers=bearer(api_key),
+        )
+    assert res.status_code == 400, res.text
+    body = res.json()
+    assert body["error"] == "invalid_webhook_url"
+    assert "private, loopback or link-local" in body["message"]
+    assert runner.submitted == []

@@ -32,6 +32,7 @@ from flow.api.deps import ApiKeyDep, RunnerDep, SettingsDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from flow.bot.contract import AtCapacity, BotConfig, CallRequest
 from flow.db import threads as threads_repo
+from flow.workflows.webhook import WebhookURLError, validate_webhook_url
 
 router = APIRouter(prefix="/api/bot", tags=["bots"], responses=ERROR_RESPONSES)
 
@@ -211,6 +212,11 @@ async def join(
     end_user_id = body.end_user_id or x_flow_user
     room_url = str(body.room_url) if body.room_url else None
     webhook_url = str(body.webhook_url) if body.webhook_url else None
+    if webhook_url:
+        try:
+            await validate_webhook_url(webhook_url, settings)
+        except WebhookURLError as exc:
+            raise ApiError(400, "invalid_webhook_url", str(exc)) from None
     row = await threads_repo.create_thread(
         sb,
         api_key_id=api_key.id,
