@@ -137,6 +137,8 @@ class Demo:
             ) as http:
                 threads = await self._join_calls(http, settings)
                 finished = await self._wait(http, threads)
+            # Live capture is queued; deliver it before counting what the sink holds.
+            await asyncio.to_thread(app.state.analytics.flush)
             await self._report(sb, finished, str(key_row["id"]))
             _say("")
             _say(f"Dashboard: {base_url}/dashboard  (sign in with the demo key below)")
