@@ -209,3 +209,28 @@ async def test_call_without_insights_completes_after_the_transcript(
     assert row is not None and row["status"] == "completed" and row["error_stage"] is None
     assert row["insights"] is None and row["transcript"] is not None
     assert openai_server.requests == []
+
+
+async def test_post_call_run_twice_makes_one_llm_call_and_one_ledger_row(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    openai_server: OpenAIJSONServer,
+) -> None:
+    openai_server.script(ScriptedAnswer(good_answer(), prompt_tokens=250, completion_tokens=30))
+    s, analytics, extractor = plain_setup(settings, sb, openai_server)
+    workflow = BotCallWorkflow(s, sb, analytics, insights=extractor)
+    thread = await new_thread(sb, api_key)
+
+    await workflow.post_call(call_request(thread), FakeCallResult())
+    first = await threads_repo.get_thread(sb, thread["workflow_thread_id"])
+    await workflow.post_call(call_request(thread), FakeCallResult(transcript=[]))
+    second = await threads_repo.get_thread(sb, thread["workflow_thread_id"])
+
+    assert first is not None and second is not None
+    assert second["status"] == "completed"
+    assert second["insights"] == first["insights"] == GOOD_INSIGHTS
+    assert second["transcript"] == first["transcript"]
+    assert second["usage_stats"] == first["usage_stats"]
+    assert len(openai_server.requests) == 1
+    assert len(await ledger(sb, thread["workflow_thread_id"])) == 1
