@@ -277,7 +277,8 @@ async def create_integration(
     now = datetime.now(UTC)
     settings_json, creds = split_body(body)
     backfill_from, start_now = backfill_start(body.backfill, now)
-    _check_track_window(body.provider, creds, None if start_now else backfill_from, now)
+    if not start_now:
+        _check_track_window(body.provider, creds, backfill_from, now)
     if validate:
         await validate_credentials(
             body.provider, settings_json, creds, settings.flow_export_source_id

@@ -156,18 +156,22 @@ class Exporter:
         outcomes: list[SyncOutcome] = []
         seen: set[str] = set()
         while True:
-            claimed = [r for r in await self.claim(force=force, ids=ids, limit=1)]
+            claimed = await self.claim(force=force, ids=ids, limit=1)
             if not claimed:
                 return outcomes
-            row = claimed[0]
-            if row["id"] in seen:
-                # Forced runs would claim the same integration again: one cycle each.
+            again = [r for r in claimed if r["id"] in seen]
+            for row in again:
+                # A forced run would claim the same integration again: one cycle each.
                 await self._release(row["id"], "active", None, synced=False)
+            for row in claimed:
+                if row["id"] in seen:
+                    continue
+                seen.add(row["id"])
+                if on_claim is not None:
+                    await on_claim(row)
+                outcomes.append(await self.sync_one(row, progress=progress))
+            if again:
                 return outcomes
-            seen.add(row["id"])
-            if on_claim is not None:
-                await on_claim(row)
-            outcomes.append(await self.sync_one(row, progress=progress))
 
     # --- one integration -------------------------------------------------------
     async def sync_one(

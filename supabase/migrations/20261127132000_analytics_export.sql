@@ -66,19 +66,24 @@ language sql
 volatile
 set search_path = public
 as $$
+  -- The candidates are picked once (a MATERIALIZED CTE): a LIMIT ... SKIP LOCKED subquery
+  -- inside IN may be re-run by the planner and hand out more rows than asked for.
+  with picked as materialized (
+    select c.id from analytics_integrations c
+    where (c.status = 'active' or (c.status = 'syncing' and c.lease_expires_at < now()))
+      and (c.lease_expires_at is null or c.lease_expires_at < now())
+      and (p_force or c.next_sync_at <= now())
+      and (p_ids is null or c.id = any (p_ids))
+    order by c.next_sync_at
+    limit greatest(p_limit, 0)
+    for update skip locked
+  )
   update analytics_integrations a
   set status = 'syncing',
       lease_owner = p_owner,
       lease_expires_at = now() + make_interval(secs => p_lease_seconds)
-  where a.id in (
-      select c.id from analytics_integrations c
-      where (c.status = 'active' or (c.status = 'syncing' and c.lease_expires_at < now()))
-        and (c.lease_expires_at is null or c.lease_expires_at < now())
-        and (p_force or c.next_sync_at <= now())
-        and (p_ids is null or c.id = any (p_ids))
-      order by c.next_sync_at
-      limit greatest(p_limit, 0)
-      for update skip locked)
+  from picked
+  where a.id = picked.id
     and (a.status = 'active' or (a.status = 'syncing' and a.lease_expires_at < now()))
     and (a.lease_expires_at is null or a.lease_expires_at < now())
   returning a.*;
