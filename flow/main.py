@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from flow.api.errors import install_error_handlers
 from flow.api.limits import BodySizeLimitMiddleware
-from flow.api.routes import bots, health, integrations, usage
+from flow.api.routes import bots, dashboard, health, integrations, usage
 from flow.auth import Authenticator
 from flow.bot.contract import CallRunner
 from flow.config import Settings, get_settings
@@ -74,4 +75,7 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
     app.include_router(bots.router)
     app.include_router(usage.router)
     app.include_router(integrations.router)
+    app.include_router(dashboard.router)
+    app.include_router(dashboard.page)
+    app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="dashboard-static")
     return app
