@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from flow.config import get_settings
+from flow.logs import configure_logging
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -30,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = get_settings()
+    configure_logging(settings.flow_log_level)
     uvicorn.run(
         "flow.main:create_app",
         factory=True,
@@ -140,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="print effective settings (secrets masked)").set_defaults(
         func=cmd_config
     )
+
+    from flow.exporters.commands import register as register_exports
+
+    register_exports(sub)
     return parser
 
 

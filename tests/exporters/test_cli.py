@@ -1,0 +1,87 @@
+"""``flow integrations`` and ``flow sync`` as an operator runs them (a real subprocess)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import pytest
+from supabase import AsyncClient
+
+from flow import localstack
+from tests.exporters.conftest import FLOW_SECRET, PH_KEY, integration_row, seed
+from tests.fakes.analytics_sinks import PostHogSink
+
+pytestmark = pytest.mark.usefixtures("cleanup_integrations")
+
+
+async def flow(stack: localstack.StackInfo, *args: str) -> tuple[int, str, str]:
+    env = {**os.environ, **stack.env(), "FLOW_SECRET_KEY": FLOW_SECRET}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "flow.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_operator_adds_syncs_pauses_and_removes(
+    stack: localstack.StackInfo,
+    sb: AsyncClient,
+    posthog_sink: PostHogSink,
+    api_key: dict[str, Any],
+    thread: dict[str, Any],
+) -> None:
+    await seed(sb, thread, 2500)
+    code, out, err = await flow(
+        stack,
+        "integrations",
+        "add",
+        "posthog",
+        "--key-id",
+        api_key["id"],
+        "--host",
+        posthog_sink.url,
+        "--project-api-key",
+        PH_KEY,
+        "--backfill",
+        "all",
+    )
+    assert code == 0, err
+    assert PH_KEY not in out + err
+    iid = next(line.split('"')[3] for line in out.splitlines() if line.strip().startswith('"id"'))
+
+    code, out, err = await flow(stack, "sync", iid)
+    assert code == 0, err
+    assert "exported=2500" in out
+    assert "2500/2500" in err  # the progress bar on stderr
+    assert len(posthog_sink.events) == 2500
+
+    code, out, _ = await flow(stack, "integrations", "list", "--key-id", api_key["id"])
+    assert iid in out and "exported=2500" in out
+    assert (await flow(stack, "integrations", "pause", iid))[0] == 0
+    assert (await integration_row(sb, iid))["status"] == "paused"
+    code, _, err = await flow(stack, "sync", iid)
+    assert "nothing to sync" in err
+    assert (await flow(stack, "integrations", "remove", iid))[0] == 0
+
+    code, _, err = await flow(
+        stack,
+        "integrations",
+        "add",
+        "posthog",
+        "--key-id",
+        api_key["id"],
+        "--host",
+        posthog_sink.url,
+        "--project-api-key",
+        "phc_wrong",
+    )
+    assert code == 2 and "bad key" in err
