@@ -27,6 +27,7 @@ import httpx
 from flow import localstack
 from flow.config import Settings
 from flow.db.client import call, create_client, rows_of
+from flow.logs import configure_logging
 
 SCRIPTS: list[tuple[str, list[str]]] = [
     (
@@ -141,10 +142,10 @@ class Demo:
             await asyncio.to_thread(app.state.analytics.flush)
             await self._report(sb, finished, str(key_row["id"]))
             _say("")
-            _say(f"Dashboard: {base_url}/dashboard  (sign in with the demo key below)")
-            _say(f"Demo key:  {key}")
             if self.exit_after:
                 return 0 if all(t["status"] == "completed" for t in finished) else 1
+            _say(f"Dashboard: {base_url}/dashboard  (sign in with the demo key below)")
+            _say(f"Demo key:  {key}")
             _say("Press Ctrl-C to stop everything the demo started.")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -305,6 +306,7 @@ def _line(category: str, kind: str, model: str, agg: dict[str, Decimal]) -> str:
 
 def main(calls: int = 3, port: int | None = None, exit_after: bool = False) -> int:
     os.environ.setdefault("FLOW_LOG_LEVEL", "WARNING")
+    configure_logging(os.environ["FLOW_LOG_LEVEL"])
     try:
         return asyncio.run(Demo(calls, port, exit_after).run())
     except KeyboardInterrupt:
