@@ -67,6 +67,9 @@ class CallResult:
 
 
 PostCall = Callable[[CallRequest, CallResult], Awaitable[None]]
+# Told when a call ends in ``failed`` before its post-call step (error, cancellation,
+# shutdown), so its trace and ``call.failed`` webhook still go out.
+OnFailed = Callable[[CallRequest, CallResult], Awaitable[None]]
 
 
 class _EndedWhileStarting(Exception):
@@ -91,6 +94,7 @@ class BotRunner:
         sb: AsyncClient,
         *,
         post_call: PostCall | None = None,
+        on_failed: OnFailed | None = None,
         listeners: Sequence[Listener] = (),
         services_factory: ServicesFactory | None = None,
         price_book: PriceBook | None = None,
@@ -99,6 +103,7 @@ class BotRunner:
         self._settings = settings
         self._sb = sb
         self._post_call = post_call
+        self._on_failed = on_failed
         self._listeners = tuple(listeners)
         self._services_factory = services_factory or default_services
         self._prices = price_book or PriceBook(settings.price_overrides(), settings.voice_prices())
@@ -304,6 +309,11 @@ class BotRunner:
             code = {"error": "pipeline_error"}.get(reason, reason)
             message = running.error or f"the call ended: {reason}"
             await self._mark_failed(call, "call", code, message)
+            if self._on_failed is not None:
+                try:
+                    await self._on_failed(call, result)
+                except Exception:
+                    log.exception("call %s: the failure hook failed", tid)
             return
         if not await self._status(tid, "processing", only_from=("running", "starting")):
             return
@@ -355,6 +365,7 @@ def create_runner(
     sb: AsyncClient,
     *,
     post_call: PostCall | None = None,
+    on_failed: OnFailed | None = None,
     listeners: Sequence[Listener] = (),
     services_factory: ServicesFactory | None = None,
     simulated: SimulatedParams | None = None,
@@ -365,6 +376,7 @@ def create_runner(
         settings,
         sb,
         post_call=post_call,
+        on_failed=on_failed,
         listeners=listeners,
         services_factory=services_factory,
         simulated=simulated,

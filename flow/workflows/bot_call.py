@@ -203,6 +203,7 @@ def build_runner(
         settings,
         sb,
         post_call=workflow.post_call,
+        on_failed=workflow.call_finished,
         listeners=meter_listeners(analytics),
         **runner_options,
     )

@@ -4,6 +4,7 @@ post-call workflow with insights through PostHog's wrapped OpenAI client."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -195,3 +196,71 @@ async def test_posthog_down_during_a_real_call_changes_nothing_but_analytics(
     assert len([r for r in rows if r["kind"] == "llm"]) == len(SCRIPT) + 1
     assert money(thread["usage_stats"]["total_cost_usd"]) == sum(r["cost_usd"] for r in rows)
     analytics.shutdown(1.0)
+
+
+async def test_a_call_that_fails_in_the_bot_still_sends_its_trace(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    tmp_path: Path,
+    openai_server: OpenAIJSONServer,
+    posthog_sink: PostHogSink,
+) -> None:
+    """Shutdown mid-reply fails the call in the bot stage; the failure hook still sends
+    the call's $ai_trace (and would send its call.failed webhook)."""
+    slow = await FakeOpenAI(replies=["One two three four five six."], slow_word_seconds=0.5).start()
+    try:
+        s = settings.model_copy(
+            update={
+                "openai_api_key": settings.openai_api_key.__class__("sk-test"),
+                "openai_base_url": slow.base_url,
+                "flow_spool_dir": tmp_path,
+                "posthog_api_key": settings.posthog_api_key.__class__("phc_test"),
+                "posthog_host": posthog_sink.url,
+            }
+        )
+        analytics = PostHogAnalytics.from_settings(s, flush_interval=0.05)
+        runner, _ = build_runner(
+            s,
+            sb,
+            analytics,
+            services_factory=FakeVoices(),
+            simulated=SimulatedParams(caller_audio_seconds=CALLER_AUDIO_SECONDS),
+        )
+        row = await threads_repo.create_thread(
+            sb, api_key_id=api_key["id"], transport="simulated", script=SCRIPT
+        )
+        thread_id = str(row["workflow_thread_id"])
+        await runner.submit(
+            CallRequest(
+                workflow_thread_id=thread_id,
+                api_key_id=str(api_key["id"]),
+                transport="simulated",
+                bot_config=BotConfig(),
+                script=list(SCRIPT),
+            )
+        )
+
+        async def first_request() -> None:
+            while not slow.served:  # noqa: ASYNC110 - the fake server has no event to await
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(first_request(), timeout=30)
+        await runner.shutdown()
+        thread = await threads_repo.get_thread(sb, thread_id)
+        assert thread is not None
+        assert (thread["status"], thread["error_stage"], thread["error_code"]) == (
+            "failed",
+            "call",
+            "shutdown",
+        )
+        analytics.flush()
+        received = await posthog_sink.wait_for(
+            lambda evs: any(e["event"] == "$ai_trace" for e in evs)
+        )
+        [trace] = [e for e in received if e["event"] == "$ai_trace"]
+        assert trace["properties"]["$ai_trace_id"] == thread_id
+        assert trace["properties"]["$ai_is_error"] is True
+        analytics.shutdown(1.0)
+    finally:
+        await slow.stop()
