@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.frames.frames import EndFrame, TTSSpeakFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -280,7 +280,7 @@ def build_call(
         cancel_on_idle_timeout=True,
         cancel_runner_on_idle_timeout=False,
     )
-    return BotCall(
+    bot = BotCall(
         worker=worker,
         transport=transport,
         context=context,
@@ -290,3 +290,21 @@ def build_call(
         usage_processor=usage,
         greeting=greeting,
     )
+    if call.transport == "daily":
+        _follow_the_caller(bot)
+    return bot
+
+
+def _follow_the_caller(bot: BotCall) -> None:
+    """In a Daily room the bot greets the caller when they join (not an empty room) and
+    ends the call, gracefully so every usage metric is flushed, when they leave."""
+    greeting, bot.greeting = bot.greeting, None
+
+    @bot.transport.event_handler("on_first_participant_joined")
+    async def _joined(_transport: Any, _participant: Any) -> None:
+        if greeting:
+            await bot.worker.queue_frame(TTSSpeakFrame(greeting))
+
+    @bot.transport.event_handler("on_participant_left")
+    async def _left(_transport: Any, _participant: Any, _reason: Any) -> None:
+        await bot.worker.queue_frame(EndFrame())
