@@ -49,6 +49,9 @@ async def create_client(settings: Settings) -> AsyncClient:
         settings.supabase_service_role_key.get_secret_value(),
         options=AsyncClientOptions(
             postgrest_client_timeout=settings.supabase_timeout_seconds,
+            # Fail fast: a request that cannot reach the database answers 503 at once
+            # (the meter has its own retry, backoff and spool) instead of sleeping 7 s.
+            postgrest_client_retry=False,
             auto_refresh_token=False,
             persist_session=False,
         ),

@@ -61,7 +61,10 @@ class _SyncFields(BaseModel):
 def _check_url(v: str | None) -> str | None:
     if v is None:
         return v
-    url = httpx.URL(v)
+    try:
+        url = httpx.URL(v)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"is not a valid URL: {exc}") from exc
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("must be an http(s) URL")
     return v.rstrip("/")
