@@ -38,6 +38,8 @@ from flow.metering.pricing import PriceBook
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+# How often usage spooled during a database outage is replayed while the service runs.
+SPOOL_REPLAY_SECONDS = 60.0
 # How long a graceful end (stop, shutdown) may drain before the call is cancelled.
 GRACEFUL_END_SECONDS = 10.0
 
@@ -99,8 +101,10 @@ class BotRunner:
         services_factory: ServicesFactory | None = None,
         price_book: PriceBook | None = None,
         simulated: SimulatedParams | None = None,
+        spool_replay_seconds: float = SPOOL_REPLAY_SECONDS,
     ) -> None:
         self._settings = settings
+        self._spool_replay_seconds = spool_replay_seconds
         self._sb = sb
         self._post_call = post_call
         self._on_failed = on_failed
@@ -175,9 +179,18 @@ class BotRunner:
             return 0
 
     def start(self) -> None:
-        """Replay the spool in the background (called by :func:`create_runner`)."""
+        """Replay the spool in the background now and every ``SPOOL_REPLAY_SECONDS``
+        (called by :func:`create_runner`), so usage spooled during a database outage
+        reaches the ledger once it is back, without waiting for a restart."""
         if self._replay_task is None:
-            self._replay_task = asyncio.get_running_loop().create_task(self.replay_spool())
+            self._replay_task = asyncio.get_running_loop().create_task(self._replay_forever())
+
+    async def _replay_forever(self) -> int:
+        replayed = 0
+        while not self._shutting_down:
+            replayed += await self.replay_spool()
+            await asyncio.sleep(self._spool_replay_seconds)
+        return replayed
 
     # --- one call ----------------------------------------------------------------------
     async def _end(self, running: _Running, reason: str, *, graceful: bool) -> None:
@@ -369,6 +382,7 @@ def create_runner(
     listeners: Sequence[Listener] = (),
     services_factory: ServicesFactory | None = None,
     simulated: SimulatedParams | None = None,
+    spool_replay_seconds: float = SPOOL_REPLAY_SECONDS,
 ) -> BotRunner:
     """The runner the API uses; replays the usage spool in the background when called
     with an event loop running (the API's lifespan)."""
@@ -380,6 +394,7 @@ def create_runner(
         listeners=listeners,
         services_factory=services_factory,
         simulated=simulated,
+        spool_replay_seconds=spool_replay_seconds,
     )
     try:
         asyncio.get_running_loop()

@@ -13,9 +13,11 @@ from typing import Any
 
 from supabase import AsyncClient
 
+from flow.bot.runner import create_runner
 from flow.db import threads as threads_repo
 from flow.db.client import create_client
-from flow.metering.meter import SPOOL_FILE, replay_spool
+from flow.metering.events import UsageEvent, UsageKind
+from flow.metering.meter import SPOOL_FILE, Meter, replay_spool
 from tests.bot.helpers import FakeVoices, bot_settings, ledger, make_runner, request_for
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -167,3 +169,48 @@ async def test_shutdown_ends_every_call_flushes_and_marks_threads(
         assert {"stt", "llm"} <= {r["kind"] for r in rows}
         assert [r["estimated"] for r in rows if r["kind"] == "llm"] == [True]
         assert row["usage_stats"]["events"] == len(rows)
+
+
+async def test_usage_spooled_while_running_reaches_the_ledger_without_a_restart(
+    sb: AsyncClient, settings: Any, thread: dict[str, Any], tmp_path: Path
+) -> None:
+    """The runner replays the spool periodically, not only when it starts."""
+    runner = create_runner(
+        bot_settings(settings, "http://127.0.0.1:9/v1", tmp_path),
+        sb,
+        spool_replay_seconds=0.2,
+    )
+    try:
+        down = bot_settings(
+            settings,
+            "http://127.0.0.1:9/v1",
+            tmp_path,
+            supabase_url=f"http://127.0.0.1:{closed_port()}",
+        )
+        meter = Meter(await create_client(down), spool_dir=tmp_path, backoff_seconds=0.01)
+        events = [
+            UsageEvent(
+                workflow_thread_id=thread["workflow_thread_id"],
+                api_key_id=thread["api_key_id"],
+                kind=UsageKind.TTS,
+                provider="openai",
+                model="tts-1",
+                characters=10 + i,
+                cost_usd=Decimal("0.000015") * (10 + i),
+            )
+            for i in range(5)
+        ]
+        meter.start()
+        for event in events:
+            meter.add(event)
+        await meter.close()  # the database is unreachable: the batch is spooled
+
+        tid = thread["workflow_thread_id"]
+        deadline = time.monotonic() + 20
+        while len(await ledger(sb, tid)) < len(events):
+            assert time.monotonic() < deadline, "the spool was not replayed"
+            await asyncio.sleep(0.1)
+        assert {r["id"] for r in await ledger(sb, tid)} == {str(e.id) for e in events}
+        assert not (tmp_path / SPOOL_FILE).exists() or (tmp_path / SPOOL_FILE).stat().st_size == 0
+    finally:
+        await runner.shutdown()
