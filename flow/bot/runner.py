@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipecat.frames.frames import EndFrame
 from pipecat.workers.runner import WorkerRunner
 from supabase import AsyncClient
 
@@ -40,8 +39,11 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
 # How often usage spooled during a database outage is replayed while the service runs.
 SPOOL_REPLAY_SECONDS = 60.0
-# How long a graceful end (stop, shutdown) may drain before the call is cancelled.
-GRACEFUL_END_SECONDS = 10.0
+# How often the runner asks the database whether another instance was asked to stop
+# one of its calls (POST /api/bot/{id}/stop reached an instance not running it).
+STOP_POLL_SECONDS = 1.0
+# How long shutdown waits for cancelled calls to record their usage and finish.
+SHUTDOWN_WAIT_SECONDS = 10.0
 
 # end_reason values; the first group ends the call normally (post-call runs).
 NORMAL_ENDS = ("completed", "stopped", "max_duration", "idle")
@@ -102,9 +104,12 @@ class BotRunner:
         price_book: PriceBook | None = None,
         simulated: SimulatedParams | None = None,
         spool_replay_seconds: float = SPOOL_REPLAY_SECONDS,
+        stop_poll_seconds: float = STOP_POLL_SECONDS,
     ) -> None:
         self._settings = settings
         self._spool_replay_seconds = spool_replay_seconds
+        self._stop_poll_seconds = stop_poll_seconds
+        self._stop_watch_task: asyncio.Task[None] | None = None
         self._sb = sb
         self._post_call = post_call
         self._on_failed = on_failed
@@ -139,7 +144,7 @@ class BotRunner:
         running = self._calls.get(workflow_thread_id)
         if running is None:
             return False
-        await self._end(running, "stopped", graceful=True)
+        await self._end(running, "stopped")
         return True
 
     async def shutdown(self) -> None:
@@ -147,21 +152,23 @@ class BotRunner:
         self._shutting_down = True
         running = list(self._calls.values())
         for r in running:
-            await self._end(r, "shutdown", graceful=False)
+            await self._end(r, "shutdown")
         tasks = [r.task for r in running if r.task is not None]
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=GRACEFUL_END_SECONDS)
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_SECONDS)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=GRACEFUL_END_SECONDS)
+                await asyncio.wait(pending, timeout=SHUTDOWN_WAIT_SECONDS)
         # A call whose task could not even mark its thread (cancelled in its last step).
         for r in running:
             if r.task is not None and not r.task.done():
                 continue
             await self._mark_failed(r.call, "call", "shutdown", "the service shut down")
-        if self._replay_task is not None and not self._replay_task.done():
-            self._replay_task.cancel()
+        background: list[asyncio.Task[Any] | None] = [self._replay_task, self._stop_watch_task]
+        for bg in background:
+            if bg is not None and not bg.done():
+                bg.cancel()
 
     async def wait(self, workflow_thread_id: str) -> None:
         """Wait for a call's task to finish (tests, the CLI demo)."""
@@ -182,8 +189,27 @@ class BotRunner:
         """Replay the spool in the background now and every ``SPOOL_REPLAY_SECONDS``
         (called by :func:`create_runner`), so usage spooled during a database outage
         reaches the ledger once it is back, without waiting for a restart."""
+        loop = asyncio.get_running_loop()
         if self._replay_task is None:
-            self._replay_task = asyncio.get_running_loop().create_task(self._replay_forever())
+            self._replay_task = loop.create_task(self._replay_forever())
+        if self._stop_watch_task is None:
+            self._stop_watch_task = loop.create_task(self._watch_stop_requests())
+
+    async def _watch_stop_requests(self) -> None:
+        """End the calls another instance was asked to stop."""
+        while not self._shutting_down:
+            await asyncio.sleep(self._stop_poll_seconds)
+            running = [tid for tid, r in self._calls.items() if r.end_reason is None]
+            if not running:
+                continue
+            try:
+                requested = await threads_repo.stop_requested(self._sb, running)
+            except Exception:
+                log.warning("could not check for stop requests; retrying", exc_info=True)
+                continue
+            for tid in requested:
+                log.info("call %s: stop requested through another instance", tid)
+                await self.stop(tid)
 
     async def _replay_forever(self) -> int:
         replayed = 0
@@ -193,7 +219,9 @@ class BotRunner:
         return replayed
 
     # --- one call ----------------------------------------------------------------------
-    async def _end(self, running: _Running, reason: str, *, graceful: bool) -> None:
+    async def _end(self, running: _Running, reason: str) -> None:
+        """End a call now. Cancelling the pipeline loses no usage: the tracker estimates
+        a reply cut off mid-stream, and every stage's metrics flush on the CancelFrame."""
         if running.end_reason is None:
             running.end_reason = reason
         bot = running.bot
@@ -202,14 +230,7 @@ class BotRunner:
             # (Cancelling it here could kill it before its first step, leaving the
             # thread unmarked.)
             return
-        if graceful:
-            await bot.worker.queue_frame(EndFrame())
-            asyncio.get_running_loop().call_later(
-                GRACEFUL_END_SECONDS,
-                lambda: asyncio.ensure_future(bot.worker.cancel(reason=reason)),
-            )
-        else:
-            await bot.worker.cancel(reason=reason)
+        await bot.worker.cancel(reason=reason)
 
     async def _run(self, running: _Running) -> None:
         call = running.call
@@ -245,7 +266,7 @@ class BotRunner:
             await runner.add_workers(bot.worker)
             limit = asyncio.get_running_loop().call_later(
                 self._settings.flow_max_call_seconds,
-                lambda: asyncio.ensure_future(self._end(running, "max_duration", graceful=False)),
+                lambda: asyncio.ensure_future(self._end(running, "max_duration")),
             )
             try:
                 if running.end_reason is not None:  # stopped while starting
@@ -383,6 +404,7 @@ def create_runner(
     services_factory: ServicesFactory | None = None,
     simulated: SimulatedParams | None = None,
     spool_replay_seconds: float = SPOOL_REPLAY_SECONDS,
+    stop_poll_seconds: float = STOP_POLL_SECONDS,
 ) -> BotRunner:
     """The runner the API uses; replays the usage spool in the background when called
     with an event loop running (the API's lifespan)."""
@@ -395,6 +417,7 @@ def create_runner(
         services_factory=services_factory,
         simulated=simulated,
         spool_replay_seconds=spool_replay_seconds,
+        stop_poll_seconds=stop_poll_seconds,
     )
     try:
         asyncio.get_running_loop()

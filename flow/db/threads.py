@@ -7,6 +7,7 @@ with ``error_stage``/``error_code``/``error_message``. Updates name their column
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -121,3 +122,33 @@ async def list_unfinished(sb: AsyncClient) -> list[dict[str, Any]]:
         )
     )
     return rows_of(res)
+
+
+async def request_stop(sb: AsyncClient, thread_id: UUID | str) -> bool:
+    """Ask whichever instance runs the call to end it; False when it is not running."""
+    res = await call(
+        lambda: (
+            sb.table("workflow_threads")
+            .update({"stop_requested_at": datetime.now(UTC).isoformat()})
+            .eq("workflow_thread_id", str(thread_id))
+            .in_("status", ["starting", "running"])
+            .execute()
+        )
+    )
+    return bool(rows_of(res))
+
+
+async def stop_requested(sb: AsyncClient, thread_ids: list[str]) -> list[str]:
+    """Which of these calls another instance was asked to stop."""
+    if not thread_ids:
+        return []
+    res = await call(
+        lambda: (
+            sb.table("workflow_threads")
+            .select("workflow_thread_id")
+            .in_("workflow_thread_id", thread_ids)
+            .not_.is_("stop_requested_at", "null")
+            .execute()
+        )
+    )
+    return [str(r["workflow_thread_id"]) for r in rows_of(res)]

@@ -293,3 +293,22 @@ async def test_unknown_routes_answer_json_errors(client: httpx.AsyncClient) -> N
     res = await client.delete("/health")
     assert res.status_code == 405
     assert res.json()["error"] == "method_not_allowed"
+
+
+async def test_stopping_a_call_another_instance_runs_records_the_request(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    api_key: dict[str, Any],
+    sb: AsyncClient,
+    runner: RecordingRunner,
+) -> None:
+    row = await threads_repo.create_thread(
+        sb, api_key_id=api_key["id"], transport="simulated", script=["x"]
+    )
+    thread_id = str(row["workflow_thread_id"])
+    await threads_repo.set_status(sb, thread_id, "running")
+    res = await client.post(f"/api/bot/{thread_id}/stop", headers=auth)
+    assert res.status_code == 202, res.text
+    assert res.json() == {"workflow_thread_id": thread_id, "status": "stopping"}
+    assert runner.stopped == []  # not this instance's call...
+    assert await threads_repo.stop_requested(sb, [thread_id]) == [thread_id]  # ...recorded

@@ -214,3 +214,38 @@ async def test_usage_spooled_while_running_reaches_the_ledger_without_a_restart(
         assert not (tmp_path / SPOOL_FILE).exists() or (tmp_path / SPOOL_FILE).stat().st_size == 0
     finally:
         await runner.shutdown()
+
+
+async def test_a_call_is_stopped_through_another_instance(
+    sb: AsyncClient, settings: Any, thread: dict[str, Any], tmp_path: Path
+) -> None:
+    """The stop request lands on an instance that does not run the call: it is recorded
+    in the database and the instance running the call ends it at once."""
+    server = await FakeOpenAI(replies=[" ".join(["word"] * 400)], slow_word_seconds=0.05).start()
+    try:
+        s = bot_settings(settings, server.base_url, tmp_path)
+        voices = FakeVoices()
+        runner = create_runner(s, sb, services_factory=voices, stop_poll_seconds=0.1)
+        request = request_for(thread, ["tell me a long story", "and another"])
+        await runner.submit(request)
+        tid = request.workflow_thread_id
+        await until(lambda: bool(server.served))
+        row = await threads_repo.get_thread(sb, tid)
+        assert row is not None and row["status"] == "running"
+
+        # What POST /api/bot/{id}/stop does on an instance without the call.
+        assert await threads_repo.request_stop(sb, tid)
+        started = time.monotonic()
+        await asyncio.wait_for(runner.wait(tid), timeout=30)
+        assert time.monotonic() - started < 15
+    finally:
+        await runner.shutdown()
+        await server.stop()
+    row = await threads_repo.get_thread(sb, tid)
+    assert row is not None
+    assert row["status"] == "completed", (row["status"], row["error_code"])
+    assert row["bot_ended_at"] is not None
+    # The cut reply was metered (estimated), nothing lost.
+    assert any(r["kind"] == "llm" for r in await ledger(sb, tid))
+    # A finished call is no longer stoppable from anywhere.
+    assert not await threads_repo.request_stop(sb, tid)

@@ -319,8 +319,10 @@ async def stop_bot(
     row = await _owned_thread(sb, workflow_thread_id, api_key.id)
     if row["status"] in FINISHED_STATUSES:
         raise ApiError(409, "already_finished", f"the call is already {row['status']}")
-    if not await runner.stop(str(workflow_thread_id)):
-        raise ApiError(
-            409, "not_running", f"the call is {row['status']} and no bot is running it here"
-        )
+    # Not running here: the instance running it (behind the same load balancer) picks
+    # the request up from the database within a second or two.
+    if not await runner.stop(str(workflow_thread_id)) and not await threads_repo.request_stop(
+        sb, workflow_thread_id
+    ):
+        raise ApiError(409, "not_running", f"the call is {row['status']}: no bot is running it")
     return StopResponse(workflow_thread_id=workflow_thread_id, status="stopping")
