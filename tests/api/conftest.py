@@ -42,6 +42,7 @@ def local_mode(settings: Settings) -> Settings:
             "unkey_root_key": SecretStr(""),
             "flow_auth_cache_ttl_seconds": 30.0,
             "flow_webhook_secret": SecretStr("whsec-api-tests"),
+            "openai_api_key": SecretStr("sk-api-tests"),
         }
     )
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 from supabase import AsyncClient
 
 from flow.config import Settings
@@ -312,3 +313,17 @@ async def test_stopping_a_call_another_instance_runs_records_the_request(
     assert res.json() == {"workflow_thread_id": thread_id, "status": "stopping"}
     assert runner.stopped == []  # not this instance's call...
     assert await threads_repo.stop_requested(sb, [thread_id]) == [thread_id]  # ...recorded
+
+
+async def test_join_is_refused_when_bots_cannot_run_here(
+    local_settings: Settings, auth: dict[str, str], runner: RecordingRunner
+) -> None:
+    unconfigured = local_settings.model_copy(update={"openai_api_key": SecretStr("")})
+    async with serve(unconfigured, runner) as client:
+        res = await client.post(
+            "/api/bot/join", json={"transport": "simulated", "script": ["hi"]}, headers=auth
+        )
+    assert res.status_code == 503
+    assert res.json()["error"] == "bot_not_configured"
+    assert "OPENAI_API_KEY" in res.json()["message"]
+    assert runner.submitted == []

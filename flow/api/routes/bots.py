@@ -206,6 +206,13 @@ async def join(
             400, "transport_not_allowed", "the simulated transport is disabled in production"
         )
     _check_limits(body, settings.flow_max_script_turns, settings.flow_max_prompt_chars)
+    if not settings.openai_api_key.get_secret_value():
+        # Refuse rather than accept a call that would fail as soon as it starts.
+        raise ApiError(
+            503,
+            "bot_not_configured",
+            "this instance cannot run bots: OPENAI_API_KEY is not set",
+        )
     if not runner.has_capacity():
         raise _at_capacity(CAPACITY_RETRY_AFTER_SECONDS)
 
