@@ -32,5 +32,6 @@ def unkey_settings(settings: Settings, fake: FakeUnkey, ttl_seconds: float) -> S
             "unkey_base_url": fake.base_url,
             "unkey_timeout_seconds": 2.0,
             "flow_auth_cache_ttl_seconds": ttl_seconds,
+            "openai_api_key": SecretStr("sk-auth-tests"),
         }
     )
