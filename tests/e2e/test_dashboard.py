@@ -115,6 +115,17 @@ async def test_dashboard_data_matches_independent_sums(
     assert got == per_model
     insights = sum((e.cost_usd or 0 for e in events if e.category == "insights"), Decimal(0))
     assert Decimal(data["cost_by_category"]["insights"]) == insights
+    latencies = sorted(e.latency_ms for e in events if e.latency_ms is not None)
+
+    def percentile(q: Decimal) -> Decimal:  # percentile_cont: linear interpolation
+        pos = q * (len(latencies) - 1)
+        low = int(pos)
+        high = min(low + 1, len(latencies) - 1)
+        return latencies[low] + (latencies[high] - latencies[low]) * (pos - low)
+
+    assert t["latency_sample"] == len(latencies)
+    assert Decimal(t["llm_latency_p50_ms"]) == round(percentile(Decimal("0.5")), 1)
+    assert Decimal(t["llm_latency_p95_ms"]) == round(percentile(Decimal("0.95")), 1)
     costs = [Decimal(c["cost_usd"]) for c in data["top_calls"]]
     assert costs == sorted(costs, reverse=True) and len(costs) == 3
 

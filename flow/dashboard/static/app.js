@@ -41,6 +41,7 @@ function render(data) {
   $("kpi-per-user").textContent = t.avg_cost_per_end_user_usd === null ? "—" : usd(t.avg_cost_per_end_user_usd);
   $("kpi-latency").textContent = t.llm_latency_p50_ms === null ? "—"
     : `${Math.round(t.llm_latency_p50_ms)} / ${Math.round(t.llm_latency_p95_ms)} ms`;
+  $("kpi-latency").title = `over the period's ${int(t.latency_sample)} most recent LLM inferences (at most 10,000)`;
   $("kpi-errors").textContent = t.error_rate === null ? "—" : (Number(t.error_rate) * 100).toFixed(2) + "%";
   $("kpi-tokens").textContent = int(t.tokens);
   $("kpi-unpriced").textContent = int(t.unpriced_events);
