@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipecat.workers.runner import WorkerRunner
@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
 # How often usage spooled during a database outage is replayed while the service runs.
-SPOOL_REPLAY_SECONDS = 60.0
+HOUSEKEEPING_SECONDS = 60.0
+# Margin beyond FLOW_MAX_CALL_SECONDS after which an unfinished thread is abandoned.
+ABANDONED_AFTER_SECONDS = 1800.0
 # How often the runner asks the database whether another instance was asked to stop
 # one of its calls (POST /api/bot/{id}/stop reached an instance not running it).
 STOP_POLL_SECONDS = 1.0
@@ -103,11 +105,11 @@ class BotRunner:
         services_factory: ServicesFactory | None = None,
         price_book: PriceBook | None = None,
         simulated: SimulatedParams | None = None,
-        spool_replay_seconds: float = SPOOL_REPLAY_SECONDS,
+        housekeeping_seconds: float = HOUSEKEEPING_SECONDS,
         stop_poll_seconds: float = STOP_POLL_SECONDS,
     ) -> None:
         self._settings = settings
-        self._spool_replay_seconds = spool_replay_seconds
+        self._housekeeping_seconds = housekeeping_seconds
         self._stop_poll_seconds = stop_poll_seconds
         self._stop_watch_task: asyncio.Task[None] | None = None
         self._sb = sb
@@ -186,12 +188,12 @@ class BotRunner:
             return 0
 
     def start(self) -> None:
-        """Replay the spool in the background now and every ``SPOOL_REPLAY_SECONDS``
-        (called by :func:`create_runner`), so usage spooled during a database outage
-        reaches the ledger once it is back, without waiting for a restart."""
+        """Start the background work (called by :func:`create_runner`): housekeeping
+        now and every ``housekeeping_seconds``, and watching for stop requests made
+        through other instances."""
         loop = asyncio.get_running_loop()
         if self._replay_task is None:
-            self._replay_task = loop.create_task(self._replay_forever())
+            self._replay_task = loop.create_task(self._housekeeping())
         if self._stop_watch_task is None:
             self._stop_watch_task = loop.create_task(self._watch_stop_requests())
 
@@ -211,11 +213,24 @@ class BotRunner:
                 log.info("call %s: stop requested through another instance", tid)
                 await self.stop(tid)
 
-    async def _replay_forever(self) -> int:
+    async def _housekeeping(self) -> int:
+        """Replay usage spooled during a database outage (it reaches the ledger once the
+        database is back, without a restart), and fail the threads of calls whose
+        instance died: no call outlives ``FLOW_MAX_CALL_SECONDS`` plus
+        ``ABANDONED_AFTER_SECONDS`` of starting and post-call work, so an older
+        unfinished thread has nobody running it."""
         replayed = 0
         while not self._shutting_down:
             replayed += await self.replay_spool()
-            await asyncio.sleep(self._spool_replay_seconds)
+            horizon = datetime.now(UTC) - timedelta(
+                seconds=self._settings.flow_max_call_seconds + ABANDONED_AFTER_SECONDS
+            )
+            try:
+                for tid in await threads_repo.fail_abandoned(self._sb, created_before=horizon):
+                    log.warning("thread %s: its instance stopped; marked failed", tid)
+            except Exception:
+                log.warning("could not look for abandoned threads; retrying", exc_info=True)
+            await asyncio.sleep(self._housekeeping_seconds)
         return replayed
 
     # --- one call ----------------------------------------------------------------------
@@ -403,7 +418,7 @@ def create_runner(
     listeners: Sequence[Listener] = (),
     services_factory: ServicesFactory | None = None,
     simulated: SimulatedParams | None = None,
-    spool_replay_seconds: float = SPOOL_REPLAY_SECONDS,
+    housekeeping_seconds: float = HOUSEKEEPING_SECONDS,
     stop_poll_seconds: float = STOP_POLL_SECONDS,
 ) -> BotRunner:
     """The runner the API uses; replays the usage spool in the background when called
@@ -416,7 +431,7 @@ def create_runner(
         listeners=listeners,
         services_factory=services_factory,
         simulated=simulated,
-        spool_replay_seconds=spool_replay_seconds,
+        housekeeping_seconds=housekeeping_seconds,
         stop_poll_seconds=stop_poll_seconds,
     )
     try:

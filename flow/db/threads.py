@@ -152,3 +152,25 @@ async def stop_requested(sb: AsyncClient, thread_ids: list[str]) -> list[str]:
         )
     )
     return [str(r["workflow_thread_id"]) for r in rows_of(res)]
+
+
+async def fail_abandoned(sb: AsyncClient, *, created_before: datetime) -> list[str]:
+    """Mark failed the unfinished threads created before ``created_before`` (their
+    instance died); returns their ids."""
+    res = await call(
+        lambda: (
+            sb.table("workflow_threads")
+            .update(
+                {
+                    "status": "failed",
+                    "error_stage": "call",
+                    "error_code": "instance_lost",
+                    "error_message": "the instance running this call stopped before it ended",
+                }
+            )
+            .in_("status", list(ACTIVE_STATUSES))
+            .lt("created_at", created_before.isoformat())
+            .execute()
+        )
+    )
+    return [str(r["workflow_thread_id"]) for r in rows_of(res)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -178,7 +178,7 @@ async def test_usage_spooled_while_running_reaches_the_ledger_without_a_restart(
     runner = create_runner(
         bot_settings(settings, "http://127.0.0.1:9/v1", tmp_path),
         sb,
-        spool_replay_seconds=0.2,
+        housekeeping_seconds=0.2,
     )
     try:
         down = bot_settings(
@@ -249,3 +249,33 @@ async def test_a_call_is_stopped_through_another_instance(
     assert any(r["kind"] == "llm" for r in await ledger(sb, tid))
     # A finished call is no longer stoppable from anywhere.
     assert not await threads_repo.request_stop(sb, tid)
+
+
+async def test_threads_whose_instance_died_are_marked_failed(
+    sb: AsyncClient, settings: Any, api_key: dict[str, Any], tmp_path: Path
+) -> None:
+    """A call cannot outlive FLOW_MAX_CALL_SECONDS: an older unfinished thread has no
+    instance running it any more, and the runner's housekeeping says so."""
+    s = bot_settings(settings, "http://127.0.0.1:9/v1", tmp_path)
+    long_ago = (datetime.now(UTC) - timedelta(seconds=s.flow_max_call_seconds, days=1)).isoformat()
+    orphan = await threads_repo.create_thread(
+        sb, api_key_id=api_key["id"], transport="simulated", status="running", created_at=long_ago
+    )
+    live = await threads_repo.create_thread(
+        sb, api_key_id=api_key["id"], transport="simulated", status="running"
+    )
+    runner = create_runner(s, sb, housekeeping_seconds=0.1)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            row = await threads_repo.get_thread(sb, orphan["workflow_thread_id"])
+            assert row is not None
+            if row["status"] == "failed":
+                break
+            assert time.monotonic() < deadline, "the abandoned thread was not marked"
+            await asyncio.sleep(0.1)
+    finally:
+        await runner.shutdown()
+    assert (row["error_stage"], row["error_code"]) == ("call", "instance_lost")
+    fresh = await threads_repo.get_thread(sb, live["workflow_thread_id"])
+    assert fresh is not None and fresh["status"] == "running"
