@@ -8,6 +8,7 @@ trigger sees the same statement a batch of ``record_usage_events`` would), then 
 the real app with uvicorn in separate processes and drives it over HTTP:
 
 - ``/api/usage`` (30 days, grouped by day and by model, and totals), local key;
+- ``/api/dashboard`` (30 days: every chart's figures, latency percentiles, top calls);
   the same report computed straight over the ledger (no rollup) in SQL is the baseline;
 - ``/api/bot/{id}`` with an Unkey key verified by the real ``unkey.py`` SDK against a
   local fake Unkey (its own process), cache TTL 10 s versus 0; and with a local key
@@ -320,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 "GET /api/usage?group_by=model": (
                     f"http://127.0.0.1:{local_port}/api/usage?group_by=model",
+                    local_key,
+                ),
+                "GET /api/dashboard (30 days)": (
+                    f"http://127.0.0.1:{local_port}/api/dashboard?days=30",
                     local_key,
                 ),
                 "GET /api/bot/{id}  unkey, cache on (10 s)": (
