@@ -136,8 +136,10 @@ async def test_call_over_max_duration_is_ended_with_its_usage(
     lasted = datetime.fromisoformat(row["bot_ended_at"]) - datetime.fromisoformat(
         row["bot_started_at"]
     )
-    assert 1.0 <= lasted.total_seconds() < 5.0
+    assert lasted.total_seconds() >= 1.0
+    # Ended by the limit, mid-reply: the 10 s stream never finished.
     assert not server.served[0].usage_sent
+    assert server.served[0].words_sent < 200
     llm = [r for r in await ledger(sb, request.workflow_thread_id) if r["kind"] == "llm"]
     assert len(llm) == 1 and llm[0]["estimated"]
 
@@ -235,9 +237,9 @@ async def test_a_call_is_stopped_through_another_instance(
 
         # What POST /api/bot/{id}/stop does on an instance without the call.
         assert await threads_repo.request_stop(sb, tid)
-        started = time.monotonic()
-        await asyncio.wait_for(runner.wait(tid), timeout=30)
-        assert time.monotonic() - started < 15
+        await asyncio.wait_for(runner.wait(tid), timeout=60)
+        # The reply was cut: the stop did not wait for the 400-word stream to finish.
+        assert server.served[0].words_sent < 400
     finally:
         await runner.shutdown()
         await server.stop()
@@ -246,7 +248,7 @@ async def test_a_call_is_stopped_through_another_instance(
     assert row["status"] == "completed", (row["status"], row["error_code"])
     assert row["bot_ended_at"] is not None
     # The cut reply was metered (estimated), nothing lost.
-    assert any(r["kind"] == "llm" for r in await ledger(sb, tid))
+    assert [r["estimated"] for r in await ledger(sb, tid) if r["kind"] == "llm"] == [True]
     # A finished call is no longer stoppable from anywhere.
     assert not await threads_repo.request_stop(sb, tid)
 
