@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     flow_greeting: str = ""
     flow_tts_provider: Literal["openai", "deepgram"] = "openai"
     flow_tts_model: str = "tts-1"
-    flow_tts_voice: str = "alloy"
+    flow_tts_voice: str = ""
     deepgram_api_key: SecretStr = SecretStr("")
     flow_stt_model: str = ""
     daily_api_key: SecretStr = SecretStr("")

@@ -101,13 +101,32 @@ def openai_llm(settings: Settings, call: CallRequest) -> LLMService[Any]:
     )
 
 
+DEFAULT_VOICES = {"openai": "alloy", "deepgram": "aura-2-thalia-en"}
+
+
+def configuration_problem(settings: Settings) -> str | None:
+    """Why this instance cannot run bots with its settings, or None when it can."""
+    if not settings.openai_api_key.get_secret_value():
+        return "OPENAI_API_KEY is not set"
+    if (
+        settings.flow_tts_provider == "deepgram"
+        and not settings.deepgram_api_key.get_secret_value()
+    ):
+        return "FLOW_TTS_PROVIDER=deepgram needs DEEPGRAM_API_KEY"
+    return None
+
+
 def default_services(settings: Settings, call: CallRequest) -> CallServices:
     """Services from settings: OpenAI LLM; OpenAI or Deepgram TTS; Deepgram STT when
     ``DEEPGRAM_API_KEY`` is set, else OpenAI's (no STT for a simulated call)."""
     openai_key = settings.openai_api_key.get_secret_value() or None
     base_url = settings.openai_base_url or None
     deepgram_key = settings.deepgram_api_key.get_secret_value()
-    voice = call.bot_config.voice or settings.flow_tts_voice
+    voice = (
+        call.bot_config.voice
+        or settings.flow_tts_voice
+        or DEFAULT_VOICES[settings.flow_tts_provider]
+    )
     providers: dict[str, str] = {LLM_NAME: "openai", TTS_NAME: settings.flow_tts_provider}
     models = {LLM_NAME: llm_model_for(settings, call)}
 

@@ -31,6 +31,7 @@ from pydantic import (
 from flow.api.deps import ApiKeyDep, RunnerDep, SettingsDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from flow.bot.contract import AtCapacity, BotConfig, CallRequest
+from flow.bot.pipeline import configuration_problem
 from flow.db import threads as threads_repo
 from flow.workflows.webhook import WebhookURLError, validate_webhook_url
 
@@ -206,13 +207,10 @@ async def join(
             400, "transport_not_allowed", "the simulated transport is disabled in production"
         )
     _check_limits(body, settings.flow_max_script_turns, settings.flow_max_prompt_chars)
-    if not settings.openai_api_key.get_secret_value():
+    problem = configuration_problem(settings)
+    if problem is not None:
         # Refuse rather than accept a call that would fail as soon as it starts.
-        raise ApiError(
-            503,
-            "bot_not_configured",
-            "this instance cannot run bots: OPENAI_API_KEY is not set",
-        )
+        raise ApiError(503, "bot_not_configured", f"this instance cannot run bots: {problem}")
     if not runner.has_capacity():
         raise _at_capacity(CAPACITY_RETRY_AFTER_SECONDS)
 
