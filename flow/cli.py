@@ -83,6 +83,53 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    """Who to bill: every key's usage and cost over a period, or one key's by group."""
+    from datetime import UTC, datetime, timedelta
+
+    from flow.db import keys, usage
+
+    async def go() -> int:
+        sb = await _client()
+        end = datetime.now(UTC)
+        start = end - timedelta(days=args.days)
+        rows = await keys.list_keys(sb)
+        if args.key:
+            rows = [r for r in rows if args.key in (str(r["id"]), r["key_prefix"], r["name"])]
+            if not rows:
+                print(f"no key matches {args.key!r}", file=sys.stderr)
+                return 1
+        reports = []
+        for row in rows:
+            report = await usage.usage_report(
+                sb, str(row["id"]), start, end, args.group_by if args.key else None
+            )
+            reports.append({"api_key_id": str(row["id"]), "name": row["name"], **report})
+        if args.json:
+            print(
+                json.dumps(
+                    {"start": start.isoformat(), "end": end.isoformat(), "keys": reports}, indent=2
+                )
+            )
+            return 0
+        print(f"usage from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC")
+        header = f"{'':<38}{'calls':>7}{'llm':>7}{'tokens':>12}{'tts chars':>11}"
+        print(header + f"{'stt s':>10}{'unpriced':>9}{'cost USD':>16}")
+        for report in reports:
+            lines = [(report["name"][:36], report["totals"])]
+            lines += [(f"  {g['key']}"[:36], g) for g in report.get("groups", [])]
+            for label, f in lines:
+                tokens = f["input_tokens"] + f["output_tokens"]
+                print(
+                    f"{label:<38}{f['calls']:>7}{f['llm_calls']:>7}{tokens:>12}"
+                    f"{f['tts_characters']:>11}{f['stt_seconds']:>10}"
+                    f"{f['unpriced_events']:>9}{f['cost_usd']:>16}"
+                )
+        return 0
+
+    return _run(go())
+
+
 def cmd_stack(args: argparse.Namespace) -> int:
     from flow.localstack.__main__ import main as stack_main
 
@@ -100,6 +147,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flow.demo.run import main as demo_main
 
     return demo_main(calls=args.calls, port=args.port, exit_after=args.exit)
+
+
+def _days(value: str) -> int:
+    days = int(value)
+    if not 1 <= days <= 400:
+        raise argparse.ArgumentTypeError("must be between 1 and 400")
+    return days
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -134,6 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit", action="store_true", help="stop after the report instead of serving"
     )
     demo.set_defaults(func=cmd_demo)
+
+    usage_cmd = sub.add_parser("usage", help="usage and cost per key: who to bill")
+    usage_cmd.add_argument(
+        "--days", type=_days, default=30, help="the last N days, 1-400 (default 30)"
+    )
+    usage_cmd.add_argument("--key", default=None, help="one key, by id, prefix or name")
+    usage_cmd.add_argument(
+        "--group-by",
+        choices=["day", "model", "category", "kind", "end_user"],
+        default=None,
+        help="with --key: break its usage down",
+    )
+    usage_cmd.add_argument("--json", action="store_true", help="print JSON")
+    usage_cmd.set_defaults(func=cmd_usage)
 
     stack = sub.add_parser("stack", help="the local Supabase-compatible stack")
     stack.add_argument("action", choices=["install", "up", "down", "env", "status"])

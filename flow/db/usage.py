@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from supabase import AsyncClient
@@ -24,3 +25,23 @@ async def record_usage_events(sb: AsyncClient, events: Sequence[UsageEvent]) -> 
         res: Any = await call(sb.rpc("record_usage_events", {"events": rows}).execute)
         inserted += int(res.data)
     return inserted
+
+
+async def usage_report(
+    sb: AsyncClient,
+    api_key_id: str,
+    start: datetime,
+    end: datetime,
+    group_by: str | None = None,
+) -> dict[str, Any]:
+    """The ``usage_report`` SQL function: ``{"totals": {...}, "groups": [...]}`` for one
+    key over [start, end), decimals as strings."""
+    params = {
+        "p_api_key_id": str(api_key_id),
+        "p_start": start.isoformat(),
+        "p_end": end.isoformat(),
+        "p_group_by": group_by,
+    }
+    res: Any = await call(sb.rpc("usage_report", params).execute)
+    data: dict[str, Any] = res.data
+    return data

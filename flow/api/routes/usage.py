@@ -8,14 +8,14 @@ seconds, averages, error rate) are strings so no digit is lost on the way.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from flow.api.deps import ApiKeyDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError
-from flow.db.client import call
+from flow.db import usage as usage_repo
 
 router = APIRouter(prefix="/api/usage", tags=["usage"], responses=ERROR_RESPONSES)
 
@@ -87,14 +87,7 @@ async def usage_report(
         raise _invalid("start", "start must be before end")
     if end_at - start_at > MAX_RANGE:
         raise _invalid("end", f"the range may span at most {MAX_RANGE.days} days")
-    params = {
-        "p_api_key_id": api_key.id,
-        "p_start": start_at.isoformat(),
-        "p_end": end_at.isoformat(),
-        "p_group_by": group_by,
-    }
-    res: Any = await call(sb.rpc("usage_report", params).execute)
-    data: dict[str, Any] = res.data
+    data = await usage_repo.usage_report(sb, api_key.id, start_at, end_at, group_by)
     return UsageReport(
         api_key_id=api_key.id,
         start=start_at,
