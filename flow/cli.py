@@ -104,7 +104,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
             report = await usage.usage_report(
                 sb, str(row["id"]), start, end, args.group_by if args.key else None
             )
-            reports.append({"api_key_id": str(row["id"]), "name": row["name"], **report})
+            ident = row["key_prefix"] or row["unkey_key_id"] or str(row["id"])[:8]
+            reports.append(
+                {"api_key_id": str(row["id"]), "name": row["name"], "key": ident, **report}
+            )
         if args.json:
             print(
                 json.dumps(
@@ -116,7 +119,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         header = f"{'':<38}{'calls':>7}{'llm':>7}{'tokens':>12}{'tts chars':>11}"
         print(header + f"{'stt s':>10}{'unpriced':>9}{'cost USD':>16}")
         for report in reports:
-            lines = [(report["name"][:36], report["totals"])]
+            lines = [(f"{report['name'][:20]} ({report['key']})"[:37], report["totals"])]
             lines += [(f"  {g['key']}"[:36], g) for g in report.get("groups", [])]
             for label, f in lines:
                 tokens = f["input_tokens"] + f["output_tokens"]
