@@ -112,18 +112,6 @@ async def fail_thread(
     )
 
 
-async def list_unfinished(sb: AsyncClient) -> list[dict[str, Any]]:
-    res = await call(
-        lambda: (
-            sb.table("workflow_threads")
-            .select("workflow_thread_id,status")
-            .in_("status", list(ACTIVE_STATUSES))
-            .execute()
-        )
-    )
-    return rows_of(res)
-
-
 async def request_stop(sb: AsyncClient, thread_id: UUID | str) -> bool:
     """Ask whichever instance runs the call to end it; False when it is not running."""
     res = await call(
