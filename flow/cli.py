@@ -59,9 +59,13 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     from flow.db import keys
 
     async def go() -> int:
-        revoked = await keys.revoke_key(await _client(), args.key)
+        try:
+            revoked = await keys.revoke_key(await _client(), args.key)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         if not revoked:
-            print(f"no active key matches {args.key!r}", file=sys.stderr)
+            print(f"the key {args.key!r} is already revoked", file=sys.stderr)
             return 1
         for row in revoked:
             print(f"revoked {row['id']} ({row['name']})")

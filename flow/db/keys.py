@@ -106,27 +106,70 @@ async def touch_last_used(sb: AsyncClient, key_id: UUID | str) -> None:
     )
 
 
-async def revoke_key(sb: AsyncClient, key_id_or_prefix: str) -> list[dict[str, Any]]:
-    """Deactivate a key by id or by its printed prefix; returns the revoked rows."""
-    query = sb.table("api_keys").update(
-        {"is_active": False, "revoked_at": datetime.now(UTC).isoformat()}
-    )
+KEY_COLUMNS = "id,name,owner,key_prefix,unkey_key_id,is_active,created_at,last_used_at"
+
+
+class KeyNotFound(LookupError):
+    """No key answers to the given id, prefix or name."""
+
+
+class AmbiguousKey(LookupError):
+    """Several keys answer to the given name; the message lists them."""
+
+
+async def find_keys(sb: AsyncClient, ident: str) -> list[dict[str, Any]]:
+    """Every key named by ``ident``: an ``api_keys.id``, a printed prefix, an Unkey key
+    id or a name (names need not be unique). Every ``flow keys`` command, ``flow usage``
+    and ``flow integrations`` name keys this way."""
     try:
-        UUID(key_id_or_prefix)
-        query = query.eq("id", key_id_or_prefix)
+        UUID(ident)
+        query = sb.table("api_keys").select(KEY_COLUMNS).eq("id", ident)
     except ValueError:
-        query = query.eq("key_prefix", key_id_or_prefix)
-    res = await call(lambda: query.eq("is_active", True).execute())
+        query = (
+            sb.table("api_keys")
+            .select(KEY_COLUMNS)
+            .or_(
+                f"key_prefix.eq.{_quoted(ident)},unkey_key_id.eq.{_quoted(ident)},"
+                f"name.eq.{_quoted(ident)}"
+            )
+        )
+    res = await call(lambda: query.order("created_at").execute())
+    return rows_of(res)
+
+
+async def resolve_key(sb: AsyncClient, ident: str) -> dict[str, Any]:
+    """The one key named by ``ident`` (see :func:`find_keys`); raises
+    :class:`KeyNotFound` or :class:`AmbiguousKey`."""
+    found = await find_keys(sb, ident)
+    if not found:
+        raise KeyNotFound(f"no key matches {ident!r} (give its id, prefix or name)")
+    if len(found) > 1:
+        listed = ", ".join(f"{r['id']} ({r['key_prefix'] or r['unkey_key_id']})" for r in found)
+        raise AmbiguousKey(f"{len(found)} keys match {ident!r}: {listed}; give the id")
+    return found[0]
+
+
+def _quoted(value: str) -> str:
+    """A PostgREST filter value in double quotes (names may hold commas or dots)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def revoke_key(sb: AsyncClient, ident: str) -> list[dict[str, Any]]:
+    """Deactivate the key named by ``ident`` (id, prefix or name; see
+    :func:`resolve_key`); returns the revoked rows (none when it was already revoked)."""
+    key = await resolve_key(sb, ident)
+    res = await call(
+        lambda: (
+            sb.table("api_keys")
+            .update({"is_active": False, "revoked_at": datetime.now(UTC).isoformat()})
+            .eq("id", str(key["id"]))
+            .eq("is_active", True)
+            .execute()
+        )
+    )
     return rows_of(res)
 
 
 async def list_keys(sb: AsyncClient) -> list[dict[str, Any]]:
-    res = await call(
-        lambda: (
-            sb.table("api_keys")
-            .select("id,name,owner,key_prefix,unkey_key_id,is_active,created_at,last_used_at")
-            .order("created_at")
-            .execute()
-        )
-    )
+    res = await call(lambda: sb.table("api_keys").select(KEY_COLUMNS).order("created_at").execute())
     return rows_of(res)
