@@ -22,9 +22,9 @@ from pydantic import SecretStr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from flow.analytics.posthog import PostHogAnalytics
 from flow.config import Settings
 from flow.metering.events import UsageEvent, UsageKind
-from flow.metering.posthog import PostHogAnalytics
 from flow.metering.pricing import PriceBook
 from tests.fakes.posthog_sink import PostHogSink
 

@@ -55,7 +55,8 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from flow.bot.contract import BotConfig, CallRequest
-from flow.bot.pipeline import CallServices, build_call, openai_llm
+from flow.bot.pipeline import build_call
+from flow.bot.services import CallServices, openai_llm
 from flow.bot.simulated import SimulatedParams
 from flow.bot.usage_processor import (
     Attribution,

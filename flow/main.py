@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from flow.analytics.posthog import PostHogAnalytics
 from flow.api.errors import install_error_handlers
 from flow.api.limits import BodySizeLimitMiddleware
 from flow.api.routes import bots, dashboard, health, integrations, usage
@@ -21,7 +22,8 @@ from flow.auth import Authenticator
 from flow.bot.contract import CallRunner
 from flow.config import Settings, get_settings
 from flow.db.client import create_client
-from flow.metering.posthog import PostHogAnalytics
+from flow.metering.meter import Metering
+from flow.metering.pricing import PriceBook
 
 
 def create_app(settings: Settings | None = None, runner: CallRunner | None = None) -> FastAPI:
@@ -32,13 +34,21 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
         sb = await create_client(settings)
         app.state.sb = sb
         app.state.auth = Authenticator(settings, sb)
-        # One PostHog client for the process (none without POSTHOG_API_KEY).
-        app.state.analytics = PostHogAnalytics.from_settings(settings)
+        # One price book, one PostHog client (none without POSTHOG_API_KEY) and one
+        # metering for the process: every usage event is priced, recorded and sent
+        # live through these.
+        prices = PriceBook.from_settings(settings)
+        app.state.analytics = PostHogAnalytics.from_settings(settings, prices=prices)
+        metering = Metering.from_settings(
+            settings, sb, prices=prices, listeners=app.state.analytics.listeners()
+        )
         app.state.workflow = None
         if runner is None:
             from flow.workflows.bot_call import build_runner
 
-            app.state.runner, app.state.workflow = build_runner(settings, sb, app.state.analytics)
+            app.state.runner, app.state.workflow = build_runner(
+                settings, sb, app.state.analytics, metering=metering
+            )
         else:
             app.state.runner = runner
         async with AsyncExitStack() as services:

@@ -10,7 +10,12 @@ is cancelled, or on :meth:`BotRunner.shutdown` (SIGTERM).
 
 However it ends, the call's meter is closed exactly once in the task's last step:
 everything buffered goes to the ledger (or the spool), then the transcript is saved,
-then the optional ``post_call`` hook runs while the thread is ``processing``.
+then the optional ``post_call`` hook runs while the thread is ``processing``. Status
+moves go through :mod:`flow.db.call_state`, which refuses to move a finished call.
+
+This module is one call's lifecycle; the work the instance does for all its calls
+(spool replay, abandoned threads, stop requests from other instances) is in
+:mod:`flow.bot.instance`.
 """
 
 from __future__ import annotations
@@ -19,36 +24,29 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from pipecat.workers.runner import WorkerRunner
 from supabase import AsyncClient
 
 from flow.bot.contract import AtCapacity, CallRequest
-from flow.bot.pipeline import BotCall, ServicesFactory, build_call, default_services
+from flow.bot.instance import HOUSEKEEPING_SECONDS, STOP_POLL_SECONDS, InstanceJobs
+from flow.bot.pipeline import BotCall, build_call
+from flow.bot.services import ServicesFactory, default_services
 from flow.bot.simulated import SimulatedParams
 from flow.config import Settings
+from flow.db import call_state
 from flow.db import threads as threads_repo
+from flow.db.call_state import CallStatus, EndReason, ErrorStage
 from flow.metering.events import UsageEvent
-from flow.metering.meter import Listener, Meter, replay_spool
-from flow.metering.pricing import PriceBook
+from flow.metering.meter import Listener, Meter, Metering
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
-# How often usage spooled during a database outage is replayed while the service runs.
-HOUSEKEEPING_SECONDS = 60.0
-# Margin beyond FLOW_MAX_CALL_SECONDS after which an unfinished thread is abandoned.
-ABANDONED_AFTER_SECONDS = 1800.0
-# How often the runner asks the database whether another instance was asked to stop
-# one of its calls (POST /api/bot/{id}/stop reached an instance not running it).
-STOP_POLL_SECONDS = 1.0
 # How long shutdown waits for cancelled calls to record their usage and finish.
 SHUTDOWN_WAIT_SECONDS = 10.0
-
-# end_reason values; the first group ends the call normally (post-call runs).
-NORMAL_ENDS = ("completed", "stopped", "max_duration", "idle")
 
 
 @dataclass
@@ -60,15 +58,14 @@ class CallResult:
             ``interrupted``).
         started_at: when the pipeline started.
         ended_at: when it ended.
-        end_reason: ``completed``, ``stopped``, ``max_duration``, ``idle``, ``error``,
-            ``cancelled`` or ``shutdown``.
+        end_reason: why it ended (:class:`flow.db.call_state.EndReason`).
         usage_events: every usage event the call recorded.
     """
 
     transcript: list[dict[str, Any]]
     started_at: datetime
     ended_at: datetime
-    end_reason: str
+    end_reason: EndReason
     usage_events: list[UsageEvent] = field(default_factory=list)
 
 
@@ -87,41 +84,47 @@ class _Running:
     call: CallRequest
     task: asyncio.Task[None] | None = None
     bot: BotCall | None = None
-    end_reason: str | None = None
+    end_reason: EndReason | None = None
     error: str | None = None
 
 
 class BotRunner:
-    """The in-process :class:`flow.bot.contract.CallRunner`."""
+    """The in-process :class:`flow.bot.contract.CallRunner`.
+
+    Parameters:
+        settings: service settings.
+        sb: the database client.
+        metering: the process's metering (price book, spool, listeners); each call
+            gets a meter from it.
+        post_call: run with the thread ``processing`` after a call that ended normally.
+        on_failed: told of a call that ended ``failed`` before its post-call step.
+        services_factory: the vendors of a call (default: from settings).
+        simulated: parameters of the simulated transport's scripted caller.
+        jobs: the instance-wide jobs, started by :meth:`start` and stopped on shutdown.
+    """
 
     def __init__(
         self,
         settings: Settings,
         sb: AsyncClient,
         *,
+        metering: Metering,
         post_call: PostCall | None = None,
         on_failed: OnFailed | None = None,
-        listeners: Sequence[Listener] = (),
         services_factory: ServicesFactory | None = None,
-        price_book: PriceBook | None = None,
         simulated: SimulatedParams | None = None,
-        housekeeping_seconds: float = HOUSEKEEPING_SECONDS,
-        stop_poll_seconds: float = STOP_POLL_SECONDS,
+        jobs: InstanceJobs | None = None,
     ) -> None:
         self._settings = settings
-        self._housekeeping_seconds = housekeeping_seconds
-        self._stop_poll_seconds = stop_poll_seconds
-        self._stop_watch_task: asyncio.Task[None] | None = None
         self._sb = sb
+        self._metering = metering
         self._post_call = post_call
         self._on_failed = on_failed
-        self._listeners = tuple(listeners)
         self._services_factory = services_factory or default_services
-        self._prices = price_book or PriceBook(settings.price_overrides(), settings.voice_prices())
         self._simulated = simulated
         self._calls: dict[str, _Running] = {}
         self._shutting_down = False
-        self._replay_task: asyncio.Task[int] | None = None
+        self.jobs = jobs
 
     # --- CallRunner ----------------------------------------------------------------
     def has_capacity(self) -> bool:
@@ -146,7 +149,7 @@ class BotRunner:
         running = self._calls.get(workflow_thread_id)
         if running is None:
             return False
-        await self._end(running, "stopped")
+        await self._end(running, EndReason.STOPPED)
         return True
 
     async def shutdown(self) -> None:
@@ -154,7 +157,7 @@ class BotRunner:
         self._shutting_down = True
         running = list(self._calls.values())
         for r in running:
-            await self._end(r, "shutdown")
+            await self._end(r, EndReason.SHUTDOWN)
         tasks = [r.task for r in running if r.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_WAIT_SECONDS)
@@ -166,11 +169,11 @@ class BotRunner:
         for r in running:
             if r.task is not None and not r.task.done():
                 continue
-            await self._mark_failed(r.call, "call", "shutdown", "the service shut down")
-        background: list[asyncio.Task[Any] | None] = [self._replay_task, self._stop_watch_task]
-        for bg in background:
-            if bg is not None and not bg.done():
-                bg.cancel()
+            await self._mark_failed(
+                r.call, ErrorStage.CALL, EndReason.SHUTDOWN, "the service shut down"
+            )
+        if self.jobs is not None:
+            await self.jobs.stop()
 
     async def wait(self, workflow_thread_id: str) -> None:
         """Wait for a call's task to finish (tests, the CLI demo)."""
@@ -178,63 +181,17 @@ class BotRunner:
         if running is not None and running.task is not None:
             await asyncio.wait([running.task])
 
-    # --- spool -------------------------------------------------------------------------
-    async def replay_spool(self) -> int:
-        """Record usage a previous run spooled while the database was unreachable."""
-        try:
-            return await replay_spool(self._sb, self._settings.flow_spool_dir)
-        except Exception:
-            log.exception("spool replay failed; it is retried on the next start")
-            return 0
-
     def start(self) -> None:
-        """Start the background work (called by :func:`create_runner`): housekeeping
-        now and every ``housekeeping_seconds``, and watching for stop requests made
-        through other instances."""
-        loop = asyncio.get_running_loop()
-        if self._replay_task is None:
-            self._replay_task = loop.create_task(self._housekeeping())
-        if self._stop_watch_task is None:
-            self._stop_watch_task = loop.create_task(self._watch_stop_requests())
+        """Start the instance-wide jobs (needs a running event loop)."""
+        if self.jobs is not None:
+            self.jobs.start()
 
-    async def _watch_stop_requests(self) -> None:
-        """End the calls another instance was asked to stop."""
-        while not self._shutting_down:
-            await asyncio.sleep(self._stop_poll_seconds)
-            running = [tid for tid, r in self._calls.items() if r.end_reason is None]
-            if not running:
-                continue
-            try:
-                requested = await threads_repo.stop_requested(self._sb, running)
-            except Exception:
-                log.warning("could not check for stop requests; retrying", exc_info=True)
-                continue
-            for tid in requested:
-                log.info("call %s: stop requested through another instance", tid)
-                await self.stop(tid)
-
-    async def _housekeeping(self) -> int:
-        """Replay usage spooled during a database outage (it reaches the ledger once the
-        database is back, without a restart), and fail the threads of calls whose
-        instance died: no call outlives ``FLOW_MAX_CALL_SECONDS`` plus
-        ``ABANDONED_AFTER_SECONDS`` of starting and post-call work, so an older
-        unfinished thread has nobody running it."""
-        replayed = 0
-        while not self._shutting_down:
-            replayed += await self.replay_spool()
-            horizon = datetime.now(UTC) - timedelta(
-                seconds=self._settings.flow_max_call_seconds + ABANDONED_AFTER_SECONDS
-            )
-            try:
-                for tid in await threads_repo.fail_abandoned(self._sb, created_before=horizon):
-                    log.warning("thread %s: its instance stopped; marked failed", tid)
-            except Exception:
-                log.warning("could not look for abandoned threads; retrying", exc_info=True)
-            await asyncio.sleep(self._housekeeping_seconds)
-        return replayed
+    def running_calls(self) -> list[str]:
+        """The calls this instance runs that have not been asked to end yet."""
+        return [tid for tid, r in self._calls.items() if r.end_reason is None]
 
     # --- one call ----------------------------------------------------------------------
-    async def _end(self, running: _Running, reason: str) -> None:
+    async def _end(self, running: _Running, reason: EndReason) -> None:
         """End a call now. Cancelling the pipeline loses no usage: the tracker estimates
         a reply cut off mid-stream, and every stage's metrics flush on the CancelFrame."""
         if running.end_reason is None:
@@ -250,16 +207,11 @@ class BotRunner:
     async def _run(self, running: _Running) -> None:
         call = running.call
         tid = call.workflow_thread_id
-        meter = Meter(
-            self._sb,
-            spool_dir=self._settings.flow_spool_dir,
-            flush_seconds=self._settings.flow_meter_flush_seconds,
-            listeners=self._listeners,
-        )
+        meter = self._metering.meter()
         started_at = datetime.now(UTC)
         cancelled = False
         try:
-            await self._status(tid, "starting", only_from=("pending", "starting"))
+            await self._move(tid, CallStatus.STARTING)
             services = self._services_factory(self._settings, call)
             simulated = SimulatedParams(**vars(self._simulated)) if self._simulated else None
             bot = build_call(
@@ -267,7 +219,7 @@ class BotRunner:
                 self._settings,
                 services=services,
                 meter=meter,
-                price_book=self._prices,
+                price_book=self._metering.prices,
                 simulated=simulated,
                 idle_timeout_seconds=self._settings.flow_idle_timeout_seconds,
             )
@@ -275,13 +227,13 @@ class BotRunner:
             self._watch(running, bot)
             meter.start()
             started_at = datetime.now(UTC)
-            await self._status(tid, "running", bot_started_at=started_at.isoformat())
+            await self._move(tid, CallStatus.RUNNING, bot_started_at=started_at.isoformat())
             await bot.greet()
             runner = WorkerRunner(handle_sigint=False)
             await runner.add_workers(bot.worker)
             limit = asyncio.get_running_loop().call_later(
                 self._settings.flow_max_call_seconds,
-                lambda: asyncio.ensure_future(self._end(running, "max_duration")),
+                lambda: asyncio.ensure_future(self._end(running, EndReason.MAX_DURATION)),
             )
             try:
                 if running.end_reason is not None:  # stopped while starting
@@ -294,16 +246,16 @@ class BotRunner:
                 # Pipecat's runner absorbs the cancellation; it is still ours.
                 raise asyncio.CancelledError
             if running.error and running.end_reason is None:
-                running.end_reason = "error"
+                running.end_reason = EndReason.ERROR
         except _EndedWhileStarting:
             pass
         except asyncio.CancelledError:
             cancelled = True
             if running.end_reason is None:
-                running.end_reason = "cancelled"
+                running.end_reason = EndReason.CANCELLED
         except Exception as exc:
             log.exception("call %s failed", tid)
-            running.end_reason = running.end_reason or "error"
+            running.end_reason = running.end_reason or EndReason.ERROR
             running.error = running.error or f"{exc.__class__.__name__}: {exc}"
         finally:
             # The last step runs to its end even if this task is cancelled again.
@@ -321,7 +273,7 @@ class BotRunner:
         @bot.worker.event_handler("on_idle_timeout")
         async def _idle(_worker: Any) -> None:
             if running.end_reason is None:
-                running.end_reason = "idle"
+                running.end_reason = EndReason.IDLE
 
         @bot.worker.event_handler("on_pipeline_error")
         async def _error(_worker: Any, frame: Any) -> None:
@@ -331,14 +283,14 @@ class BotRunner:
                 processor is not None and not processor.is_usable
             ):
                 if running.end_reason is None:
-                    running.end_reason = "error"
-                await bot.worker.cancel(reason="error")
+                    running.end_reason = EndReason.ERROR
+                await bot.worker.cancel(reason=str(EndReason.ERROR))
 
     async def _finish(self, running: _Running, meter: Meter, started_at: datetime) -> None:
         call = running.call
         tid = call.workflow_thread_id
         ended_at = datetime.now(UTC)
-        reason = running.end_reason or "completed"
+        reason = running.end_reason or EndReason.COMPLETED
         if running.bot is not None:
             running.bot.recorder.finish()
         try:
@@ -354,38 +306,41 @@ class BotRunner:
             usage_events=meter.events,
         )
         await self._update(tid, transcript=transcript, bot_ended_at=ended_at.isoformat())
-        if reason not in NORMAL_ENDS:
-            code = {"error": "pipeline_error"}.get(reason, reason)
+        if not reason.normal:
+            code = "pipeline_error" if reason is EndReason.ERROR else str(reason)
             message = running.error or f"the call ended: {reason}"
-            await self._mark_failed(call, "call", code, message)
+            await self._mark_failed(call, ErrorStage.CALL, code, message)
             if self._on_failed is not None:
                 try:
                     await self._on_failed(call, result)
                 except Exception:
                     log.exception("call %s: the failure hook failed", tid)
             return
-        if not await self._status(tid, "processing", only_from=("running", "starting")):
+        if not await self._move(tid, CallStatus.PROCESSING):
             return
         if self._post_call is not None:
             try:
                 await self._post_call(call, result)
             except asyncio.CancelledError:
-                await self._mark_failed(call, "post_call", "shutdown", "the service shut down")
+                await self._mark_failed(
+                    call, ErrorStage.POST_CALL, EndReason.SHUTDOWN, "the service shut down"
+                )
                 raise
             except Exception as exc:
                 log.exception("call %s: post-call step failed", tid)
-                await self._mark_failed(
-                    call, "post_call", "post_call_failed", f"{exc.__class__.__name__}: {exc}"
-                )
+                message = f"{exc.__class__.__name__}: {exc}"
+                await self._mark_failed(call, ErrorStage.POST_CALL, "post_call_failed", message)
                 return
-        await self._status(tid, "completed", only_from=("processing",))
+        # A post-call step usually settles the thread itself (completed, or failed at a
+        # named step); this move is then refused, as every move of a finished call is.
+        await self._move(tid, CallStatus.COMPLETED)
 
     # --- thread updates that never take the call down ------------------------------------
-    async def _status(self, tid: str, status: str, **kw: Any) -> bool:
+    async def _move(self, tid: str, status: CallStatus, **columns: Any) -> bool:
         try:
-            return await threads_repo.set_status(self._sb, tid, status, **kw)
+            return await call_state.move(self._sb, tid, status, **columns)
         except Exception:
-            log.exception("thread %s: could not set status %s", tid, status)
+            log.exception("thread %s: could not move it to %s", tid, status)
             return False
 
     async def _update(self, tid: str, **columns: Any) -> None:
@@ -396,14 +351,8 @@ class BotRunner:
 
     async def _mark_failed(self, call: CallRequest, stage: str, code: str, message: str) -> None:
         try:
-            await threads_repo.set_status(
-                self._sb,
-                call.workflow_thread_id,
-                "failed",
-                only_from=("pending", "starting", "running", "processing"),
-                error_stage=stage,
-                error_code=code,
-                error_message=message[:2000],
+            await call_state.fail(
+                self._sb, call.workflow_thread_id, stage=stage, code=code, message=message
             )
         except Exception:
             log.exception("thread %s: could not mark it failed", call.workflow_thread_id)
@@ -413,6 +362,7 @@ def create_runner(
     settings: Settings,
     sb: AsyncClient,
     *,
+    metering: Metering | None = None,
     post_call: PostCall | None = None,
     on_failed: OnFailed | None = None,
     listeners: Sequence[Listener] = (),
@@ -421,16 +371,24 @@ def create_runner(
     housekeeping_seconds: float = HOUSEKEEPING_SECONDS,
     stop_poll_seconds: float = STOP_POLL_SECONDS,
 ) -> BotRunner:
-    """The runner the API uses; replays the usage spool in the background when called
-    with an event loop running (the API's lifespan)."""
+    """The runner the API uses, with its instance jobs; they start at once when called
+    with an event loop running (the API's lifespan). Without ``metering`` one is built
+    from settings over ``sb`` with ``listeners``."""
     runner = BotRunner(
         settings,
         sb,
+        metering=metering or Metering.from_settings(settings, sb, listeners=listeners),
         post_call=post_call,
         on_failed=on_failed,
-        listeners=listeners,
         services_factory=services_factory,
         simulated=simulated,
+    )
+    runner.jobs = InstanceJobs(
+        sb,
+        spool_dir=settings.flow_spool_dir,
+        max_call_seconds=settings.flow_max_call_seconds,
+        running_calls=runner.running_calls,
+        stop_call=runner.stop,
         housekeeping_seconds=housekeeping_seconds,
         stop_poll_seconds=stop_poll_seconds,
     )

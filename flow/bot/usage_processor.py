@@ -58,7 +58,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from flow.metering.events import UsageCategory, UsageEvent, UsageKind
 from flow.metering.meter import Meter
-from flow.metering.pricing import PriceBook, gross_input_tokens
+from flow.metering.pricing import PriceBook, cost_fields, gross_input_tokens
 from flow.metering.tokenizer import count_message_tokens, count_tokens
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class UsageRecorder:
             cache_write_tokens=cache_write_tokens,
             reasoning_tokens=reasoning_tokens,
             cache_hit=cache_read_tokens > 0,
-            cost_usd=price.total_cost_usd if price else None,
+            **cost_fields(price),
             latency_ms=_ms(latency_s),
             estimated=estimated,
         )
@@ -228,7 +228,7 @@ class UsageRecorder:
             provider=provider,
             model=model,
             characters=item.value,
-            cost_usd=self._prices.tts(provider, model, item.value),
+            **cost_fields(self._prices.tts(provider, model, item.value)),
         )
 
     def _on_stt(self, item: STTUsageMetricsData) -> None:
@@ -242,7 +242,7 @@ class UsageRecorder:
             provider=provider,
             model=model,
             audio_seconds=seconds,
-            cost_usd=self._prices.stt(provider, model, seconds),
+            **cost_fields(self._prices.stt(provider, model, seconds)),
         )
 
     def _add(self, **fields: Any) -> UsageEvent:

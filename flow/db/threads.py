@@ -1,7 +1,7 @@
 """``workflow_threads``: one row per call, owned by an API key.
 
-Status moves pending -> starting -> running -> processing -> completed, or to failed
-with ``error_stage``/``error_code``/``error_message``. Updates name their columns;
+Statuses and their moves belong to :mod:`flow.db.call_state` (the only writer of
+``status``). Updates here name their columns and never touch ``status``;
 ``usage_stats`` is written only by ``record_usage_events`` in SQL.
 """
 
@@ -14,6 +14,7 @@ from uuid import UUID, uuid4
 from postgrest.types import ReturnMethod
 from supabase import AsyncClient
 
+from flow.db.call_state import LIVE
 from flow.db.client import call, first_of, loads_exact, rows_of
 
 THREAD_COLUMNS = (
@@ -22,7 +23,6 @@ THREAD_COLUMNS = (
     "metadata,transcript,insights,posthog_trace_id,bot_started_at,bot_ended_at,created_at,"
     "updated_at,usage_stats_json:usage_stats::text"
 )
-ACTIVE_STATUSES = ("pending", "starting", "running", "processing")
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
@@ -65,9 +65,11 @@ async def get_thread(
 
 
 async def update_thread(sb: AsyncClient, thread_id: UUID | str, **columns: Any) -> None:
-    """Set the named columns of one thread (never ``usage_stats``)."""
+    """Set the named columns of one thread (never ``usage_stats`` nor ``status``)."""
     if "usage_stats" in columns:
         raise ValueError("usage_stats is written only by record_usage_events")
+    if "status" in columns:
+        raise ValueError("status moves only through flow.db.call_state")
     await call(
         lambda: (
             sb.table("workflow_threads")
@@ -78,40 +80,6 @@ async def update_thread(sb: AsyncClient, thread_id: UUID | str, **columns: Any) 
     )
 
 
-async def set_status(
-    sb: AsyncClient,
-    thread_id: UUID | str,
-    status: str,
-    *,
-    only_from: tuple[str, ...] | None = None,
-    **columns: Any,
-) -> bool:
-    """Move a thread to ``status`` (optionally only from the given statuses, atomically);
-    returns whether the row changed."""
-    query = (
-        sb.table("workflow_threads")
-        .update({"status": status, **columns})
-        .eq("workflow_thread_id", str(thread_id))
-    )
-    if only_from:
-        query = query.in_("status", list(only_from))
-    res = await call(lambda: query.execute())
-    return bool(res.data)
-
-
-async def fail_thread(
-    sb: AsyncClient, thread_id: UUID | str, *, stage: str, code: str, message: str
-) -> None:
-    await update_thread(
-        sb,
-        thread_id,
-        status="failed",
-        error_stage=stage,
-        error_code=code,
-        error_message=message[:2000],
-    )
-
-
 async def request_stop(sb: AsyncClient, thread_id: UUID | str) -> bool:
     """Ask whichever instance runs the call to end it; False when it is not running."""
     res = await call(
@@ -119,7 +87,7 @@ async def request_stop(sb: AsyncClient, thread_id: UUID | str) -> bool:
             sb.table("workflow_threads")
             .update({"stop_requested_at": datetime.now(UTC).isoformat()})
             .eq("workflow_thread_id", str(thread_id))
-            .in_("status", ["starting", "running"])
+            .in_("status", [str(s) for s in LIVE])
             .execute()
         )
     )
@@ -136,28 +104,6 @@ async def stop_requested(sb: AsyncClient, thread_ids: list[str]) -> list[str]:
             .select("workflow_thread_id")
             .in_("workflow_thread_id", thread_ids)
             .not_.is_("stop_requested_at", "null")
-            .execute()
-        )
-    )
-    return [str(r["workflow_thread_id"]) for r in rows_of(res)]
-
-
-async def fail_abandoned(sb: AsyncClient, *, created_before: datetime) -> list[str]:
-    """Mark failed the unfinished threads created before ``created_before`` (their
-    instance died); returns their ids."""
-    res = await call(
-        lambda: (
-            sb.table("workflow_threads")
-            .update(
-                {
-                    "status": "failed",
-                    "error_stage": "call",
-                    "error_code": "instance_lost",
-                    "error_message": "the instance running this call stopped before it ended",
-                }
-            )
-            .in_("status", list(ACTIVE_STATUSES))
-            .lt("created_at", created_before.isoformat())
             .execute()
         )
     )

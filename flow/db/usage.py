@@ -1,4 +1,5 @@
-"""``usage_events``: the ledger, written only through ``record_usage_events``."""
+"""``usage_events``: the ledger, written only through ``record_usage_events``, and the
+reports computed over it in SQL."""
 
 from __future__ import annotations
 
@@ -43,5 +44,21 @@ async def usage_report(
         "p_group_by": group_by,
     }
     res: Any = await call(sb.rpc("usage_report", params).execute)
+    data: dict[str, Any] = res.data
+    return data
+
+
+async def dashboard_summary(
+    sb: AsyncClient, api_key_id: str, start: datetime, end: datetime, top: int
+) -> dict[str, Any]:
+    """The ``dashboard_summary`` SQL function: one key's figures over [start, end), read
+    from the hourly rollups; decimals as strings."""
+    params = {
+        "p_api_key_id": str(api_key_id),
+        "p_start": start.isoformat(),
+        "p_end": end.isoformat(),
+        "p_top": top,
+    }
+    res: Any = await call(sb.rpc("dashboard_summary", params).execute)
     data: dict[str, Any] = res.data
     return data

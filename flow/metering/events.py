@@ -59,7 +59,12 @@ class UsageEvent(BaseModel):
         cache_read_tokens: the cached part of ``input_tokens``.
         characters: TTS characters synthesised.
         audio_seconds: STT audio transcribed.
-        cost_usd: price in USD; ``None`` means unpriced (unknown model), never zero.
+        input_cost_usd: what the input cost (prompt tokens, TTS characters, STT audio);
+            ``None`` when unpriced.
+        output_cost_usd: what the output cost (completion tokens); ``None`` when unpriced.
+        cost_usd: the total, derived from the split when the split is given; ``None``
+            means unpriced (unknown model), never zero. (Events recorded before the split
+            existed, and read back from an old spool, carry only the total.)
         estimated: counts estimated by Flow (an interrupted completion reported none).
     """
 
@@ -82,6 +87,8 @@ class UsageEvent(BaseModel):
     reasoning_tokens: int = Field(default=0, ge=0)
     characters: int = Field(default=0, ge=0)
     audio_seconds: Decimal = Field(default=Decimal(0), ge=0)
+    input_cost_usd: Decimal | None = Field(default=None, ge=0)
+    output_cost_usd: Decimal | None = Field(default=None, ge=0)
     cost_usd: Decimal | None = Field(default=None, ge=0)
     latency_ms: Decimal | None = Field(default=None, ge=0)
     status_code: int | None = None
@@ -94,7 +101,23 @@ class UsageEvent(BaseModel):
     def _seconds_to_ledger_precision(cls, v: Decimal) -> Decimal:
         return v.quantize(SECONDS_QUANTUM, rounding=ROUND_HALF_UP)
 
-    @field_validator("cost_usd", mode="after")
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_total(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        input_cost, output_cost = data.get("input_cost_usd"), data.get("output_cost_usd")
+        if (input_cost is None) != (output_cost is None):
+            raise ValueError("input_cost_usd and output_cost_usd are given together or not at all")
+        if input_cost is None:
+            return data
+        total = quantize_cost(Decimal(str(input_cost))) + quantize_cost(Decimal(str(output_cost)))
+        given = data.get("cost_usd")
+        if given is not None and quantize_cost(Decimal(str(given))) != total:
+            raise ValueError(f"cost_usd {given} is not input_cost_usd + output_cost_usd ({total})")
+        return {**data, "cost_usd": total}
+
+    @field_validator("cost_usd", "input_cost_usd", "output_cost_usd", mode="after")
     @classmethod
     def _cost_to_ledger_precision(cls, v: Decimal | None) -> Decimal | None:
         return None if v is None else quantize_cost(v)

@@ -6,43 +6,39 @@ through ``record_usage_events`` every ``FLOW_METER_FLUSH_SECONDS`` and ``close()
 flushes what is left at call end.
 
 A flush that fails is retried with exponential backoff; when the database stays
-unreachable the batch is appended to ``FLOW_SPOOL_DIR/usage.jsonl`` (one event row a
-line, fsynced) and :func:`replay_spool` records it on the next start. Replaying twice,
-or replaying a batch that did reach the database before the connection dropped, counts
-nothing twice: every event keeps the id it was created with, and the ledger inserts an
-id once.
+unreachable the batch goes to the spool (:mod:`flow.metering.spool`), which is replayed
+once the database is back. Every event keeps the id it was created with, so nothing is
+counted twice however often a batch is retried or replayed.
 
 Listeners are ``Callable[[UsageEvent], None]`` called synchronously, in order, for each
 event as it is added (PostHog live capture hooks in here). They run on the frame path,
 so they must not block; an exception in one is logged and swallowed, never lost usage.
+
+Every usage event takes this road, whatever produced it: one :class:`Metering` per
+process (database, price book, spool, listeners) opens a :class:`Meter` for each call's
+pipeline and for the post-call insights step alike. Nothing writes the ledger behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from supabase import AsyncClient
 
-from flow.db.client import DatabaseError, DatabaseUnavailable
+from flow.config import Settings
+from flow.db.client import DatabaseError
 from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent
+from flow.metering.pricing import PriceBook
+from flow.metering.spool import append_to_spool
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[UsageEvent], None]
-
-SPOOL_FILE = "usage.jsonl"
-REPLAY_SUFFIX = ".replaying"
-# One lock for every meter in the process: appends from concurrent calls must not
-# interleave inside a line.
-_spool_lock = threading.Lock()
 
 
 class Meter:
@@ -174,53 +170,55 @@ class Meter:
         await self.flush()
 
 
-def append_to_spool(spool_dir: Path, events: Sequence[UsageEvent]) -> None:
-    """Append events to the spool file, one JSON row a line, and fsync."""
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(e.to_row(), separators=(",", ":")) + "\n" for e in events)
-    with _spool_lock, open(spool_dir / SPOOL_FILE, "a", encoding="utf-8") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    log.warning("spooled %d usage events to %s", len(events), spool_dir / SPOOL_FILE)
+@dataclass(frozen=True)
+class Metering:
+    """What every meter of the process shares; build one per process.
 
-
-def _read_spool(path: Path) -> list[UsageEvent]:
-    events: list[UsageEvent] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                events.append(UsageEvent.from_row(json.loads(line)))
-            except (ValueError, TypeError):
-                # A line torn by a crash mid-write: the rest of the file still counts.
-                log.error("skipping unreadable spool line %s:%d", path, n)
-    return events
-
-
-async def replay_spool(sb: AsyncClient, spool_dir: Path) -> int:
-    """Record every spooled event; returns how many were new to the ledger.
-
-    The spool file is first renamed aside (so meters keep appending to a fresh one),
-    then recorded; a file is deleted only once its events are in the ledger. A replay
-    that fails leaves it for the next start.
+    Parameters:
+        sb: the supabase client the ledger is written through.
+        prices: the process's price book (every event is priced with it).
+        spool_dir: where usage waits while the database cannot be reached.
+        flush_seconds: the longest an event waits in memory before a flush.
+        listeners: told of every event as it is added (live analytics).
     """
-    spool_dir = Path(spool_dir)
-    if not spool_dir.exists():
-        return 0
-    live = spool_dir / SPOOL_FILE
-    with _spool_lock:
-        if live.exists() and live.stat().st_size > 0:
-            live.rename(spool_dir / f"usage.{time.time_ns()}.jsonl{REPLAY_SUFFIX}")
-    new = 0
-    for path in sorted(spool_dir.glob(f"*{REPLAY_SUFFIX}")):
-        events = await asyncio.to_thread(_read_spool, path)
-        try:
-            new += await record_usage_events(sb, events)
-        except (DatabaseUnavailable, DatabaseError) as exc:
-            log.warning("spool replay of %s failed (%s): kept for the next start", path, exc)
-            continue
-        path.unlink()
-        log.info("replayed %d spooled usage events from %s", len(events), path.name)
-    return new
+
+    sb: AsyncClient
+    prices: PriceBook
+    spool_dir: Path
+    flush_seconds: float = 1.0
+    listeners: tuple[Listener, ...] = ()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        sb: AsyncClient,
+        *,
+        prices: PriceBook | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> Metering:
+        return cls(
+            sb=sb,
+            prices=prices or PriceBook.from_settings(settings),
+            spool_dir=Path(settings.flow_spool_dir),
+            flush_seconds=settings.flow_meter_flush_seconds,
+            listeners=tuple(listeners),
+        )
+
+    def meter(self) -> Meter:
+        """A new meter (one per call, or per post-call step); start and close it."""
+        return Meter(
+            self.sb,
+            spool_dir=self.spool_dir,
+            flush_seconds=self.flush_seconds,
+            listeners=self.listeners,
+        )
+
+    async def record(self, events: Sequence[UsageEvent]) -> Meter:
+        """Record usage born outside a call's pipeline (the insights completion) the
+        way a call's is: retried, then spooled, never lost. Returns the closed meter."""
+        meter = self.meter()
+        for event in events:
+            meter.add(event)
+        await meter.close()
+        return meter

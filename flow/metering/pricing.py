@@ -22,6 +22,7 @@ from decimal import Decimal
 
 from genai_prices import Usage, calc_price
 
+from flow.config import Settings
 from flow.metering.events import quantize_cost
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ def gross_input_tokens(
 
 @dataclass(frozen=True)
 class LLMPrice:
+    """A price split the way vendors bill it: input (prompt) and output (completion)."""
+
     input_cost_usd: Decimal
     output_cost_usd: Decimal
 
@@ -70,8 +73,19 @@ class LLMPrice:
         return self.input_cost_usd + self.output_cost_usd
 
 
+def cost_fields(price: LLMPrice | Decimal | None) -> dict[str, Decimal | None]:
+    """A price as the usage event's cost fields. A voice price (a Decimal) is all input:
+    TTS bills the characters it is given, STT the audio it is sent."""
+    if price is None:
+        return {"input_cost_usd": None, "output_cost_usd": None}
+    if isinstance(price, LLMPrice):
+        return {"input_cost_usd": price.input_cost_usd, "output_cost_usd": price.output_cost_usd}
+    return {"input_cost_usd": price, "output_cost_usd": Decimal(0)}
+
+
 class PriceBook:
-    """Looks up prices; built once from settings and shared by every meter."""
+    """Looks up prices. The process builds one, with :meth:`from_settings`, and shares
+    it: every meter, the insights step and live analytics price with the same book."""
 
     def __init__(
         self,
@@ -83,10 +97,8 @@ class PriceBook:
         self._voice.update({k.lower(): v for k, v in (voice_prices or {}).items()})
 
     @classmethod
-    def from_settings(cls) -> PriceBook:
-        from flow.config import get_settings
-
-        settings = get_settings()
+    def from_settings(cls, settings: Settings) -> PriceBook:
+        """The book for ``FLOW_PRICE_OVERRIDES`` and ``FLOW_VOICE_PRICES``."""
         return cls(settings.price_overrides(), settings.voice_prices())
 
     # --- LLM -----------------------------------------------------------------

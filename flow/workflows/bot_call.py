@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any, Protocol
 
 from supabase import AsyncClient
 
+from flow.analytics.posthog import PostHogAnalytics
 from flow.bot.contract import CallRequest
 from flow.bot.runner import BotRunner, create_runner
 from flow.config import Settings
+from flow.db import call_state
 from flow.db import threads as threads_repo
+from flow.db.call_state import CallStatus, ErrorStage
 from flow.db.client import DatabaseError, DatabaseUnavailable
-from flow.metering.events import UsageEvent
-from flow.metering.posthog import PostHogAnalytics
+from flow.metering.meter import Metering
 from flow.workflows.extract_insights import InsightsExtractor, InsightsFailed
 from flow.workflows.process_transcript import process_transcript
 from flow.workflows.webhook import WebhookSender
@@ -71,6 +73,7 @@ class BotCallWorkflow:
         settings: service settings.
         sb: the database client.
         analytics: PostHog capture (a no-op without ``POSTHOG_API_KEY``).
+        metering: the process's metering (the insights usage goes through it).
         insights: the insights step (built from settings when omitted).
         webhooks: the webhook sender (built from settings when omitted).
     """
@@ -81,13 +84,14 @@ class BotCallWorkflow:
         sb: AsyncClient,
         analytics: PostHogAnalytics,
         *,
+        metering: Metering | None = None,
         insights: InsightsExtractor | None = None,
         webhooks: WebhookSender | None = None,
     ) -> None:
         self.settings = settings
         self.sb = sb
         self.analytics = analytics
-        self.insights = insights or InsightsExtractor(settings, sb, analytics)
+        self.insights = insights or InsightsExtractor(settings, sb, analytics, metering=metering)
         self.webhooks = webhooks or WebhookSender(settings)
         self._deliveries: set[asyncio.Task[bool]] = set()
 
@@ -98,13 +102,16 @@ class BotCallWorkflow:
         transcript = ""
         try:
             transcript = await self._step(
-                "process_transcript", process_transcript(self.sb, thread_id, result.transcript)
+                ErrorStage.PROCESS_TRANSCRIPT,
+                process_transcript(self.sb, thread_id, result.transcript),
             )
             if call.process_insights:
                 thread = await threads_repo.get_thread(self.sb, thread_id)
                 if thread is None:
-                    raise StepFailed("extract_insights", "thread_missing", "the thread is gone")
-                await self._step("extract_insights", self.insights.run(thread, transcript))
+                    raise StepFailed(
+                        ErrorStage.EXTRACT_INSIGHTS, "thread_missing", "the thread is gone"
+                    )
+                await self._step(ErrorStage.EXTRACT_INSIGHTS, self.insights.run(thread, transcript))
         except StepFailed as failed:
             log.warning(
                 "call %s failed at %s: %s (%s)",
@@ -113,13 +120,11 @@ class BotCallWorkflow:
                 failed.code,
                 failed.message,
             )
-            await threads_repo.fail_thread(
+            await call_state.fail(
                 self.sb, thread_id, stage=failed.stage, code=failed.code, message=failed.message
             )
         else:
-            await threads_repo.set_status(
-                self.sb, thread_id, "completed", only_from=("processing",)
-            )
+            await call_state.move(self.sb, thread_id, CallStatus.COMPLETED)
         await self.call_finished(call, result, transcript_text=transcript)
 
     async def _step(self, stage: str, work: Awaitable[Any]) -> Any:
@@ -166,8 +171,9 @@ class BotCallWorkflow:
             insights=thread.get("insights"),
         )
         url = thread.get("webhook_url") or call.webhook_url
-        if url and thread.get("status") in ("completed", "failed"):
-            event_type = "call.completed" if thread["status"] == "completed" else "call.failed"
+        status = CallStatus(thread["status"])
+        if url and status.finished:
+            event_type = "call.completed" if status is CallStatus.COMPLETED else "call.failed"
             task = asyncio.create_task(self.webhooks.deliver(url, event_type, thread))
             self._deliveries.add(task)
             task.add_done_callback(self._deliveries.discard)
@@ -183,28 +189,28 @@ class BotCallWorkflow:
             task.cancel()
 
 
-def meter_listeners(analytics: PostHogAnalytics) -> Sequence[Callable[[UsageEvent], None]]:
-    """What every call's meter tells as each usage event is created."""
-    return (analytics.capture_usage,) if analytics.enabled else ()
-
-
 def build_runner(
     settings: Settings,
     sb: AsyncClient,
     analytics: PostHogAnalytics,
     *,
+    metering: Metering | None = None,
     workflow: BotCallWorkflow | None = None,
     **runner_options: Any,
 ) -> tuple[BotRunner, BotCallWorkflow]:
-    """The bot runner with the post-call workflow and live PostHog capture wired in.
+    """The bot runner with the post-call workflow wired in, both recording usage through
+    ``metering`` (by default one from settings with live PostHog capture listening).
     ``runner_options`` go to :func:`flow.bot.runner.create_runner`."""
-    workflow = workflow or BotCallWorkflow(settings, sb, analytics)
+    metering = metering or Metering.from_settings(
+        settings, sb, prices=analytics.prices, listeners=analytics.listeners()
+    )
+    workflow = workflow or BotCallWorkflow(settings, sb, analytics, metering=metering)
     runner = create_runner(
         settings,
         sb,
+        metering=metering,
         post_call=workflow.post_call,
         on_failed=workflow.call_finished,
-        listeners=meter_listeners(analytics),
         **runner_options,
     )
     return runner, workflow

@@ -5,16 +5,18 @@ With PostHog configured the call goes through PostHog's wrapped async OpenAI cli
 call's trace; otherwise through the plain ``openai.AsyncOpenAI``. Model, prompt and
 structured output are the same either way.
 
-Every completion the model returns is billed, so every one becomes a ledger event
-(category ``insights``) whose id derives from the OpenAI response id: recording it
-again, after a retry or a crash, changes nothing. An answer that does not validate
-against :class:`Insights` is asked for once more; a second bad answer fails the step
-(the transcript stays saved). Insights already saved on the thread skip the call.
+Every completion the model returns is billed, so every one becomes a usage event
+(category ``insights``), priced by the process's price book and recorded through a
+meter like a call's usage: retried, and spooled when the database is down, so usage
+OpenAI already billed is never lost with a failed step. Its id derives from the OpenAI
+response id: recording it again, after a retry or a crash, changes nothing. An answer
+that does not validate against :class:`Insights` is asked for once more; a second bad
+answer fails the step (the transcript stays saved). Insights already saved on the
+thread skip the call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -26,12 +28,12 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from supabase import AsyncClient
 
+from flow.analytics.posthog import INSIGHTS_SPAN_NAME, PostHogAnalytics
 from flow.config import Settings
 from flow.db import threads as threads_repo
-from flow.db.client import DatabaseUnavailable
-from flow.db.usage import record_usage_events
 from flow.metering.events import UsageCategory, UsageEvent, UsageKind, event_id_from
-from flow.metering.posthog import INSIGHTS_SPAN_NAME, PostHogAnalytics
+from flow.metering.meter import Metering
+from flow.metering.pricing import cost_fields
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,6 @@ STAGE = "extract_insights"
 PROVIDER = "openai"
 MAX_ATTEMPTS = 2  # the first answer, and one retry when it does not validate
 LLM_TIMEOUT_SECONDS = 60.0
-LEDGER_ATTEMPTS = 3
 
 SYSTEM_PROMPT = (
     "You analyse transcripts of voice calls between a caller and a voice bot. "
@@ -149,8 +150,10 @@ class InsightsExtractor:
 
     Parameters:
         settings: provides the model (``FLOW_INSIGHTS_MODEL``) and the OpenAI endpoint.
-        sb: the database client (thread row and ledger).
+        sb: the database client (the thread row).
         analytics: PostHog capture; decides which OpenAI client is used.
+        metering: prices and records the usage (the process's; by default one over
+            ``sb`` with the analytics' price book).
         client: an OpenAI client to use instead of building one.
     """
 
@@ -160,11 +163,15 @@ class InsightsExtractor:
         sb: AsyncClient,
         analytics: PostHogAnalytics,
         *,
+        metering: Metering | None = None,
         client: openai.AsyncOpenAI | None = None,
     ) -> None:
         self.settings = settings
         self.sb = sb
         self.analytics = analytics
+        self.metering = metering or Metering.from_settings(
+            settings, sb, prices=analytics.prices, listeners=analytics.listeners()
+        )
         self.model = settings.flow_insights_model
         self.client = client or build_openai_client(settings, analytics)
         self.wrapped = self.client.__class__.__module__.startswith("posthog.")
@@ -243,16 +250,9 @@ class InsightsExtractor:
     async def _record_usage(
         self, thread: dict[str, Any], response: Any, latency_ms: Decimal
     ) -> None:
-        event = self.usage_event(thread, response, latency_ms)
-        for attempt in range(LEDGER_ATTEMPTS):
-            try:
-                await record_usage_events(self.sb, [event])
-                return
-            except DatabaseUnavailable:
-                # Same id on every attempt: a write that landed is not counted twice.
-                if attempt == LEDGER_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.5 * 2**attempt)
+        # Through a meter: retried, then spooled, whatever the database does (the step
+        # goes on; if the database is down its next write fails the step, not the usage).
+        await self.metering.record([self.usage_event(thread, response, latency_ms)])
 
     def usage_event(self, thread: dict[str, Any], response: Any, latency_ms: Decimal) -> UsageEvent:
         """The ledger row of one completion, its id derived from the response id."""
@@ -264,11 +264,12 @@ class InsightsExtractor:
         completion_details = getattr(usage, "completion_tokens_details", None)
         reasoning_tokens = int(getattr(completion_details, "reasoning_tokens", 0) or 0)
         price = (
-            self.analytics.price_insights(
-                model=self.model,
+            self.metering.prices.llm(
+                PROVIDER,
+                self.model,
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
-                cache_read_tokens=cache_read_tokens,
+                cache_read_tokens=min(cache_read_tokens, input_tokens),
             )
             if usage is not None
             else None
@@ -291,7 +292,7 @@ class InsightsExtractor:
             output_tokens=output_tokens,
             cache_read_tokens=min(cache_read_tokens, input_tokens),
             reasoning_tokens=reasoning_tokens,
-            cost_usd=None if price is None else price.total_cost_usd,
+            **cost_fields(price),
             latency_ms=latency_ms,
             status_code=200,
             # No usage reported: recorded as unpriced and flagged, never priced at zero.

@@ -14,8 +14,10 @@ from pydantic import SecretStr
 from supabase import AsyncClient
 
 from flow.config import Settings
+from flow.db import call_state
 from flow.db import keys as keys_repo
 from flow.db import threads as threads_repo
+from flow.db.call_state import CallStatus
 from flow.db.client import call, rows_of
 from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent
@@ -145,7 +147,7 @@ async def test_thread_status_shows_usage_with_exact_money_transcript_and_error(
     await record_usage_events(sb, events)
     transcript = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     await threads_repo.update_thread(sb, thread_id, transcript=transcript)
-    await threads_repo.fail_thread(sb, thread_id, stage="bot", code="llm_error", message="boom")
+    await call_state.fail(sb, thread_id, stage="bot", code="llm_error", message="boom")
 
     got = await client.get(f"/api/bot/{thread_id}", headers=auth)
     assert got.status_code == 200, got.text
@@ -307,7 +309,8 @@ async def test_stopping_a_call_another_instance_runs_records_the_request(
         sb, api_key_id=api_key["id"], transport="simulated", script=["x"]
     )
     thread_id = str(row["workflow_thread_id"])
-    await threads_repo.set_status(sb, thread_id, "running")
+    for status in (CallStatus.STARTING, CallStatus.RUNNING):
+        assert await call_state.move(sb, thread_id, status)
     res = await client.post(f"/api/bot/{thread_id}/stop", headers=auth)
     assert res.status_code == 202, res.text
     assert res.json() == {"workflow_thread_id": thread_id, "status": "stopping"}

@@ -11,8 +11,8 @@ from pydantic import SecretStr
 from supabase import AsyncClient
 
 from flow.bot.contract import BotConfig, CallRequest
-from flow.bot.pipeline import CallServices, llm_model_for, openai_llm, system_prompt_for
 from flow.bot.runner import BotRunner, CallResult, create_runner
+from flow.bot.services import CallServices, llm_model_for, openai_llm, system_prompt_for
 from flow.bot.simulated import SimulatedParams
 from flow.config import Settings
 from flow.db.client import call, rows_of

@@ -17,7 +17,8 @@ from flow.bot.runner import create_runner
 from flow.db import threads as threads_repo
 from flow.db.client import create_client
 from flow.metering.events import UsageEvent, UsageKind
-from flow.metering.meter import SPOOL_FILE, Meter, replay_spool
+from flow.metering.meter import Meter
+from flow.metering.spool import SPOOL_FILE, replay_spool
 from tests.bot.helpers import FakeVoices, bot_settings, ledger, make_runner, request_for
 from tests.fakes.openai_server import FakeOpenAI
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from pydantic import SecretStr
 
 from flow.bot.contract import BotConfig, CallRequest
-from flow.bot.pipeline import STT_NAME, TTS_NAME, configuration_problem, default_services
+from flow.bot.services import STT_NAME, TTS_NAME, configuration_problem, default_services
 from flow.config import Settings
 from flow.metering.pricing import PriceBook
 

@@ -16,7 +16,7 @@ from flow.db import threads as threads_repo
 from flow.db.client import DatabaseError, call, rows_of
 from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent, UsageKind
-from flow.metering.pricing import PriceBook
+from flow.metering.pricing import PriceBook, cost_fields
 
 BOOK = PriceBook()
 
@@ -41,7 +41,7 @@ def llm_event(thread: dict[str, Any], model: str = "gpt-4o-mini", **kw: Any) -> 
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cache_read_tokens=cached,
-        cost_usd=price.total_cost_usd if price else None,
+        **cost_fields(price),
         **kw,
     )
 
@@ -54,7 +54,7 @@ def tts_event(thread: dict[str, Any], characters: int) -> UsageEvent:
         provider="openai",
         model="tts-1",
         characters=characters,
-        cost_usd=BOOK.tts("openai", "tts-1", characters),
+        **cost_fields(BOOK.tts("openai", "tts-1", characters)),
     )
 
 
@@ -66,7 +66,7 @@ def stt_event(thread: dict[str, Any], seconds: str) -> UsageEvent:
         provider="deepgram",
         model="nova-3",
         audio_seconds=Decimal(seconds),
-        cost_usd=BOOK.stt("deepgram", "nova-3", Decimal(seconds)),
+        **cost_fields(BOOK.stt("deepgram", "nova-3", Decimal(seconds))),
     )
 
 
@@ -251,3 +251,52 @@ def test_the_event_model_refuses_negative_counts() -> None:
             model="gpt-4o-mini",
             output_tokens=-1,
         )
+
+
+async def test_the_cost_split_is_stored_with_its_total_and_a_wrong_total_is_refused(
+    sb: AsyncClient, thread: dict
+) -> None:
+    event = llm_event(thread, input_tokens=1200, output_tokens=80, cache_read_tokens=1024)
+    assert event.input_cost_usd is not None and event.output_cost_usd is not None
+    assert event.cost_usd == event.input_cost_usd + event.output_cost_usd
+    voice = tts_event(thread, 40)
+    assert (voice.input_cost_usd, voice.output_cost_usd) == (voice.cost_usd, Decimal(0))
+    assert await record_usage_events(sb, [event, voice]) == 2
+    res = await call(
+        sb.table("usage_events")
+        .select("id,cost_usd::text,input_cost_usd::text,output_cost_usd::text")
+        .eq("workflow_thread_id", thread["workflow_thread_id"])
+        .execute
+    )
+    rows = {r["id"]: r for r in rows_of(res)}
+    stored = rows[str(event.id)]
+    assert Decimal(stored["input_cost_usd"]) == event.input_cost_usd
+    assert Decimal(stored["output_cost_usd"]) == event.output_cost_usd
+    assert Decimal(stored["cost_usd"]) == event.cost_usd
+    # The database derives the total from the split and refuses a row that disagrees.
+    row = llm_event(thread).to_row()
+    row.pop("cost_usd")
+    assert await call(sb.rpc("record_usage_events", {"events": [row]}).execute)
+    bad = {**llm_event(thread).to_row(), "input_cost_usd": "1", "output_cost_usd": None}
+    with pytest.raises(DatabaseError, match="cost_split_whole"):
+        await call(sb.rpc("record_usage_events", {"events": [bad]}).execute)
+
+
+def test_the_event_model_derives_its_total_from_the_split() -> None:
+    common: dict[str, Any] = {
+        "workflow_thread_id": uuid.uuid4(),
+        "api_key_id": uuid.uuid4(),
+        "kind": UsageKind.LLM,
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+    }
+    event = UsageEvent(**common, input_cost_usd=Decimal("0.0001"), output_cost_usd=Decimal("0.2"))
+    assert event.cost_usd == Decimal("0.2001")
+    assert UsageEvent.from_row(event.to_row()) == event
+    with pytest.raises(ValueError, match="together"):
+        UsageEvent(**common, input_cost_usd=Decimal("0.1"))
+    with pytest.raises(ValueError, match="not input_cost_usd"):
+        UsageEvent(**common, input_cost_usd=1, output_cost_usd=1, cost_usd=Decimal("3"))
+    # A row spooled before the split existed still reads back, with its total.
+    legacy = UsageEvent(**common, cost_usd=Decimal("0.5"))
+    assert (legacy.cost_usd, legacy.input_cost_usd) == (Decimal("0.5"), None)

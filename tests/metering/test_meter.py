@@ -11,7 +11,8 @@ from supabase import AsyncClient
 from flow.db import threads as threads_repo
 from flow.db.client import create_client
 from flow.metering.events import UsageEvent, UsageKind
-from flow.metering.meter import SPOOL_FILE, Meter, append_to_spool, replay_spool
+from flow.metering.meter import Meter
+from flow.metering.spool import SPOOL_FILE, append_to_spool, replay_spool
 
 
 def events_for(thread: dict[str, Any], n: int) -> list[UsageEvent]:

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from supabase import AsyncClient
 
+from flow.analytics.posthog import PostHogAnalytics
 from flow.config import Settings
 from flow.db import threads as threads_repo
 from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent, event_id_from
-from flow.metering.posthog import PostHogAnalytics
-from flow.workflows.bot_call import BotCallWorkflow, meter_listeners
+from flow.workflows.bot_call import BotCallWorkflow
 from flow.workflows.extract_insights import InsightsExtractor
 from tests.fakes.openai_json_server import OpenAIJSONServer, ScriptedAnswer
 from tests.fakes.posthog_sink import PostHogSink
@@ -61,7 +61,7 @@ async def simulate_call(
     """The bot's usage reaches the listeners as it is created and the ledger in a batch;
     then the runner hands the call to post_call."""
     events = bot_usage(thread)
-    for listener in meter_listeners(analytics):
+    for listener in analytics.listeners():
         for event in events:
             listener(event)
     assert await record_usage_events(sb, events) == len(events)
@@ -249,14 +249,25 @@ async def test_posthog_failing_never_blocks_the_call_nor_touches_the_ledger(
     assert not analytics.enabled
 
 
-async def test_listener_swallows_capture_errors(settings: Settings) -> None:
+async def test_listener_swallows_capture_errors(settings: Settings, tmp_path: Any) -> None:
     class Exploding:
+        tries = 0
+
         def capture(self, *args: Any, **kwargs: Any) -> None:
+            self.tries += 1
             raise RuntimeError("boom")
 
+    from flow.metering.meter import Meter
     from flow.metering.pricing import PriceBook
 
-    analytics = PostHogAnalytics(Exploding(), prices=PriceBook())  # type: ignore[arg-type]
+    client = Exploding()
+    analytics = PostHogAnalytics(client, prices=PriceBook())  # type: ignore[arg-type]
     thread = {"workflow_thread_id": event_id_from("t", "1"), "api_key_id": event_id_from("k", "1")}
-    for event in bot_usage(thread):
-        analytics.capture_usage(event)  # must not raise into the meter
+    events = bot_usage(thread)
+    # The meter's listener path: a capture that raises never reaches the meter, and
+    # every event is still taken.
+    meter = Meter(None, spool_dir=tmp_path, listeners=analytics.listeners())  # type: ignore[arg-type]
+    for event in events:
+        meter.add(event)
+    assert client.tries == len(events)
+    assert meter.events == events and meter.pending == len(events)

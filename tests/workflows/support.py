@@ -16,10 +16,12 @@ from supabase import AsyncClient
 
 from flow.bot.contract import BotConfig, CallRequest
 from flow.config import Settings
+from flow.db import call_state
 from flow.db import threads as threads_repo
+from flow.db.call_state import CallStatus
 from flow.db.client import call, rows_of
 from flow.metering.events import UsageEvent, UsageKind
-from flow.metering.pricing import PriceBook
+from flow.metering.pricing import PriceBook, cost_fields
 from tests.fakes.openai_json_server import OpenAIJSONServer, ScriptedAnswer
 from tests.fakes.posthog_sink import PostHogSink
 
@@ -109,7 +111,7 @@ def bot_usage(thread: dict[str, Any]) -> list[UsageEvent]:
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 cache_read_tokens=cached,
-                cost_usd=price.total_cost_usd,
+                **cost_fields(price),
                 latency_ms=latency_ms,
                 status_code=200,
             )
@@ -122,7 +124,7 @@ def bot_usage(thread: dict[str, Any]) -> list[UsageEvent]:
             model="tts-1",
             processor="tts",
             characters=63,
-            cost_usd=BOOK.tts("openai", "tts-1", 63),
+            **cost_fields(BOOK.tts("openai", "tts-1", 63)),
         )
     )
     events.append(
@@ -133,7 +135,7 @@ def bot_usage(thread: dict[str, Any]) -> list[UsageEvent]:
             model="nova-3",
             processor="stt",
             audio_seconds=Decimal("7.250"),
-            cost_usd=BOOK.stt("deepgram", "nova-3", Decimal("7.250")),
+            **cost_fields(BOOK.stt("deepgram", "nova-3", Decimal("7.250"))),
         )
     )
     return events
@@ -165,7 +167,8 @@ async def new_thread(sb: AsyncClient, api_key: dict[str, Any], **fields: Any) ->
     row = await threads_repo.create_thread(
         sb, api_key_id=api_key["id"], transport="simulated", script=["hello"], **fields
     )
-    await threads_repo.set_status(sb, row["workflow_thread_id"], "processing")
+    for status in (CallStatus.STARTING, CallStatus.PROCESSING):
+        assert await call_state.move(sb, row["workflow_thread_id"], status)
     found = await threads_repo.get_thread(sb, row["workflow_thread_id"])
     assert found is not None
     return found

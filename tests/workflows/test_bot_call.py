@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from supabase import AsyncClient
 
+from flow.analytics.posthog import PostHogAnalytics
 from flow.bot.contract import BotConfig, CallRequest
 from flow.bot.simulated import SimulatedParams
 from flow.config import Settings
 from flow.db import threads as threads_repo
-from flow.metering.posthog import PostHogAnalytics
 from flow.workflows.bot_call import BotCallWorkflow, build_runner
 from flow.workflows.extract_insights import InsightsExtractor, build_openai_client
 from tests.bot.helpers import CALLER_AUDIO_SECONDS, FakeVoices

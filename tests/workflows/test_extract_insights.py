@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import socket
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 from supabase import AsyncClient
 
+from flow.analytics.posthog import PostHogAnalytics
 from flow.config import Settings
 from flow.db import threads as threads_repo
+from flow.db.client import DatabaseUnavailable, create_client
 from flow.metering.events import event_id_from
-from flow.metering.posthog import PostHogAnalytics
+from flow.metering.spool import SPOOL_FILE, replay_spool
 from flow.workflows.bot_call import BotCallWorkflow
 from flow.workflows.extract_insights import InsightsExtractor, build_openai_client
 from tests.fakes.openai_json_server import OpenAIJSONServer, ScriptedAnswer
@@ -234,3 +239,44 @@ async def test_post_call_run_twice_makes_one_llm_call_and_one_ledger_row(
     assert second["usage_stats"] == first["usage_stats"]
     assert len(openai_server.requests) == 1
     assert len(await ledger(sb, thread["workflow_thread_id"])) == 1
+
+
+async def test_usage_of_a_completion_survives_the_database_going_down_after_it(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    openai_server: OpenAIJSONServer,
+    tmp_path: Path,
+) -> None:
+    """OpenAI billed the completion, then the database went away: the usage lands in
+    the spool (the step fails on its next write), and a replay records it exactly once."""
+    openai_server.script(ScriptedAnswer(good_answer(), prompt_tokens=420, completion_tokens=48))
+    s = workflow_settings(
+        settings,
+        openai_base_url=openai_server.base_url,
+        posthog_api_key="",
+        flow_spool_dir=tmp_path,
+    )
+    thread = await new_thread(sb, api_key)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    down = await create_client(s.model_copy(update={"supabase_url": f"http://127.0.0.1:{closed}"}))
+    analytics = PostHogAnalytics.from_settings(s)
+    extractor = InsightsExtractor(s, down, analytics)
+
+    with pytest.raises(DatabaseUnavailable):
+        await extractor.run(thread, "caller: when are you open?\nbot: nine to five")
+    assert len(openai_server.requests) == 1
+    assert await ledger(sb, thread["workflow_thread_id"]) == []
+    spooled = (tmp_path / SPOOL_FILE).read_text().splitlines()
+    assert len(spooled) == 1 and json.loads(spooled[0])["category"] == "insights"
+
+    assert await replay_spool(sb, tmp_path) == 1
+    assert await replay_spool(sb, tmp_path) == 0
+    rows = await ledger(sb, thread["workflow_thread_id"])
+    price = BOOK.llm("openai", s.flow_insights_model, input_tokens=420, output_tokens=48)
+    assert price is not None
+    assert [(r["category"], r["input_tokens"], r["cost_usd"]) for r in rows] == [
+        ("insights", 420, price.total_cost_usd)
+    ]

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from supabase import AsyncClient
 
+from flow.analytics.posthog import PostHogAnalytics
 from flow.config import Settings
 from flow.db import threads as threads_repo
-from flow.metering.posthog import PostHogAnalytics
 from flow.workflows.bot_call import BotCallWorkflow
 from flow.workflows.extract_insights import InsightsExtractor
 from flow.workflows.webhook import (

@@ -12,7 +12,6 @@ Another key's thread answers 404, exactly like a thread that does not exist.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -30,16 +29,18 @@ from pydantic import (
 
 from flow.api.deps import ApiKeyDep, RunnerDep, SettingsDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
+from flow.api.schemas import UsageStats
 from flow.bot.contract import AtCapacity, BotConfig, CallRequest
-from flow.bot.pipeline import configuration_problem
+from flow.bot.services import configuration_problem
+from flow.db import call_state
 from flow.db import threads as threads_repo
+from flow.db.call_state import CallStatus, ErrorStage
 from flow.workflows.webhook import WebhookURLError, validate_webhook_url
 
 router = APIRouter(prefix="/api/bot", tags=["bots"], responses=ERROR_RESPONSES)
 
 METADATA_MAX_BYTES = 4096
 CAPACITY_RETRY_AFTER_SECONDS = 5
-FINISHED_STATUSES = ("completed", "failed")
 
 HttpsUrl = Annotated[
     AnyUrl, UrlConstraints(allowed_schemes=["https"], host_required=True, max_length=2048)
@@ -124,7 +125,7 @@ class ThreadError(BaseModel):
 
 
 class ThreadOut(BaseModel):
-    """A call as its owner sees it. Decimal amounts in ``usage_stats`` are strings."""
+    """A call as its owner sees it. Amounts of money are decimal strings."""
 
     workflow_thread_id: UUID
     status: str
@@ -136,24 +137,13 @@ class ThreadOut(BaseModel):
     metadata: dict[str, Any]
     webhook_url: str | None
     error: ThreadError | None
-    usage_stats: dict[str, Any]
+    usage_stats: UsageStats
     transcript: Any
     insights: Any
     created_at: str
     updated_at: str
     bot_started_at: str | None
     bot_ended_at: str | None
-
-
-def exact(value: Any) -> Any:
-    """Decimals as strings, recursively, so JSON keeps every digit."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: exact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [exact(v) for v in value]
-    return value
 
 
 def _limit(field: str, message: str) -> ApiError:
@@ -253,16 +243,20 @@ async def join(
     try:
         await runner.submit(call)
     except AtCapacity as exc:
-        await threads_repo.fail_thread(
-            sb, thread_id, stage="join", code="at_capacity", message=str(exc)
+        await call_state.fail(
+            sb, thread_id, stage=ErrorStage.JOIN, code="at_capacity", message=str(exc)
         )
         raise _at_capacity(exc.retry_after_seconds) from None
     except Exception as exc:
-        await threads_repo.fail_thread(
-            sb, thread_id, stage="join", code="runner_error", message=exc.__class__.__name__
+        await call_state.fail(
+            sb,
+            thread_id,
+            stage=ErrorStage.JOIN,
+            code="runner_error",
+            message=exc.__class__.__name__,
         )
         raise
-    return JoinResponse(workflow_thread_id=UUID(thread_id), status="pending")
+    return JoinResponse(workflow_thread_id=UUID(thread_id), status=CallStatus.PENDING)
 
 
 async def _owned_thread(sb: Any, thread_id: UUID, api_key_id: str) -> dict[str, Any]:
@@ -298,7 +292,7 @@ async def get_bot(workflow_thread_id: UUID, api_key: ApiKeyDep, sb: SupabaseDep)
         )
         if has_error
         else None,
-        usage_stats=exact(row.get("usage_stats") or {}),
+        usage_stats=UsageStats.from_row(row.get("usage_stats") or {}),
         transcript=row.get("transcript"),
         insights=row.get("insights"),
         created_at=row["created_at"],
@@ -322,7 +316,7 @@ async def stop_bot(
 ) -> StopResponse:
     """End a running call; its usage so far is kept and it is processed as usual."""
     row = await _owned_thread(sb, workflow_thread_id, api_key.id)
-    if row["status"] in FINISHED_STATUSES:
+    if CallStatus(row["status"]).finished:
         raise ApiError(409, "already_finished", f"the call is already {row['status']}")
     # Not running here: the instance running it (behind the same load balancer) picks
     # the request up from the database within a second or two.

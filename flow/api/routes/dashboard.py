@@ -10,18 +10,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from flow.api.deps import ApiKeyDep, SupabaseDep
-from flow.db.client import call
+from flow.api.errors import ERROR_RESPONSES
+from flow.api.schemas import DashboardSummary
+from flow.db import usage as usage_repo
 
 STATIC = Path(__file__).resolve().parents[2] / "dashboard" / "static"
 
 page = APIRouter(include_in_schema=False)
-router = APIRouter(prefix="/api/dashboard", tags=["dashboard"])
+router = APIRouter(prefix="/api/dashboard", tags=["dashboard"], responses=ERROR_RESPONSES)
 
 
 @page.get("/dashboard")
@@ -29,27 +31,16 @@ async def dashboard_page() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-@router.get("")
+@router.get("", response_model=DashboardSummary)
 async def dashboard_data(
     api_key: ApiKeyDep,
     sb: SupabaseDep,
     days: Annotated[int, Query(ge=1, le=366, description="Period: the last N days")] = 30,
     top: Annotated[int, Query(ge=1, le=100, description="How many costly calls")] = 10,
-) -> dict[str, Any]:
+) -> DashboardSummary:
     """Cost per day by model, volume per day, cost by category, averages, LLM latency
     percentiles, error rate and the most expensive calls of the calling key."""
     end = datetime.now(UTC)
     start = (end - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
-    res: Any = await call(
-        sb.rpc(
-            "dashboard_summary",
-            {
-                "p_api_key_id": str(api_key.id),
-                "p_start": start.isoformat(),
-                "p_end": end.isoformat(),
-                "p_top": top,
-            },
-        ).execute
-    )
-    data: dict[str, Any] = res.data
-    return data
+    data = await usage_repo.dashboard_summary(sb, api_key.id, start, end, top)
+    return DashboardSummary.model_validate(data)

@@ -3,13 +3,13 @@
 One :class:`PostHogAnalytics` per process owns the one ``posthog.Posthog`` client. It
 turns ledger events into PostHog's LLM-analytics events:
 
-- a bot LLM inference -> ``$ai_generation`` (``uuid`` = the usage event id), with our
-  own ``$ai_input_cost_usd``/``$ai_output_cost_usd``/``$ai_total_cost_usd`` so PostHog
-  shows exactly the ledger's cost instead of pricing the model itself;
+- a bot LLM inference -> ``$ai_generation`` (``uuid`` = the usage event id), with the
+  event's own ``$ai_input_cost_usd``/``$ai_output_cost_usd`` (the split stored on the
+  ledger row) so PostHog shows exactly the ledger's cost instead of pricing the model;
 - STT and TTS usage -> ``$ai_span`` with its cost (PostHog does not price voice);
 - the post-call insights completion -> the ``$ai_generation`` of PostHog's wrapped
-  OpenAI client, priced here (in ``before_send``) with the same :class:`PriceBook`
-  call that prices its ledger row;
+  OpenAI client, priced here (in ``before_send``) by the process's :class:`PriceBook`
+  from the same provider, model and counts as its ledger row, so both agree;
 - each call -> one ``$ai_trace`` with its duration and the ledger's totals.
 
 Every event of a call has ``$ai_trace_id`` = the thread id, ``distinct_id`` = the end
@@ -18,6 +18,9 @@ user (or the API key id when the caller named none) and ``$groups`` = ``{"api_ke
 Privacy by default: nothing that says what was said (prompts, transcripts, outputs,
 insights) leaves Flow unless ``POSTHOG_CAPTURE_CONTENT=true``; the client runs in
 PostHog's privacy mode otherwise.
+
+This is analytics, not metering: it only reads usage events (as a meter listener) and
+never writes the ledger.
 
 Failure behaviour: capture only enqueues (the SDK's worker thread uploads, retries 5xx
 and network errors, then drops); a full queue drops the event. Nothing here raises
@@ -38,8 +41,10 @@ from uuid import UUID
 from posthog import Posthog
 
 from flow.config import Settings
-from flow.metering.events import UsageEvent, UsageKind, event_id_from, quantize_cost
-from flow.metering.pricing import LLMPrice, PriceBook
+from flow.db.call_state import CallStatus
+from flow.metering.events import UsageCategory, UsageEvent, UsageKind, event_id_from
+from flow.metering.meter import Listener
+from flow.metering.pricing import PriceBook
 
 log = logging.getLogger(__name__)
 
@@ -61,52 +66,17 @@ def groups_for(api_key_id: UUID | str) -> dict[str, str]:
     return {GROUP_TYPE: str(api_key_id)}
 
 
-def split_llm_cost(
-    prices: PriceBook,
-    *,
-    provider: str,
-    model: str,
-    input_tokens: int,
-    output_tokens: int,
-    cache_read_tokens: int = 0,
-    cache_write_tokens: int = 0,
-    total_cost_usd: Decimal | None,
-    at: datetime | None = None,
-) -> LLMPrice | None:
-    """The input/output split of a cost already in the ledger, summing exactly to it.
-
-    The ledger stores one ``cost_usd`` per event; PostHog wants input and output apart.
-    The price book gives the split; when it no longer agrees with the recorded total (a
-    price changed between recording and capture) the total is apportioned by the
-    book's ratio, so ``input + output`` is always the ledger's figure.
-    """
-    if total_cost_usd is None:
-        return None
-    book = prices.llm(
-        provider,
-        model,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_tokens=cache_read_tokens,
-        cache_write_tokens=cache_write_tokens,
-        at=at,
-    )
-    if book is not None and book.total_cost_usd == total_cost_usd:
-        return book
-    if book is not None and book.total_cost_usd > 0:
-        input_cost = quantize_cost(total_cost_usd * book.input_cost_usd / book.total_cost_usd)
-    else:
-        input_cost = total_cost_usd
-    return LLMPrice(input_cost_usd=input_cost, output_cost_usd=total_cost_usd - input_cost)
-
-
-def cost_properties(price: LLMPrice | None) -> dict[str, Decimal]:
-    if price is None:
+def cost_properties(
+    input_cost_usd: Decimal | None, output_cost_usd: Decimal | None
+) -> dict[str, Decimal]:
+    """PostHog's cost properties: with both parts PostHog keeps them as sent instead of
+    pricing the model from its own table."""
+    if input_cost_usd is None or output_cost_usd is None:
         return {}
     return {
-        "$ai_input_cost_usd": price.input_cost_usd,
-        "$ai_output_cost_usd": price.output_cost_usd,
-        "$ai_total_cost_usd": price.total_cost_usd,
+        "$ai_input_cost_usd": input_cost_usd,
+        "$ai_output_cost_usd": output_cost_usd,
+        "$ai_total_cost_usd": input_cost_usd + output_cost_usd,
     }
 
 
@@ -115,7 +85,7 @@ class PostHogAnalytics:
 
     Parameters:
         client: the SDK client, or None when PostHog is not configured.
-        prices: the price book the ledger uses.
+        prices: the process's price book (prices the wrapper's insights generation).
         capture_content: send prompts, transcripts and outputs (off by default).
     """
 
@@ -137,7 +107,7 @@ class PostHogAnalytics:
     ) -> PostHogAnalytics:
         """A client for ``POSTHOG_API_KEY`` at ``POSTHOG_HOST``; none when the key is unset.
         ``client_options`` go to ``posthog.Posthog`` (tests shorten retries with them)."""
-        prices = prices or PriceBook(settings.price_overrides(), settings.voice_prices())
+        prices = prices or PriceBook.from_settings(settings)
         analytics = cls(None, prices=prices, capture_content=settings.posthog_capture_content)
         if not settings.posthog_enabled:
             return analytics
@@ -165,11 +135,15 @@ class PostHogAnalytics:
     def privacy_mode(self) -> bool:
         return not self.capture_content
 
+    def listeners(self) -> tuple[Listener, ...]:
+        """What every meter of the process tells as each usage event is created."""
+        return (self.capture_usage,) if self.enabled else ()
+
     # --- live usage ------------------------------------------------------------
     def capture_usage(self, event: UsageEvent) -> None:
         """Send one ledger event (a meter listener: synchronous, never blocks, never
         raises). Insights usage is left to the wrapped OpenAI client's own event."""
-        if not self.enabled or event.category != "bot":
+        if not self.enabled or event.category is not UsageCategory.BOT:
             return
         try:
             if event.kind is UsageKind.LLM:
@@ -195,17 +169,6 @@ class PostHogAnalytics:
         }
 
     def _capture_generation(self, event: UsageEvent) -> None:
-        price = split_llm_cost(
-            self.prices,
-            provider=event.provider,
-            model=event.model,
-            input_tokens=event.input_tokens,
-            output_tokens=event.output_tokens,
-            cache_read_tokens=event.cache_read_tokens,
-            cache_write_tokens=event.cache_write_tokens,
-            total_cost_usd=event.cost_usd,
-            at=event.occurred_at,
-        )
         properties: dict[str, Any] = {
             **self._common(event),
             "$ai_span_name": event.processor or "llm",
@@ -214,7 +177,7 @@ class PostHogAnalytics:
             "$ai_cache_read_input_tokens": event.cache_read_tokens,
             "$ai_http_status": event.status_code or (500 if event.is_error else 200),
             "$ai_is_error": event.is_error,
-            **cost_properties(price),
+            **cost_properties(event.input_cost_usd, event.output_cost_usd),
         }
         if event.cache_write_tokens:
             properties["$ai_cache_creation_input_tokens"] = event.cache_write_tokens
@@ -224,6 +187,8 @@ class PostHogAnalytics:
             properties["$ai_latency"] = float(event.latency_ms / 1000)
         if event.cost_usd is None:
             properties["flow_unpriced"] = True
+        elif event.input_cost_usd is None:  # recorded before the split existed
+            properties["$ai_total_cost_usd"] = event.cost_usd
         self._capture("$ai_generation", event, properties)
 
     def _capture_voice_span(self, event: UsageEvent) -> None:
@@ -288,7 +253,7 @@ class PostHogAnalytics:
                 "$ai_trace_id": trace_id,
                 "$ai_trace_name": TRACE_NAME,
                 "$ai_span_name": TRACE_NAME,
-                "$ai_is_error": status == "failed",
+                "$ai_is_error": status == CallStatus.FAILED,
                 "workflow_thread_id": trace_id,
                 "api_key_id": str(api_key_id),
                 "end_user_id": end_user_id,
@@ -309,7 +274,7 @@ class PostHogAnalytics:
             }
             if duration_seconds is not None:
                 properties["$ai_latency"] = duration_seconds
-            if status == "failed":
+            if status == CallStatus.FAILED:
                 properties["$ai_error"] = f"{error_stage or 'call'}: {error_code or 'failed'}"
                 properties["error_stage"] = error_stage
                 properties["error_code"] = error_code
@@ -345,22 +310,9 @@ class PostHogAnalytics:
                 "workflow_thread_id": trace_id,
                 "api_key_id": str(api_key_id),
                 "end_user_id": end_user_id,
-                CATEGORY_PROPERTY: "insights",
+                CATEGORY_PROPERTY: str(UsageCategory.INSIGHTS),
             },
         }
-
-    def price_insights(
-        self, *, model: str, input_tokens: int, output_tokens: int, cache_read_tokens: int
-    ) -> LLMPrice | None:
-        """The insights completion's price: the same call prices its ledger row and the
-        wrapper's ``$ai_generation``, so both show the same cost."""
-        return self.prices.llm(
-            "openai",
-            model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cache_read_tokens=cache_read_tokens,
-        )
 
     def _before_send(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         # The wrapper never sends cost; without ours PostHog would price the insights
@@ -369,12 +321,13 @@ class PostHogAnalytics:
             props = msg.get("properties") or {}
             if (
                 msg.get("event") == "$ai_generation"
-                and props.get(CATEGORY_PROPERTY) == "insights"
+                and props.get(CATEGORY_PROPERTY) == UsageCategory.INSIGHTS
                 and "$ai_total_cost_usd" not in props
                 and not props.get("$ai_is_error")
             ):
-                price = self.price_insights(
-                    model=str(props.get("$ai_model")),
+                price = self.prices.llm(
+                    str(props.get("$ai_provider") or ""),
+                    str(props.get("$ai_model")),
                     input_tokens=int(props.get("$ai_input_tokens") or 0),
                     output_tokens=int(props.get("$ai_output_tokens") or 0),
                     cache_read_tokens=int(props.get("$ai_cache_read_input_tokens") or 0),
@@ -382,7 +335,8 @@ class PostHogAnalytics:
                 if price is None:
                     props["flow_unpriced"] = True
                 else:
-                    props.update({k: float(v) for k, v in cost_properties(price).items()})
+                    costs = cost_properties(price.input_cost_usd, price.output_cost_usd)
+                    props.update({k: float(v) for k, v in costs.items()})
         except Exception:
             log.warning("pricing the insights generation for PostHog failed", exc_info=True)
         return msg

@@ -1,0 +1,89 @@
+"""The spool: usage the ledger could not take yet, kept on local disk until it can.
+
+A meter whose flush keeps failing appends the batch to ``FLOW_SPOOL_DIR/usage.jsonl``
+(one event row a line, fsynced); :func:`replay_spool` records it once the database is
+back (the runner's instance jobs call it at start and every minute). Replaying twice,
+or replaying a batch that did reach the database before the connection dropped, counts
+nothing twice: every event keeps the id it was created with, and the ledger inserts an
+id once.
+
+Failure behaviour: a line torn by a crash mid-write is skipped and logged (the rest of
+the file still counts); a replay that fails leaves its file for the next replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from supabase import AsyncClient
+
+from flow.db.client import DatabaseError, DatabaseUnavailable
+from flow.db.usage import record_usage_events
+from flow.metering.events import UsageEvent
+
+log = logging.getLogger(__name__)
+
+SPOOL_FILE = "usage.jsonl"
+REPLAY_SUFFIX = ".replaying"
+# One lock for every meter in the process: appends from concurrent calls must not
+# interleave inside a line.
+_spool_lock = threading.Lock()
+
+
+def append_to_spool(spool_dir: Path, events: Sequence[UsageEvent]) -> None:
+    """Append events to the spool file, one JSON row a line, and fsync."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(e.to_row(), separators=(",", ":")) + "\n" for e in events)
+    with _spool_lock, open(spool_dir / SPOOL_FILE, "a", encoding="utf-8") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("spooled %d usage events to %s", len(events), spool_dir / SPOOL_FILE)
+
+
+def _read_spool(path: Path) -> list[UsageEvent]:
+    events: list[UsageEvent] = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(UsageEvent.from_row(json.loads(line)))
+            except (ValueError, TypeError):
+                # A line torn by a crash mid-write: the rest of the file still counts.
+                log.error("skipping unreadable spool line %s:%d", path, n)
+    return events
+
+
+async def replay_spool(sb: AsyncClient, spool_dir: Path) -> int:
+    """Record every spooled event; returns how many were new to the ledger.
+
+    The spool file is first renamed aside (so meters keep appending to a fresh one),
+    then recorded; a file is deleted only once its events are in the ledger. A replay
+    that fails leaves it for the next replay.
+    """
+    spool_dir = Path(spool_dir)
+    if not spool_dir.exists():
+        return 0
+    live = spool_dir / SPOOL_FILE
+    with _spool_lock:
+        if live.exists() and live.stat().st_size > 0:
+            live.rename(spool_dir / f"usage.{time.time_ns()}.jsonl{REPLAY_SUFFIX}")
+    new = 0
+    for path in sorted(spool_dir.glob(f"*{REPLAY_SUFFIX}")):
+        events = await asyncio.to_thread(_read_spool, path)
+        try:
+            new += await record_usage_events(sb, events)
+        except (DatabaseUnavailable, DatabaseError) as exc:
+            log.warning("spool replay of %s failed (%s): kept for the next replay", path, exc)
+            continue
+        path.unlink()
+        log.info("replayed %d spooled usage events from %s", len(events), path.name)
+    return new
