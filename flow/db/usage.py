@@ -37,15 +37,7 @@ async def usage_report(
 ) -> dict[str, Any]:
     """The ``usage_report`` SQL function: ``{"totals": {...}, "groups": [...]}`` for one
     key over [start, end), decimals as strings."""
-    params = {
-        "p_api_key_id": str(api_key_id),
-        "p_start": start.isoformat(),
-        "p_end": end.isoformat(),
-        "p_group_by": group_by,
-    }
-    res: Any = await call(sb.rpc("usage_report", params).execute)
-    data: dict[str, Any] = res.data
-    return data
+    return await _report(sb, "usage_report", api_key_id, start, end, p_group_by=group_by)
 
 
 async def dashboard_summary(
@@ -53,12 +45,23 @@ async def dashboard_summary(
 ) -> dict[str, Any]:
     """The ``dashboard_summary`` SQL function: one key's figures over [start, end), read
     from the hourly rollups; decimals as strings."""
-    params = {
+    return await _report(sb, "dashboard_summary", api_key_id, start, end, p_top=top)
+
+
+async def _report(
+    sb: AsyncClient,
+    function: str,
+    api_key_id: str,
+    start: datetime,
+    end: datetime,
+    **params: Any,
+) -> dict[str, Any]:
+    args = {
         "p_api_key_id": str(api_key_id),
         "p_start": start.isoformat(),
         "p_end": end.isoformat(),
-        "p_top": top,
+        **params,
     }
-    res: Any = await call(sb.rpc("dashboard_summary", params).execute)
+    res: Any = await call(sb.rpc(function, args).execute)
     data: dict[str, Any] = res.data
     return data
