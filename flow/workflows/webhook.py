@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from flow.config import Settings
+from flow.db.call_state import CallStatus
 from flow.metering.events import event_id_from
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def build_payload(event_type: str, thread: Mapping[str, Any]) -> dict[str, Any]:
     """The webhook body for one thread row (as ``flow.db.threads.get_thread`` returns)."""
     thread_id = str(thread["workflow_thread_id"])
     error = None
-    if thread.get("status") == "failed":
+    if thread.get("status") == CallStatus.FAILED:
         error = {
             "stage": thread.get("error_stage"),
             "code": thread.get("error_code"),

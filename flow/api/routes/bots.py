@@ -110,7 +110,7 @@ class JoinRequest(BaseModel):
 
 class JoinResponse(BaseModel):
     workflow_thread_id: UUID
-    status: Literal["pending"]
+    status: Literal[CallStatus.PENDING]
 
 
 class StopResponse(BaseModel):
@@ -128,7 +128,7 @@ class ThreadOut(BaseModel):
     """A call as its owner sees it. Amounts of money are decimal strings."""
 
     workflow_thread_id: UUID
-    status: str
+    status: CallStatus
     transport: str
     room_url: str | None
     end_user_id: str | None
