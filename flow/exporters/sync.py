@@ -12,7 +12,8 @@ honoured) and, once the attempts are spent, end the cycle with the integration s
 ``active`` and a retry scheduled; 401/403 and other refusals put it in ``error`` with the
 destination's message; 413 splits the batch. Rows a destination refuses on their own
 (Mixpanel strict mode, too old for /track) are logged with the reason, counted as
-skipped, and never resent.
+skipped, and never resent. A lost lease ends the cycle without releasing (the new
+holder owns the row); a pause or deletion seen mid-cycle ends it and releases the lease.
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ Progress = Callable[[str, int], None]
 
 
 class _Stop(Exception):
-    """The cycle must stop: lease lost, integration paused or deleted."""
+    """The cycle must stop: the lease was lost (``lease_lost``: another instance holds
+    it, so this one must not release it), or the integration was paused or deleted."""
+
+    def __init__(self, reason: str, *, lease_lost: bool) -> None:
+        super().__init__(reason)
+        self.lease_lost = lease_lost
 
 
 @dataclass
@@ -233,7 +239,7 @@ class Exporter:
                     break
         except _Stop as stop:
             outcome.error = str(stop)
-            release = "lease" not in str(stop)
+            release = not stop.lease_lost
         except AuthRejected as exc:
             outcome.status, outcome.error = "error", str(exc)
         except Retryable as exc:
@@ -296,7 +302,7 @@ class Exporter:
         )
         found = rows_of(res)
         if not found:
-            raise _Stop("lease lost: another instance took over this integration")
+            raise _Stop("lease lost: another instance took over this integration", lease_lost=True)
         return str(found[0]["status"])
 
     async def _renew(self, iid: str) -> None:
@@ -307,9 +313,9 @@ class Exporter:
             ).execute
         )
         if not res.data:
-            raise _Stop("lease lost while retrying")
+            raise _Stop("lease lost while retrying", lease_lost=True)
         if res.data != "syncing":
-            raise _Stop(f"integration is now {res.data}")
+            raise _Stop(f"integration is now {res.data}", lease_lost=False)
 
     async def _release(
         self,
