@@ -1,13 +1,14 @@
 """``flow integrations add|list|pause|resume|remove`` and ``flow sync``: the operator's
 side of analytics exports (any key's integrations, or ``--all-keys`` for everything).
 
-``flow sync`` runs one cycle of every active integration now, whatever its schedule,
-with a progress bar on stderr for backfills. Each destination's own options come from its
-spec in :mod:`flow.exporters.registry`.
+``--key`` (alias ``--key-id``) names a key by id, prefix or name. ``flow sync`` runs one
+cycle of every active integration now, whatever its schedule, with a progress bar on
+stderr for backfills. Each destination's own options come from its spec in
+:mod:`flow.exporters.registry`.
 
-Failure behaviour: an unknown integration id exits 1; a body or credentials refused
-before saving print ``error: ...`` and exit 2; ``flow sync`` exits 1 when an
-integration ends in error.
+Failure behaviour: a key that matches no key (or several) prints ``error: ...`` and
+exits 1, as does an unknown integration id; a body or credentials refused before saving
+print ``error: ...`` and exit 2; ``flow sync`` exits 1 when an integration ends in error.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from flow.config import get_settings
 from flow.db import integrations as integrations_db
+from flow.db.keys import resolve_key
 from flow.exporters import integrations as service
 from flow.exporters.base import CredentialsInvalid, IntegrationInputError
 from flow.exporters.registry import PROVIDERS, IntegrationCreate
@@ -73,23 +75,33 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+async def _key_id(sb: Any, ident: str | None) -> str | None:
+    """The id of the key named by ``ident`` (id, prefix or name), ``None`` for none;
+    raises :class:`LookupError` when no key or several match."""
+    if ident is None:
+        return None
+    return str((await resolve_key(sb, ident))["id"])
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     async def go() -> int:
-        if not args.all_keys and not args.key_id:
-            print("error: give --key-id KEY_UUID or --all-keys", file=sys.stderr)
+        if not args.all_keys and not args.key:
+            print("error: give --key KEY or --all-keys", file=sys.stderr)
             return 2
         try:
             body = TypeAdapter(IntegrationCreate).validate_python(_body(args))
         except ValidationError as exc:
             print(f"error: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
             return 2
+        sb = await _client()
+        try:
+            api_key_id = await _key_id(sb, args.key)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         try:
             row = await service.create_integration(
-                await _client(),
-                get_settings(),
-                body,
-                api_key_id=args.key_id,
-                all_keys=args.all_keys,
+                sb, get_settings(), body, api_key_id=api_key_id, all_keys=args.all_keys
             )
         except (CredentialsInvalid, IntegrationInputError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -102,8 +114,13 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def go() -> int:
-        rows = await integrations_db.list_integrations(await _client(), api_key_id=args.key_id)
-        for row in rows:
+        sb = await _client()
+        try:
+            api_key_id = await _key_id(sb, args.key)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for row in await integrations_db.list_integrations(sb, api_key_id=api_key_id):
             v = service.public_view(row)
             scope = "all keys" if v["all_keys"] else v["api_key_id"]
             print(
@@ -194,7 +211,9 @@ def register(sub: Any) -> None:
     add = isub.add_parser("add", help="validate credentials and add an integration")
     add.add_argument("provider", choices=list(PROVIDERS))
     scope = add.add_mutually_exclusive_group()
-    scope.add_argument("--key-id", help="export this API key's usage (api_keys.id)")
+    scope.add_argument(
+        "--key", "--key-id", dest="key", help="export this key's usage (its id, prefix or name)"
+    )
     scope.add_argument("--all-keys", action="store_true", help="export every key's usage")
     add.add_argument("--name")
     for field, text in _DESTINATION_OPTIONS.items():
@@ -205,7 +224,13 @@ def register(sub: Any) -> None:
     add.add_argument("--distinct-id", choices=["source", "end_user"])
     add.set_defaults(func=cmd_add)
     ls = isub.add_parser("list", help="list integrations with their status")
-    ls.add_argument("--key-id", default=None)
+    ls.add_argument(
+        "--key",
+        "--key-id",
+        dest="key",
+        default=None,
+        help="only this key's (its id, prefix or name)",
+    )
     ls.set_defaults(func=cmd_list)
     for action in _BY_ID:
         p = isub.add_parser(action, help=f"{action} an integration")
