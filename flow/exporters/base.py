@@ -1,5 +1,6 @@
 """What every destination shares: the export event built from a ledger row, the outcome
-of a send, and the errors a sync cycle reacts to.
+of a send, the errors a sync cycle reacts to, and the errors that refuse an integration
+before it is saved.
 
 The event is built as JSON text by hand rather than through ``json.dumps`` of a dict:
 ``cost`` must be a JSON *number* (analytics tools sum numbers, not strings) written from
@@ -13,7 +14,8 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -52,6 +54,10 @@ class PayloadTooLarge(DestinationError):
 
 class CredentialsInvalid(Exception):
     """Validation before saving failed; the message names the problem."""
+
+
+class IntegrationInputError(Exception):
+    """A request that cannot be saved as given (4xx); the message says why."""
 
 
 @dataclass
@@ -143,12 +149,8 @@ def retry_after_seconds(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
-    from email.utils import parsedate_to_datetime
-
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    from datetime import UTC
-
     return max(0.0, (when - datetime.now(UTC)).total_seconds())

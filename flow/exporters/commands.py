@@ -1,8 +1,14 @@
 """``flow integrations add|list|pause|resume|remove`` and ``flow sync``: the operator's
 side of analytics exports (any key's integrations, or ``--all-keys`` for everything).
 
-``flow sync`` runs one cycle of every active integration now, whatever its schedule,
-with a progress bar on stderr for backfills.
+``--key`` (alias ``--key-id``) names a key by id, prefix or name. ``flow sync`` runs one
+cycle of every active integration now, whatever its schedule, with a progress bar on
+stderr for backfills. Each destination's own options come from its spec in
+:mod:`flow.exporters.registry`.
+
+Failure behaviour: a key that matches no key (or several) prints ``error: ...`` and
+exits 1, as does an unknown integration id; a body or credentials refused before saving
+print ``error: ...`` and exit 2; ``flow sync`` exits 1 when an integration ends in error.
 """
 
 from __future__ import annotations
@@ -11,12 +17,36 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from flow.config import get_settings
-from flow.exporters import integrations as repo
+from flow.db import integrations as integrations_db
+from flow.db.keys import resolve_key
+from flow.exporters import integrations as service
+from flow.exporters.base import CredentialsInvalid, IntegrationInputError
+from flow.exporters.registry import PROVIDERS, IntegrationCreate
+
+# Create body fields every integration has, as options of the same name (--event-name).
+_COMMON_OPTIONS = ("name", "sync_interval_seconds", "event_name", "distinct_id")
+
+
+def _destination_options() -> dict[str, str]:
+    """Every destination's own create fields, as options, with their help (each
+    destination's named when several take the same option)."""
+    helps: dict[str, list[tuple[str, str]]] = {}
+    for spec in PROVIDERS.values():
+        for field, text in spec.cli_help.items():
+            helps.setdefault(field, []).append((spec.name, text))
+    return {
+        field: texts[0][1] if len(texts) == 1 else "; ".join(f"{n}: {t}" for n, t in texts)
+        for field, texts in helps.items()
+    }
+
+
+_DESTINATION_OPTIONS = _destination_options()
 
 
 async def _client() -> Any:
@@ -32,51 +62,51 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         backfill = {"days": int(backfill)}
     elif backfill not in ("none", "all"):
         backfill = {"from": backfill}
-    for name in (
-        "name",
-        "region",
-        "host",
-        "api_host",
-        "project_api_key",
-        "project_token",
-        "api_secret",
-        "event_name",
-        "distinct_id",
-        "sync_interval_seconds",
-    ):
-        value = getattr(args, name, None)
+    for name in _COMMON_OPTIONS:
+        value = getattr(args, name)
         if value is not None:
             body[name] = value
+    spec = PROVIDERS[args.provider]
+    for name in _DESTINATION_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            body[name] = spec.cli_value(name, value)
     body["backfill"] = backfill
-    if args.service_account:
-        username, _, rest = args.service_account.partition(":")
-        secret, _, project_id = rest.rpartition("@")
-        body["service_account"] = {"username": username, "secret": secret, "project_id": project_id}
     return body
+
+
+async def _key_id(sb: Any, ident: str | None) -> str | None:
+    """The id of the key named by ``ident`` (id, prefix or name), ``None`` for none;
+    raises :class:`LookupError` when no key or several match."""
+    if ident is None:
+        return None
+    return str((await resolve_key(sb, ident))["id"])
 
 
 def cmd_add(args: argparse.Namespace) -> int:
     async def go() -> int:
-        if not args.all_keys and not args.key_id:
-            print("error: give --key-id KEY_UUID or --all-keys", file=sys.stderr)
+        if not args.all_keys and not args.key:
+            print("error: give --key KEY or --all-keys", file=sys.stderr)
             return 2
         try:
-            body = TypeAdapter(repo.IntegrationCreate).validate_python(_body(args))
+            body = TypeAdapter(IntegrationCreate).validate_python(_body(args))
         except ValidationError as exc:
             print(f"error: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
             return 2
+        sb = await _client()
         try:
-            row = await repo.create_integration(
-                await _client(),
-                get_settings(),
-                body,
-                api_key_id=args.key_id,
-                all_keys=args.all_keys,
+            api_key_id = await _key_id(sb, args.key)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            row = await service.create_integration(
+                sb, get_settings(), body, api_key_id=api_key_id, all_keys=args.all_keys
             )
-        except (repo.CredentialsInvalid, repo.IntegrationInputError) as exc:
+        except (CredentialsInvalid, IntegrationInputError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(json.dumps(repo.public_view(row), indent=2, default=str))
+        print(json.dumps(service.public_view(row), indent=2, default=str))
         return 0
 
     return asyncio.run(go())
@@ -84,8 +114,14 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def go() -> int:
-        for row in await repo.list_integrations(await _client(), api_key_id=args.key_id):
-            v = repo.public_view(row)
+        sb = await _client()
+        try:
+            api_key_id = await _key_id(sb, args.key)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for row in await integrations_db.list_integrations(sb, api_key_id=api_key_id):
+            v = service.public_view(row)
             scope = "all keys" if v["all_keys"] else v["api_key_id"]
             print(
                 f"{v['id']}  {v['provider']:<8}  {v['status']:<7}  exported={v['events_exported']}"
@@ -98,20 +134,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
-def _by_id(action: str) -> Any:
+# action -> (what it does to the row, what to print once done)
+_BY_ID: dict[str, tuple[Callable[..., Awaitable[Any]], str]] = {
+    "pause": (integrations_db.pause_integration, "paused"),
+    "resume": (integrations_db.resume_integration, "resumed"),
+    "remove": (integrations_db.delete_integration, "removed"),
+}
+
+
+def _by_id(action: str) -> Callable[[argparse.Namespace], int]:
+    apply, done_word = _BY_ID[action]
+
     def cmd(args: argparse.Namespace) -> int:
         async def go() -> int:
-            sb = await _client()
-            if action == "remove":
-                done: Any = await repo.delete_integration(sb, args.id, api_key_id=None)
-            elif action == "pause":
-                done = await repo.pause_integration(sb, args.id, api_key_id=None)
-            else:
-                done = await repo.resume_integration(sb, args.id, api_key_id=None)
-            if not done:
+            if not await apply(await _client(), args.id, api_key_id=None):
                 print(f"no integration {args.id}", file=sys.stderr)
                 return 1
-            print(f"{action}d {args.id}" if action != "pause" else f"paused {args.id}")
+            print(f"{done_word} {args.id}")
             return 0
 
         return asyncio.run(go())
@@ -170,27 +209,30 @@ def register(sub: Any) -> None:
     integ = sub.add_parser("integrations", help="analytics exports to PostHog and Mixpanel")
     isub = integ.add_subparsers(dest="integrations_command", required=True)
     add = isub.add_parser("add", help="validate credentials and add an integration")
-    add.add_argument("provider", choices=["posthog", "mixpanel"])
+    add.add_argument("provider", choices=list(PROVIDERS))
     scope = add.add_mutually_exclusive_group()
-    scope.add_argument("--key-id", help="export this API key's usage (api_keys.id)")
+    scope.add_argument(
+        "--key", "--key-id", dest="key", help="export this key's usage (its id, prefix or name)"
+    )
     scope.add_argument("--all-keys", action="store_true", help="export every key's usage")
     add.add_argument("--name")
-    add.add_argument("--region", help="posthog: us|eu; mixpanel: us|eu|in")
-    add.add_argument("--host", help="PostHog host (self-hosted or a proxy)")
-    add.add_argument("--api-host", help="Mixpanel API host (a proxy)")
-    add.add_argument("--project-api-key", help="PostHog project API key (phc_...)")
-    add.add_argument("--project-token", help="Mixpanel project token")
-    add.add_argument("--api-secret", help="Mixpanel API secret (enables /import)")
-    add.add_argument("--service-account", help="Mixpanel USER:SECRET@PROJECT_ID (enables /import)")
+    for field, text in _DESTINATION_OPTIONS.items():
+        add.add_argument("--" + field.replace("_", "-"), help=text)
     add.add_argument("--sync-interval-seconds", type=int)
     add.add_argument("--backfill", default="none", help="none | all | N (days) | YYYY-MM-DD")
     add.add_argument("--event-name")
     add.add_argument("--distinct-id", choices=["source", "end_user"])
     add.set_defaults(func=cmd_add)
     ls = isub.add_parser("list", help="list integrations with their status")
-    ls.add_argument("--key-id", default=None)
+    ls.add_argument(
+        "--key",
+        "--key-id",
+        dest="key",
+        default=None,
+        help="only this key's (its id, prefix or name)",
+    )
     ls.set_defaults(func=cmd_list)
-    for action in ("pause", "resume", "remove"):
+    for action in _BY_ID:
         p = isub.add_parser(action, help=f"{action} an integration")
         p.add_argument("id")
         p.set_defaults(func=_by_id(action))

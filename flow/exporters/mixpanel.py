@@ -12,6 +12,11 @@ is the ledger id without dashes (32 characters), Mixpanel's dedup key.
 Failure behaviour: 401/403 -> :class:`AuthRejected`; 413 -> :class:`PayloadTooLarge`
 (the cycle splits the batch); 429/5xx/network -> :class:`Retryable` (``Retry-After``
 honoured); anything else -> :class:`DestinationError`.
+
+:data:`MIXPANEL` is its :class:`DestinationSpec`: the create body (``region`` or
+``api_host``, ``project_token``, and ``api_secret`` or ``service_account`` for
+``/import``), the fields an edit may change, the masked hint, and the refusal of a
+backfill beyond /track's window when there is no secret to use /import.
 """
 
 from __future__ import annotations
@@ -19,15 +24,17 @@ from __future__ import annotations
 import gzip
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flow.exporters.base import (
     AuthRejected,
     CredentialsInvalid,
     DestinationError,
     DistinctIdMode,
+    IntegrationInputError,
     PayloadTooLarge,
     Retryable,
     SendResult,
@@ -37,6 +44,8 @@ from flow.exporters.base import (
     properties_json,
     retry_after_seconds,
 )
+from flow.exporters.crypto import mask
+from flow.exporters.spec import DestinationSpec, HttpUrlText, IntegrationBody, event_options
 
 REGION_HOSTS = {
     "us": "https://api.mixpanel.com",
@@ -256,3 +265,128 @@ def _error(res: httpx.Response, host: str, path: str) -> DestinationError:
             retry_after_seconds(res.headers.get("Retry-After")),
         )
     return DestinationError(f"Mixpanel {path} at {host} refused the batch: {_excerpt(res)}")
+
+
+class ServiceAccount(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=200)
+    secret: str = Field(min_length=1, max_length=500)
+    project_id: str | int
+
+
+class MixpanelCreate(IntegrationBody):
+    provider: Literal["mixpanel"]
+    region: Literal["us", "eu", "in"] | None = None
+    api_host: HttpUrlText | None = None
+    project_token: str = Field(min_length=1, max_length=255)
+    api_secret: str | None = Field(default=None, min_length=1, max_length=500)
+    service_account: ServiceAccount | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MixpanelCreate:
+        if self.region and self.api_host:
+            raise ValueError("give either region or api_host, not both")
+        if self.api_secret and self.service_account:
+            raise ValueError("give either api_secret or service_account, not both")
+        return self
+
+
+class MixpanelPatch(BaseModel):
+    """The Mixpanel fields an edit may change; a new ``api_secret`` replaces a service
+    account and a new ``service_account`` replaces a secret."""
+
+    model_config = ConfigDict(extra="forbid")
+    region: Literal["us", "eu", "in"] | None = None
+    api_host: HttpUrlText | None = None
+    project_token: str | None = Field(default=None, min_length=1, max_length=255)
+    api_secret: str | None = Field(default=None, min_length=1, max_length=500)
+    service_account: ServiceAccount | None = None
+
+
+class MixpanelSpec(DestinationSpec[MixpanelCreate]):
+    """Mixpanel: settings ``region`` and ``api_host``; credentials ``project_token`` and
+    optionally ``api_secret`` or ``service_account``."""
+
+    name = "mixpanel"
+    create_model = MixpanelCreate
+    patch_model = MixpanelPatch
+    host_setting = "api_host"
+    cli_help = {
+        "region": "us|eu|in",
+        "api_host": "Mixpanel API host (a proxy)",
+        "project_token": "Mixpanel project token",
+        "api_secret": "Mixpanel API secret (enables /import)",
+        "service_account": "Mixpanel USER:SECRET@PROJECT_ID (enables /import)",
+    }
+
+    def split_body(self, body: MixpanelCreate) -> tuple[dict[str, Any], dict[str, Any]]:
+        creds: dict[str, Any] = {"project_token": body.project_token}
+        if body.api_secret:
+            creds["api_secret"] = body.api_secret
+        if body.service_account:
+            creds["service_account"] = body.service_account.model_dump(mode="json")
+        return (
+            {"region": body.region, "api_host": mixpanel_host(body.region, body.api_host)},
+            creds,
+        )
+
+    def hint(self, creds: dict[str, Any]) -> str:
+        parts = [f"token {mask(creds['project_token'])}"]
+        if creds.get("api_secret"):
+            parts.append(f"secret {mask(creds['api_secret'])}")
+        if creds.get("service_account"):
+            sa = creds["service_account"]
+            parts.append(f"service account {sa['username']} (project {sa['project_id']})")
+        return ", ".join(parts)
+
+    def apply_patch(
+        self, given: dict[str, Any], settings_json: dict[str, Any], creds: dict[str, Any]
+    ) -> None:
+        if "region" in given or "api_host" in given:
+            settings_json["region"] = given.get("region")
+            settings_json["api_host"] = mixpanel_host(given.get("region"), given.get("api_host"))
+        for k in ("project_token", "api_secret", "service_account"):
+            if k in given:
+                creds[k] = given[k]
+        if creds.get("api_secret") and creds.get("service_account"):
+            if "service_account" in given:
+                creds.pop("api_secret", None)
+            else:
+                creds.pop("service_account", None)
+
+    def build(
+        self,
+        client: httpx.AsyncClient,
+        settings_json: dict[str, Any],
+        creds: dict[str, Any],
+        source_id: str,
+    ) -> MixpanelDestination:
+        return MixpanelDestination(
+            client,
+            api_host=settings_json["api_host"],
+            project_token=creds["project_token"],
+            api_secret=creds.get("api_secret"),
+            service_account=creds.get("service_account"),
+            **event_options(settings_json, source_id),
+        )
+
+    def cli_value(self, field: str, text: str) -> Any:
+        if field != "service_account":
+            return text
+        username, _, rest = text.partition(":")
+        secret, _, project_id = rest.rpartition("@")
+        return {"username": username, "secret": secret, "project_id": project_id}
+
+    def check_backfill(
+        self, creds: dict[str, Any], backfill_from: datetime | None, now: datetime
+    ) -> None:
+        if creds.get("api_secret") or creds.get("service_account"):
+            return
+        if backfill_from is None or backfill_from < now - TRACK_WINDOW:
+            raise IntegrationInputError(
+                "Mixpanel /track accepts only the last 5 days: to backfill further, give an "
+                "api_secret or a service_account (used with /import), or a shorter backfill"
+            )
+
+
+MIXPANEL = MixpanelSpec()

@@ -8,6 +8,9 @@ Failure behaviour: 401/403 -> :class:`AuthRejected`; 413 -> :class:`PayloadTooLa
 status -> :class:`DestinationError`. Credentials are checked before saving with a feature
 flags request, which, unlike ``/batch/``, looks the project key up and answers 401 for a
 key that does not exist on that host (a wrong key, or a project in the other region).
+
+:data:`POSTHOG` is its :class:`DestinationSpec`: the create body (``region`` or ``host``,
+``project_api_key``), the fields an edit may change, and the masked key hint.
 """
 
 from __future__ import annotations
@@ -15,15 +18,17 @@ from __future__ import annotations
 import gzip
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flow.exporters.base import (
     AuthRejected,
     CredentialsInvalid,
     DestinationError,
     DistinctIdMode,
+    IntegrationInputError,
     PayloadTooLarge,
     Retryable,
     SendResult,
@@ -32,6 +37,8 @@ from flow.exporters.base import (
     properties_json,
     retry_after_seconds,
 )
+from flow.exporters.crypto import mask
+from flow.exporters.spec import DestinationSpec, HttpUrlText, IntegrationBody, event_options
 
 REGION_HOSTS = {"us": "https://us.i.posthog.com", "eu": "https://eu.i.posthog.com"}
 MAX_BATCH = 2000  # ~1.5 MB of JSON, far below PostHog's 20 MB body limit
@@ -155,3 +162,76 @@ def _error(res: httpx.Response, host: str) -> DestinationError:
             retry_after_seconds(res.headers.get("Retry-After")),
         )
     return DestinationError(f"PostHog at {host} refused the batch: HTTP {code}")
+
+
+class PostHogCreate(IntegrationBody):
+    provider: Literal["posthog"]
+    region: Literal["us", "eu"] | None = None
+    host: HttpUrlText | None = None
+    project_api_key: str = Field(min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _one_place(self) -> PostHogCreate:
+        if self.region and self.host:
+            raise ValueError("give either region or host, not both")
+        return self
+
+
+class PostHogPatch(BaseModel):
+    """The PostHog fields an edit may change."""
+
+    model_config = ConfigDict(extra="forbid")
+    region: Literal["us", "eu"] | None = None
+    host: HttpUrlText | None = None
+    project_api_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class PostHogSpec(DestinationSpec[PostHogCreate]):
+    """PostHog: settings ``region`` and ``host``; credentials ``project_api_key``."""
+
+    name = "posthog"
+    create_model = PostHogCreate
+    patch_model = PostHogPatch
+    host_setting = "host"
+    cli_help = {
+        "region": "us|eu",
+        "host": "PostHog host (self-hosted or a proxy)",
+        "project_api_key": "PostHog project API key (phc_...)",
+    }
+
+    def split_body(self, body: PostHogCreate) -> tuple[dict[str, Any], dict[str, Any]]:
+        return (
+            {"region": body.region, "host": posthog_host(body.region, body.host)},
+            {"project_api_key": body.project_api_key},
+        )
+
+    def hint(self, creds: dict[str, Any]) -> str:
+        return f"key {mask(creds['project_api_key'])}"
+
+    def apply_patch(
+        self, given: dict[str, Any], settings_json: dict[str, Any], creds: dict[str, Any]
+    ) -> None:
+        if "region" in given or "host" in given:
+            if given.get("region") not in (None, *REGION_HOSTS):
+                raise IntegrationInputError("PostHog regions are us and eu")
+            settings_json["region"] = given.get("region")
+            settings_json["host"] = posthog_host(given.get("region"), given.get("host"))
+        if "project_api_key" in given:
+            creds["project_api_key"] = given["project_api_key"]
+
+    def build(
+        self,
+        client: httpx.AsyncClient,
+        settings_json: dict[str, Any],
+        creds: dict[str, Any],
+        source_id: str,
+    ) -> PostHogDestination:
+        return PostHogDestination(
+            client,
+            host=settings_json["host"],
+            project_api_key=creds["project_api_key"],
+            **event_options(settings_json, source_id),
+        )
+
+
+POSTHOG = PostHogSpec()

@@ -5,14 +5,17 @@ two Flow instances never sync the same one at once), then for each: reads a page
 after the cursor (``analytics_export_page``, which only returns rows whose transactions
 have all finished, see the migration), sends it, and moves the cursor
 (``analytics_export_advance``) only after the destination accepted it. A crash between
-the two resends the page on the next cycle with the same uuids / $insert_ids.
+the two resends the page on the next cycle with the same uuids / $insert_ids. The SQL
+functions are called through :mod:`flow.db.exports`; the destination is built by the
+integration's :class:`DestinationSpec` (:mod:`flow.exporters.registry`).
 
 Failure behaviour: 429/5xx/network errors back off exponentially (``Retry-After``
 honoured) and, once the attempts are spent, end the cycle with the integration still
 ``active`` and a retry scheduled; 401/403 and other refusals put it in ``error`` with the
 destination's message; 413 splits the batch. Rows a destination refuses on their own
 (Mixpanel strict mode, too old for /track) are logged with the reason, counted as
-skipped, and never resent.
+skipped, and never resent. A lost lease ends the cycle without releasing (the new
+holder owns the row); a pause or deletion seen mid-cycle ends it and releases the lease.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import httpx
 from supabase import AsyncClient
 
 from flow.config import Settings
-from flow.db.client import DatabaseError, DatabaseUnavailable, call, rows_of
+from flow.db import exports as exports_db
+from flow.db.client import DatabaseError, DatabaseUnavailable
 from flow.exporters.base import (
     AuthRejected,
     Destination,
@@ -42,7 +46,7 @@ from flow.exporters.base import (
     SendResult,
 )
 from flow.exporters.crypto import CredentialBox, CredentialsUnreadable, SecretKeyMissing
-from flow.exporters.integrations import build_destination
+from flow.exporters.registry import spec_for
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,12 @@ Progress = Callable[[str, int], None]
 
 
 class _Stop(Exception):
-    """The cycle must stop: lease lost, integration paused or deleted."""
+    """The cycle must stop: the lease was lost (``lease_lost``: another instance holds
+    it, so this one must not release it), or the integration was paused or deleted."""
+
+    def __init__(self, reason: str, *, lease_lost: bool) -> None:
+        super().__init__(reason)
+        self.lease_lost = lease_lost
 
 
 @dataclass
@@ -123,25 +132,17 @@ class Exporter:
     async def claim(
         self, *, force: bool = False, ids: list[str] | None = None, limit: int = 10
     ) -> list[dict[str, Any]]:
-        res = await call(
-            self.sb.rpc(
-                "analytics_claim_integrations",
-                {
-                    "p_owner": self.owner,
-                    "p_lease_seconds": self.lease_seconds,
-                    "p_limit": limit,
-                    "p_force": force,
-                    "p_ids": ids,
-                },
-            ).execute
+        return await exports_db.claim_integrations(
+            self.sb,
+            self.owner,
+            lease_seconds=self.lease_seconds,
+            limit=limit,
+            force=force,
+            ids=ids,
         )
-        return rows_of(res)
 
     async def backlog(self, integration_id: str) -> int:
-        res: Any = await call(
-            self.sb.rpc("analytics_export_backlog", {"p_id": integration_id}).execute
-        )
-        return int(res.data or 0)
+        return await exports_db.export_backlog(self.sb, integration_id)
 
     async def run_due(
         self,
@@ -185,26 +186,22 @@ class Exporter:
         release = True
         try:
             creds = self._credentials().open(row["credentials_encrypted"])
-            dest = build_destination(
-                row["provider"],
-                row["settings"] or {},
-                creds,
-                self.http,
-                self.settings.flow_export_source_id,
+            dest = spec_for(row["provider"]).build(
+                self.http, row["settings"] or {}, creds, self.settings.flow_export_source_id
             )
             created_at = datetime.fromisoformat(str(row["created_at"]))
             page_size = min(self.page_size, dest.max_batch)
             while True:
-                page = await self._page(iid, page_size)
-                if not page.get("leased"):
-                    release = page.get("status") != "deleted"
-                    outcome.status = str(page.get("status"))
+                page = await exports_db.export_page(self.sb, iid, self.owner, page_size)
+                if not page.leased:
+                    release = page.status != "deleted"
+                    outcome.status = page.status
                     break
-                scanned = int(page["scanned"])
+                scanned = page.scanned
                 if scanned == 0:
                     synced = True
                     break
-                rows: list[dict[str, Any]] = page["rows"]
+                rows = page.rows
                 historical = (
                     bool(rows)
                     and min(datetime.fromisoformat(str(r["occurred_at"])) for r in rows)
@@ -212,15 +209,7 @@ class Exporter:
                 )
                 result = await self._deliver(iid, dest, rows, historical)
                 warning = _report_skipped(iid, result)
-                last_txid, last_seq = page["last"]
-                status = await self._advance(
-                    iid,
-                    str(last_txid),
-                    int(last_seq),
-                    result.accepted,
-                    len(result.skipped),
-                    warning,
-                )
+                status = await self._advance(iid, page, result, warning)
                 outcome.exported += result.accepted
                 outcome.skipped += len(result.skipped)
                 if progress is not None:
@@ -233,7 +222,7 @@ class Exporter:
                     break
         except _Stop as stop:
             outcome.error = str(stop)
-            release = "lease" not in str(stop)
+            release = not stop.lease_lost
         except AuthRejected as exc:
             outcome.status, outcome.error = "error", str(exc)
         except Retryable as exc:
@@ -267,49 +256,32 @@ class Exporter:
             log.info("export %s: %d events exported", iid, outcome.exported)
         return outcome
 
-    async def _page(self, iid: str, limit: int) -> dict[str, Any]:
-        res: Any = await call(
-            self.sb.rpc(
-                "analytics_export_page", {"p_id": iid, "p_owner": self.owner, "p_limit": limit}
-            ).execute
-        )
-        page: dict[str, Any] = res.data
-        return page
-
     async def _advance(
-        self, iid: str, txid: str, seq: int, exported: int, skipped: int, warning: str | None
+        self, iid: str, page: exports_db.ExportPage, result: SendResult, warning: str | None
     ) -> str:
-        res = await call(
-            self.sb.rpc(
-                "analytics_export_advance",
-                {
-                    "p_id": iid,
-                    "p_owner": self.owner,
-                    "p_txid": txid,
-                    "p_seq": seq,
-                    "p_exported": exported,
-                    "p_skipped": skipped,
-                    "p_warning": warning,
-                    "p_lease_seconds": self.lease_seconds,
-                },
-            ).execute
+        status = await exports_db.advance_cursor(
+            self.sb,
+            iid,
+            self.owner,
+            txid=page.last_txid,
+            seq=page.last_seq,
+            exported=result.accepted,
+            skipped=len(result.skipped),
+            warning=warning,
+            lease_seconds=self.lease_seconds,
         )
-        found = rows_of(res)
-        if not found:
-            raise _Stop("lease lost: another instance took over this integration")
-        return str(found[0]["status"])
+        if status is None:
+            raise _Stop("lease lost: another instance took over this integration", lease_lost=True)
+        return status
 
     async def _renew(self, iid: str) -> None:
-        res: Any = await call(
-            self.sb.rpc(
-                "analytics_export_renew",
-                {"p_id": iid, "p_owner": self.owner, "p_lease_seconds": self.lease_seconds},
-            ).execute
+        status = await exports_db.renew_lease(
+            self.sb, iid, self.owner, lease_seconds=self.lease_seconds
         )
-        if not res.data:
-            raise _Stop("lease lost while retrying")
-        if res.data != "syncing":
-            raise _Stop(f"integration is now {res.data}")
+        if status is None:
+            raise _Stop("lease lost while retrying", lease_lost=True)
+        if status != "syncing":
+            raise _Stop(f"integration is now {status}", lease_lost=False)
 
     async def _release(
         self,
@@ -321,23 +293,18 @@ class Exporter:
         retry_in_seconds: int | None = None,
     ) -> str | None:
         try:
-            res: Any = await call(
-                self.sb.rpc(
-                    "analytics_export_release",
-                    {
-                        "p_id": iid,
-                        "p_owner": self.owner,
-                        "p_status": status,
-                        "p_error": error,
-                        "p_synced": synced,
-                        "p_retry_in_seconds": retry_in_seconds,
-                    },
-                ).execute
+            return await exports_db.release_lease(
+                self.sb,
+                iid,
+                self.owner,
+                status=status,
+                error=error,
+                synced=synced,
+                retry_in_seconds=retry_in_seconds,
             )
         except DatabaseUnavailable as exc:
             log.warning("export %s: could not release the lease (it will expire): %s", iid, exc)
             return None
-        return str(res.data) if res.data else None
 
     # --- sending ---------------------------------------------------------------
     async def _deliver(

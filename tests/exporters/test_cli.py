@@ -85,3 +85,26 @@ async def test_operator_adds_syncs_pauses_and_removes(
         "phc_wrong",
     )
     assert code == 2 and "bad key" in err
+
+
+async def test_a_key_is_named_by_its_prefix_and_an_unknown_key_is_an_error(
+    stack: localstack.StackInfo, posthog_sink: PostHogSink, api_key: dict[str, Any]
+) -> None:
+    code, out, err = await flow(
+        stack,
+        "integrations",
+        "add",
+        "posthog",
+        "--key",
+        api_key["key_prefix"],
+        "--host",
+        posthog_sink.url,
+        "--project-api-key",
+        PH_KEY,
+    )
+    assert code == 0, err
+    assert f'"api_key_id": "{api_key["id"]}"' in out
+
+    code, out, err = await flow(stack, "integrations", "list", "--key", "no-such-key")
+    assert code == 1 and out == ""
+    assert err.startswith("error: no key matches 'no-such-key'")

@@ -11,8 +11,10 @@ import pytest
 from supabase import AsyncClient
 
 from flow.config import Settings
-from flow.exporters import integrations as repo
-from flow.exporters.base import insert_id
+from flow.db import integrations as integrations_db
+from flow.exporters.base import CredentialsInvalid, IntegrationInputError, insert_id
+from flow.exporters.integrations import create_integration
+from flow.exporters.mixpanel import MixpanelCreate
 from tests.exporters.conftest import MP_SECRET, MP_TOKEN, exporter, integration_row, seed
 from tests.fakes.analytics_sinks import MixpanelSink
 
@@ -22,10 +24,10 @@ pytestmark = pytest.mark.usefixtures("cleanup_integrations")
 async def create_mixpanel(
     sb: AsyncClient, settings: Settings, sink: MixpanelSink, api_key: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
-    body = repo.MixpanelCreate.model_validate(
+    body = MixpanelCreate.model_validate(
         {"provider": "mixpanel", "api_host": sink.url, "project_token": MP_TOKEN, **extra}
     )
-    return await repo.create_integration(sb, settings, body, api_key_id=api_key["id"])
+    return await create_integration(sb, settings, body, api_key_id=api_key["id"])
 
 
 def insert_ids(sink: MixpanelSink) -> Counter[str]:
@@ -106,15 +108,15 @@ async def test_track_reports_events_older_than_5_days_instead_of_dropping_them(
 async def test_a_backfill_beyond_5_days_without_a_secret_is_refused(
     sb: AsyncClient, export_settings: Settings, mixpanel_sink: MixpanelSink, api_key: dict[str, Any]
 ) -> None:
-    with pytest.raises(repo.IntegrationInputError, match="last 5 days"):
+    with pytest.raises(IntegrationInputError, match="last 5 days"):
         await create_mixpanel(sb, export_settings, mixpanel_sink, api_key, backfill={"days": 30})
 
 
 async def test_a_wrong_secret_is_refused_before_saving(
     sb: AsyncClient, export_settings: Settings, mixpanel_sink: MixpanelSink, api_key: dict[str, Any]
 ) -> None:
-    with pytest.raises(repo.CredentialsInvalid, match="bad secret"):
+    with pytest.raises(CredentialsInvalid, match="bad secret"):
         await create_mixpanel(
             sb, export_settings, mixpanel_sink, api_key, api_secret="not-the-secret"
         )
-    assert await repo.list_integrations(sb, api_key_id=api_key["id"]) == []
+    assert await integrations_db.list_integrations(sb, api_key_id=api_key["id"]) == []

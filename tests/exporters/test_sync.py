@@ -14,8 +14,10 @@ from supabase import AsyncClient
 
 from flow import localstack
 from flow.config import Settings
-from flow.exporters import integrations as repo
+from flow.db import integrations as integrations_db
 from flow.exporters.base import export_uuid
+from flow.exporters.integrations import create_integration
+from flow.exporters.posthog import PostHogCreate
 from tests.exporters.conftest import (
     PH_KEY,
     exporter,
@@ -36,7 +38,7 @@ async def create_posthog(
     backfill: Any = "all",
     **extra: Any,
 ) -> dict[str, Any]:
-    body = repo.PostHogCreate.model_validate(
+    body = PostHogCreate.model_validate(
         {
             "provider": "posthog",
             "host": sink.url,
@@ -45,7 +47,7 @@ async def create_posthog(
             **extra,
         }
     )
-    return await repo.create_integration(sb, settings, body, api_key_id=api_key["id"])
+    return await create_integration(sb, settings, body, api_key_id=api_key["id"])
 
 
 def uuids_of(sink: PostHogSink) -> Counter[str]:
@@ -198,7 +200,7 @@ async def test_pause_stops_sending(
     task = asyncio.create_task(ex.run_due(force=True, ids=[integ["id"]]))
     await wait_until(lambda: len(posthog_sink.events) >= 500)
     posthog_sink.hold()
-    await repo.pause_integration(sb, integ["id"], api_key_id=api_key["id"])
+    await integrations_db.pause_integration(sb, integ["id"], api_key_id=api_key["id"])
     posthog_sink.release()
     await task
     sent = len(posthog_sink.events)
@@ -209,7 +211,7 @@ async def test_pause_stops_sending(
     assert await ex.run_due(force=True, ids=[integ["id"]]) == []
     assert len(posthog_sink.events) == sent
 
-    await repo.resume_integration(sb, integ["id"], api_key_id=api_key["id"])
+    await integrations_db.resume_integration(sb, integ["id"], api_key_id=api_key["id"])
     await ex.run_due(ids=[integ["id"]])
     assert len(posthog_sink.events) == 3000
 

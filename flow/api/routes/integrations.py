@@ -10,6 +10,7 @@ shows status, last sync, last error, events exported and the cursor's position.
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
@@ -17,9 +18,11 @@ from pydantic import BaseModel
 
 from flow.api.deps import ApiKeyDep, SettingsDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError
-from flow.exporters import integrations as repo
-from flow.exporters.base import CredentialsInvalid
+from flow.db import integrations as integrations_db
+from flow.exporters import integrations as service
+from flow.exporters.base import CredentialsInvalid, IntegrationInputError
 from flow.exporters.crypto import CredentialsUnreadable, SecretKeyMissing
+from flow.exporters.registry import IntegrationCreate, IntegrationPatch
 
 router = APIRouter(prefix="/api/integrations", tags=["integrations"], responses=ERROR_RESPONSES)
 
@@ -59,7 +62,7 @@ class Integration(BaseModel):
 
 
 def _view(row: dict[str, Any]) -> Integration:
-    return Integration.model_validate(repo.public_view(row))
+    return Integration.model_validate(service.public_view(row))
 
 
 def _not_found(integration_id: str) -> ApiError:
@@ -76,12 +79,10 @@ def _refusal(exc: Exception) -> ApiError:
     return ApiError(422, "invalid_integration", str(exc))
 
 
-_CHECKED = (CredentialsInvalid, SecretKeyMissing, CredentialsUnreadable, repo.IntegrationInputError)
+_CHECKED = (CredentialsInvalid, SecretKeyMissing, CredentialsUnreadable, IntegrationInputError)
 
 
 def _uuid_or_404(integration_id: str) -> str:
-    import uuid
-
     try:
         return str(uuid.UUID(integration_id))
     except ValueError:
@@ -90,13 +91,13 @@ def _uuid_or_404(integration_id: str) -> str:
 
 @router.post("", status_code=201, response_model=Integration)
 async def create_integration(
-    body: Annotated[repo.IntegrationCreate, Body()],
+    body: Annotated[IntegrationCreate, Body()],
     api_key: ApiKeyDep,
     sb: SupabaseDep,
     settings: SettingsDep,
 ) -> Integration:
     try:
-        row = await repo.create_integration(sb, settings, body, api_key_id=api_key.id)
+        row = await service.create_integration(sb, settings, body, api_key_id=api_key.id)
     except _CHECKED as exc:
         raise _refusal(exc) from None
     return _view(row)
@@ -104,13 +105,13 @@ async def create_integration(
 
 @router.get("", response_model=list[Integration])
 async def list_integrations(api_key: ApiKeyDep, sb: SupabaseDep) -> list[Integration]:
-    return [_view(r) for r in await repo.list_integrations(sb, api_key_id=api_key.id)]
+    return [_view(r) for r in await integrations_db.list_integrations(sb, api_key_id=api_key.id)]
 
 
 @router.get("/{integration_id}", response_model=Integration)
 async def get_integration(integration_id: str, api_key: ApiKeyDep, sb: SupabaseDep) -> Integration:
     iid = _uuid_or_404(integration_id)
-    row = await repo.get_integration(sb, iid, api_key_id=api_key.id)
+    row = await integrations_db.get_integration(sb, iid, api_key_id=api_key.id)
     if row is None:
         raise _not_found(integration_id)
     return _view(row)
@@ -119,14 +120,14 @@ async def get_integration(integration_id: str, api_key: ApiKeyDep, sb: SupabaseD
 @router.patch("/{integration_id}", response_model=Integration)
 async def update_integration(
     integration_id: str,
-    patch: repo.IntegrationPatch,
+    patch: IntegrationPatch,
     api_key: ApiKeyDep,
     sb: SupabaseDep,
     settings: SettingsDep,
 ) -> Integration:
     iid = _uuid_or_404(integration_id)
     try:
-        row = await repo.update_integration(sb, settings, iid, patch, api_key_id=api_key.id)
+        row = await service.update_integration(sb, settings, iid, patch, api_key_id=api_key.id)
     except _CHECKED as exc:
         raise _refusal(exc) from None
     if row is None:
@@ -138,7 +139,9 @@ async def update_integration(
 async def pause_integration(
     integration_id: str, api_key: ApiKeyDep, sb: SupabaseDep
 ) -> Integration:
-    row = await repo.pause_integration(sb, _uuid_or_404(integration_id), api_key_id=api_key.id)
+    row = await integrations_db.pause_integration(
+        sb, _uuid_or_404(integration_id), api_key_id=api_key.id
+    )
     if row is None:
         raise _not_found(integration_id)
     return _view(row)
@@ -148,7 +151,9 @@ async def pause_integration(
 async def resume_integration(
     integration_id: str, request: Request, api_key: ApiKeyDep, sb: SupabaseDep
 ) -> Integration:
-    row = await repo.resume_integration(sb, _uuid_or_404(integration_id), api_key_id=api_key.id)
+    row = await integrations_db.resume_integration(
+        sb, _uuid_or_404(integration_id), api_key_id=api_key.id
+    )
     if row is None:
         raise _not_found(integration_id)
     _wake_scheduler(request)
@@ -161,7 +166,7 @@ async def sync_integration(
 ) -> Integration:
     """Schedule a cycle now; the scheduler of this (or another) instance runs it."""
     iid = _uuid_or_404(integration_id)
-    row = await repo.get_integration(sb, iid, api_key_id=api_key.id)
+    row = await integrations_db.get_integration(sb, iid, api_key_id=api_key.id)
     if row is None:
         raise _not_found(integration_id)
     if row["status"] in ("paused", "error"):
@@ -170,14 +175,16 @@ async def sync_integration(
             "not_active",
             f"the integration is {row['status']}: resume it (or fix its credentials) first",
         )
-    row = await repo.request_sync(sb, iid, api_key_id=api_key.id) or row
+    row = await integrations_db.request_sync(sb, iid, api_key_id=api_key.id) or row
     _wake_scheduler(request)
     return _view(row)
 
 
 @router.delete("/{integration_id}", status_code=204)
 async def delete_integration(integration_id: str, api_key: ApiKeyDep, sb: SupabaseDep) -> Response:
-    if not await repo.delete_integration(sb, _uuid_or_404(integration_id), api_key_id=api_key.id):
+    if not await integrations_db.delete_integration(
+        sb, _uuid_or_404(integration_id), api_key_id=api_key.id
+    ):
         raise _not_found(integration_id)
     return Response(status_code=204)
 
