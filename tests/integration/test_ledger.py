@@ -300,3 +300,20 @@ def test_the_event_model_derives_its_total_from_the_split() -> None:
     # A row spooled before the split existed still reads back, with its total.
     legacy = UsageEvent(**common, cost_usd=Decimal("0.5"))
     assert (legacy.cost_usd, legacy.input_cost_usd) == (Decimal("0.5"), None)
+
+
+async def test_deleting_a_key_or_a_call_with_usage_is_refused_and_the_ledger_stays(
+    sb: AsyncClient, thread: dict
+) -> None:
+    events = [llm_event(thread), tts_event(thread, 12)]
+    assert await record_usage_events(sb, events) == 2
+    with pytest.raises(DatabaseError, match="foreign key"):
+        await call(
+            sb.table("workflow_threads")
+            .delete()
+            .eq("workflow_thread_id", thread["workflow_thread_id"])
+            .execute
+        )
+    with pytest.raises(DatabaseError, match="foreign key"):
+        await call(sb.table("api_keys").delete().eq("id", thread["api_key_id"]).execute)
+    assert len(await ledger_rows(sb, thread["workflow_thread_id"])) == 2
