@@ -1,14 +1,18 @@
 """Every error the API answers is JSON ``{"error": "<stable_code>", "message": "<human>"}``.
 
 Validation errors (422) add ``details``: a list of ``{"loc", "msg", "type"}``, never the
-offending input (it may be large or secret). Database refusals are the caller's fault
-(400, or 409 for conflicts) and carry the database's message; an unreachable database
-is 503 with ``Retry-After``. Only a genuine bug answers 500, without internals.
+offending input (it may be large or secret). Every input is validated before it reaches
+the database, so a request the database refuses is Flow's own bug: 500
+``internal_error`` with an ``error_id`` that the log line carries with the database's
+message (which never reaches the caller: it names tables and constraints). Conflicts
+with what is stored are 409 ``conflict``. An unreachable database is 503 with
+``Retry-After``.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -128,8 +132,24 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DatabaseError)
     if exc.code and exc.code.startswith(CONFLICT_CODES):
-        return error_response(409, "conflict", exc.message)
-    return error_response(400, "rejected_by_database", exc.message)
+        return error_response(
+            409, "conflict", "the request conflicts with a concurrent change; retry it"
+        )
+    error_id = uuid.uuid4().hex[:16]
+    logger.error(
+        "error %s: the database refused %s %s (%s): %s",
+        error_id,
+        request.method,
+        request.url.path,
+        exc.code,
+        exc.message,
+    )
+    return error_response(
+        500,
+        "internal_error",
+        f"an unexpected error occurred (error id {error_id})",
+        headers={"X-Error-Id": error_id},
+    )
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -143,8 +163,16 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "an unexpected error occurred")
+    error_id = uuid.uuid4().hex[:16]
+    logger.exception(
+        "error %s: unhandled on %s %s", error_id, request.method, request.url.path
+    )
+    return error_response(
+        500,
+        "internal_error",
+        f"an unexpected error occurred (error id {error_id})",
+        headers={"X-Error-Id": error_id},
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,8 +1,11 @@
 """The async supabase-py client (PostgREST over HTTP) and its error mapping.
 
 Failure behaviour: an unreachable database raises :class:`DatabaseUnavailable` (callers
-retry, spool or answer 503); a request the database refuses raises
-:class:`DatabaseError` with PostgREST's code and message (callers answer 4xx).
+retry, spool or answer 503): a connection error, a timeout, a gateway or PostgREST
+answering 5xx, or an answer that is not PostgREST's. A request the database refuses
+raises :class:`DatabaseError` with PostgREST's code and message: Flow builds every
+request, so a refusal is Flow's own bug (the API logs it and answers 500 with an error
+id, never the database's message), except conflicts, which the API answers 409.
 """
 
 from __future__ import annotations
@@ -38,13 +41,23 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached (network, timeout, 5xx from the gateway)."""
 
 
+async def _refuse_server_errors(response: httpx.Response) -> None:
+    # PostgREST answers a refusal 4xx with its JSON error; a 5xx (a gateway in front of
+    # PostgREST, PostgREST without its database) means unreachable, whatever its body,
+    # and supabase-py would otherwise raise it as an APIError like any refusal.
+    if response.status_code >= 500:
+        raise DatabaseUnavailable(
+            f"the database gateway answered HTTP {response.status_code}"
+        )
+
+
 async def create_client(settings: Settings) -> AsyncClient:
     if not settings.supabase_url or not settings.supabase_service_role_key.get_secret_value():
         raise DatabaseUnavailable(
             "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are not set "
             "(run scripts/stack-up for a local stack)"
         )
-    return await acreate_client(
+    sb = await acreate_client(
         settings.supabase_url,
         settings.supabase_service_role_key.get_secret_value(),
         options=AsyncClientOptions(
@@ -56,6 +69,8 @@ async def create_client(settings: Settings) -> AsyncClient:
             persist_session=False,
         ),
     )
+    sb.postgrest.session.event_hooks["response"].append(_refuse_server_errors)
+    return sb
 
 
 async def call(op: Callable[[], Awaitable[T]]) -> T:
