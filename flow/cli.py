@@ -138,9 +138,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from flow.localstack.__main__ import main as stack_main
+    from flow.localstack.__main__ import run as stack_run
 
-    return stack_main([args.action])
+    return stack_run(args)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -210,8 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     usage_cmd.add_argument("--json", action="store_true", help="print JSON")
     usage_cmd.set_defaults(func=cmd_usage)
 
-    stack = sub.add_parser("stack", help="the local Supabase-compatible stack")
-    stack.add_argument("action", choices=["install", "up", "down", "env", "status"])
+    from flow.localstack.__main__ import add_arguments as stack_arguments
+
+    stack = sub.add_parser(
+        "stack",
+        help="the local Supabase-compatible stack",
+        description="up/env print the stack's variables; with --write FILE they set them "
+        "in that dotenv file (e.g. .env), keeping its other lines.",
+    )
+    stack_arguments(stack)
     stack.set_defaults(func=cmd_stack)
 
     sub.add_parser("config", help="print effective settings (secrets masked)").set_defaults(

@@ -43,6 +43,7 @@ from flow.localstack.supervisor import (
     free_port,
     status,
     up,
+    update_env_file,
     write_env_file,
 )
 
@@ -65,5 +66,6 @@ __all__ = [
     "psql",
     "status",
     "up",
+    "update_env_file",
     "write_env_file",
 ]

@@ -9,6 +9,7 @@ stack is already running only applies new migrations and returns it. ``down`` st
 what ``up`` started, by the PIDs it recorded. Everything about one stack (data, logs,
 PIDs in ``stack.json``, the JWT secret, the ``env`` file) lives in its state directory,
 so several stacks (a test session and a demo, say) run side by side on their own ports.
+:func:`update_env_file` sets the stack's variables in a dotenv file, keeping the rest.
 
 Failure behaviour: a missing Postgres or PostgREST, a failing migration or a process
 that does not answer within 30 s raises :class:`~flow.localstack.install.StackError`;
@@ -23,11 +24,13 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -301,6 +304,48 @@ def write_env_file(info: StackInfo) -> Path:
     path.write_text("".join(f"{k}={v}\n" for k, v in info.env().items()))
     path.chmod(0o600)
     return path
+
+
+_ENV_ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def update_env_file(path: Path, values: dict[str, str]) -> list[str]:
+    """Set ``values`` in the dotenv file at ``path`` and keep every other line as it is.
+
+    A variable already assigned is rewritten in place (a later duplicate assignment of
+    it is dropped, since the last one would win); the others are appended. The file is
+    replaced atomically, keeping its permissions (a new one is readable by its owner
+    only: it holds the service-role key). Returns the variables whose value changed."""
+    path = Path(path).resolve()
+    lines = path.read_text().splitlines() if path.exists() else []
+    old: dict[str, str] = {}
+    out: list[str] = []
+    for line in lines:
+        match = _ENV_ASSIGNMENT.match(line)
+        name = match.group(1) if match else None
+        if match is None or name not in values:
+            out.append(line)
+            continue
+        if name in old:
+            continue
+        old[name] = line[match.end() :].strip()
+        out.append(line[: match.end()] + values[name])
+    missing = [k for k in values if k not in old]
+    if missing and out and out[-1].strip():
+        out.append("")
+    out += [f"{k}={values[k]}" for k in missing]
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    fd, tmp = tempfile.mkstemp(prefix=".env.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(out) + "\n")
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return [k for k in values if old.get(k) != values[k]]
 
 
 def down(state_dir: Path | None = None, quiet: bool = False) -> None:
