@@ -179,6 +179,18 @@ def _days(value: str) -> int:
     return days
 
 
+def _calls(value: str) -> int:
+    from flow.demo.run import SCRIPTS
+
+    try:
+        calls = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if not 1 <= calls <= len(SCRIPTS):
+        raise argparse.ArgumentTypeError(f"must be between 1 and {len(SCRIPTS)}")
+    return calls
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -205,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", help="list keys").set_defaults(func=cmd_keys_list)
 
     demo = sub.add_parser("demo", help="run Flow end to end on this machine, no keys needed")
-    demo.add_argument("--calls", type=int, default=3, help="simulated calls to run (1-3)")
+    demo.add_argument("--calls", type=_calls, default=3, help="simulated calls to run (1-3)")
     demo.add_argument("--port", type=int, default=None, help="API port (default: free)")
     demo.add_argument(
         "--exit", action="store_true", help="stop after the report instead of serving"
