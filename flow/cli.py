@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from flow.config import get_settings
+from flow.config import MAX_REPORT_DAYS, get_settings
 from flow.logs import configure_logging
 
 
@@ -88,7 +88,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    """Who to bill: every key's usage and cost over a period, or one key's by group."""
+    """Who to bill: every key's usage and cost over a period (or the keys ``--key``
+    names), each broken down by ``--group-by`` when given."""
     from datetime import UTC, datetime, timedelta
 
     from flow.db import keys, usage
@@ -97,29 +98,36 @@ def cmd_usage(args: argparse.Namespace) -> int:
         sb = await _client()
         end = datetime.now(UTC)
         start = end - timedelta(days=args.days)
-        rows = await keys.list_keys(sb)
         if args.key:
-            rows = [r for r in rows if args.key in (str(r["id"]), r["key_prefix"], r["name"])]
+            # A report only reads: a name several keys share reports each of them.
+            rows = await keys.find_keys(sb, args.key)
             if not rows:
-                print(f"no key matches {args.key!r}", file=sys.stderr)
+                print(f"no key matches {args.key!r} (give its id, prefix or name)", file=sys.stderr)
                 return 1
+        else:
+            rows = await keys.list_keys(sb)
         reports = []
         for row in rows:
-            report = await usage.usage_report(
-                sb, str(row["id"]), start, end, args.group_by if args.key else None
-            )
-            ident = row["key_prefix"] or row["unkey_key_id"] or str(row["id"])[:8]
+            report = await usage.usage_report(sb, str(row["id"]), start, end, args.group_by)
             reports.append(
-                {"api_key_id": str(row["id"]), "name": row["name"], "key": ident, **report}
+                {"api_key_id": str(row["id"]), "name": row["name"], "key": _ident(row), **report}
             )
         if args.json:
             print(
                 json.dumps(
-                    {"start": start.isoformat(), "end": end.isoformat(), "keys": reports}, indent=2
+                    {
+                        "start": start.isoformat(),
+                        "end": end.isoformat(),
+                        "group_by": args.group_by,
+                        "keys": reports,
+                    },
+                    indent=2,
                 )
             )
             return 0
         print(f"usage from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC")
+        if args.group_by:
+            print(f"each key broken down by {args.group_by}")
         header = f"{'':<38}{'calls':>7}{'llm':>7}{'tokens':>12}{'tts chars':>11}"
         print(header + f"{'stt s':>10}{'unpriced':>9}{'cost USD':>16}")
         for report in reports:
@@ -137,10 +145,15 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return _run(go())
 
 
-def cmd_stack(args: argparse.Namespace) -> int:
-    from flow.localstack.__main__ import main as stack_main
+def _ident(row: dict[str, Any]) -> str:
+    """How a key is shown: its printed prefix, its Unkey id, or the start of its id."""
+    return str(row["key_prefix"] or row["unkey_key_id"] or str(row["id"])[:8])
 
-    return stack_main([args.action])
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from flow.localstack.__main__ import run as stack_run
+
+    return stack_run(args)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -157,10 +170,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _days(value: str) -> int:
-    days = int(value)
-    if not 1 <= days <= 400:
-        raise argparse.ArgumentTypeError("must be between 1 and 400")
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {value!r}") from None
+    if not 1 <= days <= MAX_REPORT_DAYS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_REPORT_DAYS}")
     return days
+
+
+def _calls(value: str) -> int:
+    from flow.demo.run import SCRIPTS
+
+    try:
+        calls = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if not 1 <= calls <= len(SCRIPTS):
+        raise argparse.ArgumentTypeError(f"must be between 1 and {len(SCRIPTS)}")
+    return calls
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -183,13 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--owner", default=None)
     create.set_defaults(func=cmd_keys_create)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key by id or prefix")
-    revoke.add_argument("key")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id, prefix or name")
+    revoke.add_argument("key", help="the key's id, printed prefix or name (a unique one)")
     revoke.set_defaults(func=cmd_keys_revoke)
     keys_sub.add_parser("list", help="list keys").set_defaults(func=cmd_keys_list)
 
     demo = sub.add_parser("demo", help="run Flow end to end on this machine, no keys needed")
-    demo.add_argument("--calls", type=int, default=3, help="simulated calls to run (1-3)")
+    demo.add_argument("--calls", type=_calls, default=3, help="simulated calls to run (1-3)")
     demo.add_argument("--port", type=int, default=None, help="API port (default: free)")
     demo.add_argument(
         "--exit", action="store_true", help="stop after the report instead of serving"
@@ -198,20 +226,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     usage_cmd = sub.add_parser("usage", help="usage and cost per key: who to bill")
     usage_cmd.add_argument(
-        "--days", type=_days, default=30, help="the last N days, 1-400 (default 30)"
+        "--days",
+        type=_days,
+        default=30,
+        help=f"the last N days, 1-{MAX_REPORT_DAYS} (default 30)",
     )
-    usage_cmd.add_argument("--key", default=None, help="one key, by id, prefix or name")
+    usage_cmd.add_argument(
+        "--key",
+        default=None,
+        help="only the key with this id or prefix, or the keys with this name",
+    )
     usage_cmd.add_argument(
         "--group-by",
         choices=["day", "model", "category", "kind", "end_user"],
         default=None,
-        help="with --key: break its usage down",
+        help="break each key's usage down",
     )
     usage_cmd.add_argument("--json", action="store_true", help="print JSON")
     usage_cmd.set_defaults(func=cmd_usage)
 
-    stack = sub.add_parser("stack", help="the local Supabase-compatible stack")
-    stack.add_argument("action", choices=["install", "up", "down", "env", "status"])
+    from flow.localstack.__main__ import add_arguments as stack_arguments
+
+    stack = sub.add_parser(
+        "stack",
+        help="the local Supabase-compatible stack",
+        description="up/env print the stack's variables; with --write FILE they set them "
+        "in that dotenv file (e.g. .env), keeping its other lines.",
+    )
+    stack_arguments(stack)
     stack.set_defaults(func=cmd_stack)
 
     sub.add_parser("config", help="print effective settings (secrets masked)").set_defaults(

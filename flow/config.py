@@ -17,6 +17,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "change-me"
+# The longest period one usage report may span, in days: the API, the CLI and the
+# dashboard all refuse longer ones.
+MAX_REPORT_DAYS = 400
 
 
 class Settings(BaseSettings):

@@ -9,7 +9,7 @@ from typing import Any
 
 from supabase import AsyncClient
 
-from flow.db.client import call
+from flow.db.client import call, rows_of
 from flow.metering.events import UsageEvent
 
 MAX_BATCH = 10_000
@@ -65,3 +65,22 @@ async def _report(
     res: Any = await call(sb.rpc(function, args).execute)
     data: dict[str, Any] = res.data
     return data
+
+
+THREAD_EVENT_COLUMNS = (
+    "id,category,kind,model,input_tokens,output_tokens,cache_read_tokens,characters,"
+    "audio_seconds::text,cost_usd::text,estimated"
+)
+
+
+async def thread_usage_events(sb: AsyncClient, thread_id: str) -> list[dict[str, Any]]:
+    """One call's ledger rows, oldest first; ``audio_seconds`` and ``cost_usd`` are
+    decimal strings (``cost_usd`` None when the event is unpriced)."""
+    res = await call(
+        sb.table("usage_events")
+        .select(THREAD_EVENT_COLUMNS)
+        .eq("workflow_thread_id", str(thread_id))
+        .order("occurred_at")
+        .execute
+    )
+    return rows_of(res)

@@ -1,13 +1,27 @@
 """``flow demo``: bring Flow up on this machine and run calls end to end.
 
-It starts the local stack, the API (the real app, served by uvicorn in this process),
-creates a demo key and joins simulated calls through ``POST /api/bot/join``: real
-Pipecat pipelines, the real OpenAI client, post-call insights and PostHog capture. With
-no ``OPENAI_API_KEY`` the OpenAI client talks to the offline responder in
-:mod:`flow.demo.responder`; with no PostHog configured, capture goes to a local sink.
-With ``OPENAI_API_KEY`` and ``FLOW_DEMO_DAILY_ROOM_URL`` set it joins that Daily room
-for a real call instead. It then prints what was metered and what it cost, per call and
-in total, and where each figure lives, and keeps the dashboard up until Ctrl-C.
+It uses the local stack (starting it when it is not running), serves the API (the real
+app, served by uvicorn in this process) and joins simulated calls through
+``POST /api/bot/join`` with the demo key: real Pipecat pipelines, the real OpenAI
+client, post-call insights and PostHog capture. With no ``OPENAI_API_KEY`` the OpenAI
+client talks to the offline responder in :mod:`flow.demo.responder`; with no PostHog
+configured, capture goes to a local sink. With ``OPENAI_API_KEY`` and
+``FLOW_DEMO_DAILY_ROOM_URL`` set it joins that Daily room for a real call instead. It
+then prints what was metered and what it cost, per call and in total, and where each
+figure lives, and keeps the dashboard up until Ctrl-C.
+
+What it leaves behind: at exit it stops what it started (the API, the offline
+stand-ins, and the local stack only when this run started it; a stack that was
+already running keeps running). The stack has one demo key (named ``demo``, owner
+``flow demo``), reused by every run: local keys are stored hashed, so its plaintext is
+kept in the stack's state directory (``demo_key``, readable by its owner only, next to
+the stack's JWT secret and service-role key). When that file is gone or its key was
+revoked, the demo revokes the demo keys it can no longer use and creates one, so no
+more than one demo key is ever active.
+
+Failure behaviour: a stack that cannot start, a join the API refuses or calls that do
+not finish in time end the demo with ``demo failed: ...`` and exit status 1, after
+the same clean-up.
 """
 
 from __future__ import annotations
@@ -20,14 +34,22 @@ import sys
 import time
 from collections import defaultdict
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
+from supabase import AsyncClient
 
 from flow import localstack
 from flow.config import Settings
-from flow.db.client import call, create_client, rows_of
+from flow.db import keys
+from flow.db.client import DatabaseError, DatabaseUnavailable, create_client
+from flow.db.usage import thread_usage_events
 from flow.logs import configure_logging
+
+DEMO_KEY_NAME = "demo"
+DEMO_KEY_OWNER = "flow demo"
+DEMO_KEY_FILE = "demo_key"
 
 SCRIPTS: list[tuple[str, list[str]]] = [
     (
@@ -72,15 +94,23 @@ class Demo:
         self.port = port
         self.exit_after = exit_after
         self._cleanups: list[Any] = []
+        self.started_stack = False
+        self.stack: localstack.StackInfo | None = None
 
-    async def _services(self) -> dict[str, Any]:
-        """Settings overrides: the local stack, and offline stand-ins where no real
-        vendor is configured."""
+    async def _services(self) -> tuple[dict[str, Any], localstack.StackInfo]:
+        """Settings overrides (the local stack, and offline stand-ins where no real
+        vendor is configured) and the stack."""
         from flow.demo.posthog_sink import DemoPostHogSink
         from flow.demo.responder import start as start_responder
 
         base = Settings()
-        info = localstack.up(quiet=False)
+        if localstack.status() is None:
+            self.started_stack = True  # set first: a half-started stack is stopped too
+            info = localstack.up(quiet=False)
+        else:
+            info = localstack.up(quiet=True)  # applies migrations it has not run yet
+            _say(f"[demo] using the local stack already running at {info.supabase_url}")
+        self.stack = info
         overrides: dict[str, Any] = {
             "supabase_url": info.supabase_url,
             "supabase_service_role_key": info.service_role_key,
@@ -106,32 +136,33 @@ class Demo:
             self._cleanups.append(self.sink.stop)
             overrides.update(posthog_api_key="phc_demo_local_sink", posthog_host=sink_url)
             _say(f"[demo] no POSTHOG_API_KEY: PostHog events go to a local sink at {sink_url}")
-        return overrides
+        return overrides, info
 
     async def run(self) -> int:
         import uvicorn
 
-        from flow.db import keys
         from flow.main import create_app
 
-        overrides = await self._services()
-        settings = Settings(**overrides)
-        port = self.port or localstack.free_port(settings.port)
-        app = create_app(settings)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-        )
-        serve_task = asyncio.create_task(server.serve())
-        while not server.started:
-            if serve_task.done():
-                serve_task.result()
-                return 1
-            await asyncio.sleep(0.05)
-        base_url = f"http://127.0.0.1:{port}"
-        _say(f"[demo] API at {base_url} (docs: {base_url}/docs)")
+        server: uvicorn.Server | None = None
+        serve_task: asyncio.Task[None] | None = None
         try:
+            overrides, stack = await self._services()
+            settings = Settings(**overrides)
+            port = self.port or localstack.free_port(settings.port)
+            app = create_app(settings)
+            server = uvicorn.Server(
+                uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+            )
+            serve_task = asyncio.create_task(server.serve())
+            while not server.started:
+                if serve_task.done():
+                    serve_task.result()
+                    return 1
+                await asyncio.sleep(0.05)
+            base_url = f"http://127.0.0.1:{port}"
+            _say(f"[demo] API at {base_url} (docs: {base_url}/docs)")
             sb = await create_client(settings)
-            key_row, key = await keys.create_local_key(sb, "demo", owner="flow demo")
+            key_row, key = await demo_key(sb, Path(stack.state_dir))
             _say(f"[demo] demo API key {key_row['key_prefix']}… (id {key_row['id']})")
             async with httpx.AsyncClient(
                 base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
@@ -154,14 +185,21 @@ class Demo:
             await stop.wait()
             return 0
         finally:
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(serve_task, timeout=15)
+            if server is not None and serve_task is not None:
+                server.should_exit = True
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(serve_task, timeout=15)
             for cleanup in reversed(self._cleanups):
                 with contextlib.suppress(Exception):
                     await cleanup()
-            localstack.down(quiet=True)
-            _say("[demo] stopped the API and the local stack")
+            if self.started_stack:
+                localstack.down(quiet=True)
+                _say("[demo] stopped the API and the local stack")
+            elif self.stack is not None:
+                _say(
+                    f"[demo] stopped the API; the local stack at {self.stack.supabase_url} "
+                    "was already running and keeps running (scripts/stack-down stops it)"
+                )
 
     async def _join_calls(self, http: httpx.AsyncClient, settings: Settings) -> list[str]:
         ids = []
@@ -207,7 +245,7 @@ class Demo:
             raise RuntimeError("calls did not finish in time")
         return [done[i] for i in ids]
 
-    async def _report(self, sb: Any, threads: list[dict[str, Any]], key_id: str) -> None:
+    async def _report(self, sb: AsyncClient, threads: list[dict[str, Any]], key_id: str) -> None:
         grand: dict[tuple[str, str, str], dict[str, Decimal]] = defaultdict(
             lambda: defaultdict(Decimal)
         )
@@ -219,16 +257,7 @@ class Demo:
         _say("=" * 78)
         for n, thread in enumerate(threads, 1):
             thread_id = thread["workflow_thread_id"]
-            res = await call(
-                sb.table("usage_events")
-                .select(
-                    "category,kind,model,input_tokens,output_tokens,cache_read_tokens,"
-                    "characters,audio_seconds::text,cost_usd::text,estimated"
-                )
-                .eq("workflow_thread_id", thread_id)
-                .execute
-            )
-            rows = rows_of(res)
+            rows = await thread_usage_events(sb, thread_id)
             total_rows += len(rows)
             lines: dict[tuple[str, str, str], dict[str, Decimal]] = defaultdict(
                 lambda: defaultdict(Decimal)
@@ -289,6 +318,27 @@ class Demo:
         )
 
 
+async def demo_key(sb: AsyncClient, state_dir: Path) -> tuple[dict[str, Any], str]:
+    """The stack's demo key and its plaintext: the one saved in ``state_dir`` while it
+    is active, else a new one, saved there (demo keys whose plaintext is lost are
+    revoked first, so at most one demo key is ever active)."""
+    saved = state_dir / DEMO_KEY_FILE
+    if saved.exists():
+        plaintext = saved.read_text().strip()
+        found = await keys.find_active_local_key(sb, plaintext)
+        if found is not None:
+            return await keys.resolve_key(sb, str(found["id"])), plaintext
+    for row in await keys.find_keys(sb, DEMO_KEY_NAME):
+        if row["owner"] == DEMO_KEY_OWNER and row["is_active"]:
+            await keys.revoke_key(sb, str(row["id"]))
+    row, plaintext = await keys.create_local_key(sb, DEMO_KEY_NAME, owner=DEMO_KEY_OWNER)
+    staged = saved.with_name(f".{DEMO_KEY_FILE}.tmp")
+    staged.write_text(plaintext + "\n")
+    staged.chmod(0o600)
+    staged.replace(saved)
+    return row, plaintext
+
+
 def _line(category: str, kind: str, model: str, agg: dict[str, Decimal]) -> str:
     n = int(agg["events"])
     if kind == "llm":
@@ -311,6 +361,12 @@ def main(calls: int = 3, port: int | None = None, exit_after: bool = False) -> i
         return asyncio.run(Demo(calls, port, exit_after).run())
     except KeyboardInterrupt:
         return 130
-    except (RuntimeError, localstack.StackError, httpx.HTTPError) as exc:
+    except (
+        RuntimeError,
+        localstack.StackError,
+        httpx.HTTPError,
+        DatabaseError,
+        DatabaseUnavailable,
+    ) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

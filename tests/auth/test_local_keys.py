@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,8 +82,11 @@ async def test_last_used_at_is_kept_current_without_a_write_per_request(
 
 
 def _flow(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``flow ARGS`` on the test stack, running this checkout's ``flow`` package."""
+    root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p),
         "SUPABASE_URL": settings.supabase_url,
         "SUPABASE_SERVICE_ROLE_KEY": settings.supabase_service_role_key.get_secret_value(),
     }

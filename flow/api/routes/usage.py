@@ -15,12 +15,13 @@ from pydantic import BaseModel
 
 from flow.api.deps import ApiKeyDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError
+from flow.config import MAX_REPORT_DAYS
 from flow.db import usage as usage_repo
 
 router = APIRouter(prefix="/api/usage", tags=["usage"], responses=ERROR_RESPONSES)
 
 DEFAULT_RANGE = timedelta(days=30)
-MAX_RANGE = timedelta(days=400)
+MAX_RANGE = timedelta(days=MAX_REPORT_DAYS)
 GroupBy = Literal["day", "model", "category", "kind", "end_user"]
 
 
