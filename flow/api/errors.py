@@ -164,9 +164,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     error_id = uuid.uuid4().hex[:16]
-    logger.exception(
-        "error %s: unhandled on %s %s", error_id, request.method, request.url.path
-    )
+    logger.exception("error %s: unhandled on %s %s", error_id, request.method, request.url.path)
     return error_response(
         500,
         "internal_error",

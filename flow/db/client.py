@@ -46,9 +46,7 @@ async def _refuse_server_errors(response: httpx.Response) -> None:
     # PostgREST, PostgREST without its database) means unreachable, whatever its body,
     # and supabase-py would otherwise raise it as an APIError like any refusal.
     if response.status_code >= 500:
-        raise DatabaseUnavailable(
-            f"the database gateway answered HTTP {response.status_code}"
-        )
+        raise DatabaseUnavailable(f"the database gateway answered HTTP {response.status_code}")
 
 
 async def create_client(settings: Settings) -> AsyncClient:

@@ -43,6 +43,7 @@ from supabase import AsyncClient
 from flow import localstack
 from flow.config import Settings
 from flow.db import keys
+from flow.db.call_state import CallStatus
 from flow.db.client import DatabaseError, DatabaseUnavailable, create_client
 from flow.db.usage import thread_usage_events
 from flow.logs import configure_logging
@@ -77,7 +78,6 @@ SCRIPTS: list[tuple[str, list[str]]] = [
         ],
     ),
 ]
-TERMINAL = {"completed", "failed"}
 
 
 def _say(msg: str = "") -> None:
@@ -174,7 +174,7 @@ class Demo:
             await self._report(sb, finished, str(key_row["id"]))
             _say("")
             if self.exit_after:
-                return 0 if all(t["status"] == "completed" for t in finished) else 1
+                return 0 if all(t["status"] == CallStatus.COMPLETED for t in finished) else 1
             _say(f"Dashboard: {base_url}/dashboard  (sign in with the demo key below)")
             _say(f"Demo key:  {key}")
             _say("Press Ctrl-C to stop everything the demo started.")
@@ -238,7 +238,7 @@ class Demo:
                 if last.get(thread_id) != thread["status"]:
                     last[thread_id] = thread["status"]
                     _say(f"[demo]   {thread_id[:8]} {thread['status']}")
-                if thread["status"] in TERMINAL:
+                if CallStatus(thread["status"]).finished:
                     done[thread_id] = thread
             await asyncio.sleep(0.25)
         if len(done) < len(ids):
@@ -278,7 +278,7 @@ class Demo:
             status = thread["status"]
             error = (
                 f" ({thread.get('error_code')}: {thread.get('error_message')})"
-                if (status == "failed")
+                if (status == CallStatus.FAILED)
                 else ""
             )
             _say(f"Call {n}  {thread_id}  {status}{error}")

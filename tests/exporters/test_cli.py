@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,10 @@ pytestmark = pytest.mark.usefixtures("cleanup_integrations")
 
 
 async def flow(stack: localstack.StackInfo, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, **stack.env(), "FLOW_SECRET_KEY": FLOW_SECRET}
+    # This checkout's code first, whatever the virtualenv was installed from.
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, **stack.env(), "FLOW_SECRET_KEY": FLOW_SECRET, "PYTHONPATH": path}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -28,7 +32,7 @@ async def flow(stack: localstack.StackInfo, *args: str) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
     return proc.returncode or 0, out.decode(), err.decode()
 
 

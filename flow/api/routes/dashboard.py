@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse
 from flow.api.deps import ApiKeyDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES
 from flow.api.schemas import DashboardSummary
+from flow.config import MAX_REPORT_DAYS
 from flow.db import usage as usage_repo
 
 STATIC = Path(__file__).resolve().parents[2] / "dashboard" / "static"
@@ -35,7 +36,9 @@ async def dashboard_page() -> FileResponse:
 async def dashboard_data(
     api_key: ApiKeyDep,
     sb: SupabaseDep,
-    days: Annotated[int, Query(ge=1, le=366, description="Period: the last N days")] = 30,
+    days: Annotated[
+        int, Query(ge=1, le=MAX_REPORT_DAYS, description="Period: the last N days")
+    ] = 30,
     top: Annotated[int, Query(ge=1, le=100, description="How many costly calls")] = 10,
 ) -> DashboardSummary:
     """Cost per day by model, volume per day, cost by category, averages, LLM latency
