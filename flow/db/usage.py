@@ -5,17 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from supabase import AsyncClient
 
 from flow.db.client import call, rows_of
-from flow.metering.events import UsageEvent
 
 MAX_BATCH = 10_000
 
 
-async def record_usage_events(sb: AsyncClient, events: Sequence[UsageEvent]) -> int:
+class LedgerRow(Protocol):
+    """A usage event as the ledger takes it (``flow.metering.events.UsageEvent``)."""
+
+    def to_row(self) -> dict[str, Any]: ...
+
+
+async def record_usage_events(sb: AsyncClient, events: Sequence[LedgerRow]) -> int:
     """Record a batch exactly once: returns how many events were new. The whole batch
     is applied or refused (a bad event rejects the batch with the reason)."""
     if not events:

@@ -16,12 +16,12 @@ from tests.exporters.conftest import FLOW_SECRET, PH_KEY, integration_row, seed
 from tests.fakes.analytics_sinks import PostHogSink
 
 pytestmark = pytest.mark.usefixtures("cleanup_integrations")
+# This checkout's code first, whatever the virtualenv was installed from.
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 async def flow(stack: localstack.StackInfo, *args: str) -> tuple[int, str, str]:
-    # This checkout's code first, whatever the virtualenv was installed from.
-    root = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, **stack.env(), "FLOW_SECRET_KEY": FLOW_SECRET, "PYTHONPATH": path}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

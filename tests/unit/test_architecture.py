@@ -1,0 +1,90 @@
+"""The tree tells the story: imports point one way, and the API starts without Pipecat.
+
+api, cli -> workflows, bot, auth, exporters -> analytics -> metering -> db -> config
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+FLOW = Path(__file__).resolve().parents[2] / "flow"
+
+# A package may import its own layer and every layer below it, never one above.
+LAYERS = {
+    "config": 0,
+    "logs": 0,
+    "db": 1,
+    "metering": 2,
+    "analytics": 3,
+    "auth": 4,
+    "bot": 4,
+    "exporters": 4,
+    "workflows": 4,
+    "api": 5,
+    "cli": 5,
+    "main": 5,
+    "demo": 5,
+    "localstack": 5,
+    "dashboard": 5,
+}
+
+
+def package_of(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else ""
+
+
+def flow_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "flow":
+                found.update(f"flow.{alias.name}" for alias in node.names)
+            elif node.module.startswith("flow."):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("flow."))
+    return found
+
+
+def test_imports_point_one_way() -> None:
+    wrong = []
+    for path in sorted(FLOW.rglob("*.py")):
+        rel = path.relative_to(FLOW.parent).with_suffix("")
+        own = package_of(".".join(rel.parts)) or rel.parts[-1]
+        if own == "__init__":
+            continue
+        assert own in LAYERS, f"{path}: place the package {own!r} in a layer"
+        for imported in flow_imports(path):
+            theirs = package_of(imported)
+            if LAYERS.get(theirs, 0) > LAYERS[own]:
+                wrong.append(f"{rel}: {own} imports {imported}")
+    assert wrong == []
+
+
+def test_the_api_imports_no_pipecat() -> None:
+    code = (
+        "import sys, flow.main, flow.api.routes.bots; "
+        "print(sorted(m for m in sys.modules if m.startswith('pipecat'))[:3])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=FLOW.parent,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_module_is_too_long_to_read() -> None:
+    long = {
+        str(p.relative_to(FLOW.parent)): n
+        for p in FLOW.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 420
+    }
+    assert long == {}
