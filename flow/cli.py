@@ -30,6 +30,9 @@ async def _client() -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from flow.api.limits import MAX_HEADER_BYTES
+    from flow.logs import uvicorn_log_config
+
     settings = get_settings()
     configure_logging(settings.flow_log_level)
     uvicorn.run(
@@ -38,6 +41,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=settings.flow_log_level.lower(),
+        log_config=uvicorn_log_config(),
+        proxy_headers=True,
+        # The h11 server stops reading a header block past this size (400, connection
+        # closed): a huge header never fills memory. The app answers 431 for too many.
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
     return 0
 

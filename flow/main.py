@@ -11,12 +11,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from flow.analytics.posthog import PostHogAnalytics
 from flow.api.errors import install_error_handlers
-from flow.api.limits import BodySizeLimitMiddleware
+from flow.api.limits import BodySizeLimitMiddleware, HeaderLimitMiddleware, refuse_lone_surrogates
 from flow.api.routes import bots, dashboard, health, integrations, usage
 from flow.auth import Authenticator
 from flow.bot.contract import CallRunner
@@ -76,10 +76,12 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
         summary="Voice bots that meter every cent: per call, per key.",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(refuse_lone_surrogates)],
     )
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.flow_max_body_bytes)
+    app.add_middleware(HeaderLimitMiddleware)
 
     app.include_router(health.router)
     app.include_router(bots.router)

@@ -1,17 +1,31 @@
-"""A request body size limit (``FLOW_MAX_BODY_BYTES``) enforced before the app reads it.
+"""Limits on what a request may carry, enforced before the app reads it.
 
-Pure ASGI middleware: a declared ``Content-Length`` over the limit is answered 413 at
-once; a body streamed without one is counted as it arrives and cut off with 413 as
-soon as it passes the limit, so an oversized upload never fills memory.
+- Body: ``FLOW_MAX_BODY_BYTES``. A declared ``Content-Length`` over the limit is
+  answered 413 at once; a body streamed without one is counted as it arrives and cut
+  off with 413 as soon as it passes the limit, so an oversized upload never fills memory.
+- Headers: at most :data:`MAX_HEADER_FIELDS` fields and :data:`MAX_HEADER_BYTES` bytes,
+  else 431. ``flow serve`` also makes the HTTP server itself stop reading a header
+  block past :data:`MAX_HEADER_BYTES` (it answers 400 and closes the connection), so a
+  huge header never fills memory; the middleware holds the same line behind any server.
+- JSON strings: a lone UTF-16 surrogate (a ``\\ud800`` escape) is valid JSON but no valid
+  text; :func:`refuse_lone_surrogates` answers 422 before such a string reaches the
+  database.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
+from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flow.api.errors import ApiError
+
+MAX_HEADER_FIELDS = 100
+MAX_HEADER_BYTES = 16 * 1024
 
 
 class _TooLarge(HTTPException):
@@ -64,24 +78,99 @@ class BodySizeLimitMiddleware:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": "payload_too_large",
-                "message": _message(self.max_body_bytes),
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        await _answer(send, 413, "payload_too_large", _message(self.max_body_bytes))
+
+
+class HeaderLimitMiddleware:
+    """431 for a request with too many header fields or too many header bytes."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_fields: int = MAX_HEADER_FIELDS,
+        max_bytes: int = MAX_HEADER_BYTES,
+    ) -> None:
+        self.app = app
+        self.max_fields = max_fields
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers: Any = scope.get("headers") or []
+            if len(headers) > self.max_fields:
+                message = f"more than {self.max_fields} header fields"
+                await _answer(send, 431, "request_header_fields_too_large", message)
+                return
+            size = sum(len(name) + len(value) + 4 for name, value in headers)
+            if size > self.max_bytes:
+                message = f"the request headers are larger than {self.max_bytes} bytes"
+                await _answer(send, 431, "request_header_fields_too_large", message)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _answer(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": code, "message": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# A JSON escape of a UTF-16 surrogate: the only way a lone one can be written in JSON.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+async def refuse_lone_surrogates(request: Request) -> None:
+    """A dependency of every route: 422 when a JSON body holds a lone surrogate."""
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return
+    body = await request.body()
+    if not _SURROGATE_ESCAPE.search(body):
+        return
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return  # the route's own validation answers it
+    where = _lone_surrogate_at(parsed, ("body",))
+    if where is not None:
+        message = "a string holds a lone UTF-16 surrogate, which is not valid text"
+        raise ApiError(
+            422,
+            "validation_error",
+            message,
+            details=[{"loc": list(where), "msg": message, "type": "string_unicode"}],
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+def _lone_surrogate_at(value: Any, loc: tuple[str, ...]) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return loc
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate_at(key, (*loc, "<key>")) or _lone_surrogate_at(
+                item, (*loc, str(key))
+            )
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate_at(item, (*loc, str(index)))
+            if found is not None:
+                return found
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:

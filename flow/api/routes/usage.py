@@ -69,8 +69,12 @@ class UsageReport(BaseModel):
     groups: list[UsageGroup]
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def _utc(value: datetime, field: str) -> datetime:
+    """The time in UTC; a time that has no UTC equivalent (year 1 at +14:00) is a 422."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise _invalid(field, f"{field} is out of range once converted to UTC") from None
 
 
 @router.get("", response_model=UsageReport)
@@ -82,8 +86,11 @@ async def usage_report(
     group_by: GroupBy | None = None,
 ) -> UsageReport:
     """Usage and cost of the calling key. Times without a zone are UTC."""
-    end_at = _utc(end) if end else datetime.now(UTC)
-    start_at = _utc(start) if start else end_at - DEFAULT_RANGE
+    end_at = _utc(end, "end") if end else datetime.now(UTC)
+    try:
+        start_at = _utc(start, "start") if start else end_at - DEFAULT_RANGE
+    except OverflowError:  # end near year 1: the default start would be before it
+        raise _invalid("end", "end is too early for the default range") from None
     if start_at >= end_at:
         raise _invalid("start", "start must be before end")
     if end_at - start_at > MAX_RANGE:
