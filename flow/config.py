@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     flow_max_bots: int = Field(default=20, ge=1)
     flow_max_call_seconds: float = Field(default=1800.0, gt=0)
     flow_idle_timeout_seconds: float = Field(default=120.0, gt=0)
+    flow_instance_stale_seconds: int = Field(default=30, ge=2, le=600)
     flow_max_script_turns: int = Field(default=50, ge=1)
     flow_max_prompt_chars: int = Field(default=8000, ge=1)
 

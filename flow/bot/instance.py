@@ -1,11 +1,17 @@
 """The work an instance does for all its calls at once, beside any one call's lifecycle.
 
-- **Spool replay**: usage spooled during a database outage reaches the ledger once the
-  database is back, at start and every ``housekeeping_seconds``, without a restart.
-- **Abandoned calls**: no call outlives ``FLOW_MAX_CALL_SECONDS`` plus
-  :data:`ABANDONED_AFTER_SECONDS` of starting and post-call work, so an older unfinished
-  thread has nobody running it (its instance died): it is marked ``failed``
-  (``instance_lost``).
+- **Identity and heartbeat**: the instance has an id (host, pid, random suffix) that
+  every call it runs records (``workflow_threads.instance_id``), and it beats in
+  ``flow_instances`` every third of ``FLOW_INSTANCE_STALE_SECONDS``.
+- **Lost calls**: at each beat, the unfinished calls of instances that stopped beating
+  (killed, host lost), and this instance's own calls that it no longer runs (their
+  end could not be written during a database blip), are failed (``instance_lost``):
+  within ``FLOW_INSTANCE_STALE_SECONDS`` plus one beat of any live instance noticing.
+- **Usage replay**: usage spooled during a database outage, and the write-ahead logs of
+  meters whose process died, reach the ledger at start and every
+  ``housekeeping_seconds``, without a restart.
+- **Abandoned calls**: threads no instance ever took (no ``instance_id``) are failed
+  once older than ``FLOW_MAX_CALL_SECONDS`` plus :data:`ABANDONED_AFTER_SECONDS`.
 - **Stop requests**: ``POST /api/bot/{id}/stop`` may reach an instance that is not
   running the call; it records the request in the database and the instance running
   the call picks it up here within ``stop_poll_seconds``.
@@ -18,13 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from supabase import AsyncClient
 
-from flow.db import call_state
+from flow.db import call_state, instances
 from flow.db import threads as threads_repo
 from flow.metering.spool import replay_spool
 
@@ -34,6 +43,12 @@ HOUSEKEEPING_SECONDS = 60.0
 # Margin beyond FLOW_MAX_CALL_SECONDS after which an unfinished thread is abandoned.
 ABANDONED_AFTER_SECONDS = 1800.0
 STOP_POLL_SECONDS = 1.0
+STALE_SECONDS = 30
+GONE_TIMEOUT_SECONDS = 3.0
+
+
+def new_instance_id() -> str:
+    return f"{socket.gethostname()[:100]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class InstanceJobs:
@@ -45,8 +60,11 @@ class InstanceJobs:
         max_call_seconds: ``FLOW_MAX_CALL_SECONDS``.
         running_calls: the ids of the calls this instance runs and has not yet ended.
         stop_call: ends one of them (the runner's ``stop``).
+        held_calls: every call this instance still holds (post-call steps included).
         housekeeping_seconds: how often the spool is replayed and abandoned calls failed.
         stop_poll_seconds: how often stop requests are looked for.
+        stale_seconds: ``FLOW_INSTANCE_STALE_SECONDS``.
+        instance_id: this instance's id (a new one by default).
     """
 
     def __init__(
@@ -57,9 +75,15 @@ class InstanceJobs:
         max_call_seconds: float,
         running_calls: Callable[[], list[str]],
         stop_call: Callable[[str], Awaitable[bool]],
+        held_calls: Callable[[], list[str]] | None = None,
         housekeeping_seconds: float = HOUSEKEEPING_SECONDS,
         stop_poll_seconds: float = STOP_POLL_SECONDS,
+        stale_seconds: int = STALE_SECONDS,
+        instance_id: str | None = None,
     ) -> None:
+        self.instance_id = instance_id or new_instance_id()
+        self.stale_seconds = stale_seconds
+        self._held_calls = held_calls or running_calls
         self._sb = sb
         self._spool_dir = Path(spool_dir)
         self._max_call_seconds = max_call_seconds
@@ -75,16 +99,48 @@ class InstanceJobs:
             return
         loop = asyncio.get_running_loop()
         self._tasks = [
+            loop.create_task(self._beat(), name="flow-heartbeat"),
             loop.create_task(self._housekeeping(), name="flow-housekeeping"),
             loop.create_task(self._watch_stop_requests(), name="flow-stop-requests"),
         ]
 
     async def stop(self) -> None:
+        """Stop every job; the instance leaves ``flow_instances`` (its calls are over)."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+            try:
+                await asyncio.wait_for(
+                    instances.gone(self._sb, self.instance_id), GONE_TIMEOUT_SECONDS
+                )
+            except Exception:  # its heartbeat goes stale: the same outcome, later
+                log.warning("could not sign instance %s off", self.instance_id)
+
+    async def beat(self) -> list[str]:
+        """One heartbeat, then fail the calls nobody runs; returns their ids."""
+        try:
+            await instances.heartbeat(
+                self._sb, self.instance_id, socket.gethostname()[:255], os.getpid()
+            )
+            lost = await call_state.fail_lost_calls(
+                self._sb,
+                instance_id=self.instance_id,
+                running=self._held_calls(),
+                stale_seconds=self.stale_seconds,
+            )
+        except Exception:
+            log.warning("heartbeat failed; retrying", exc_info=True)
+            return []
+        for tid in lost:
+            log.warning("call %s: no instance runs it any more; marked failed", tid)
+        return lost
+
+    async def _beat(self) -> None:
+        while True:
+            await self.beat()
+            await asyncio.sleep(max(0.5, self.stale_seconds / 3))
 
     async def replay_spool(self) -> int:
         """Record what the spool holds; returns how many events were new."""

@@ -31,15 +31,11 @@ from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies
 
 from flow.bot.contract import CallRequest
+from flow.bot.inference_tracker import LLMInferenceTracker
 from flow.bot.services import CallServices, llm_model_for
 from flow.bot.simulated import SimulatedParams, SimulatedTransport
 from flow.bot.transcript import Transcript
-from flow.bot.usage_processor import (
-    Attribution,
-    LLMInferenceTracker,
-    UsageMetricsProcessor,
-    UsageRecorder,
-)
+from flow.bot.usage_processor import Attribution, UsageMetricsProcessor, UsageRecorder
 from flow.config import Settings
 from flow.metering.meter import Meter
 from flow.metering.pricing import PriceBook

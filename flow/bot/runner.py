@@ -39,6 +39,7 @@ from flow.config import Settings
 from flow.db import call_state
 from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, EndReason, ErrorStage
+from flow.db.client import retry_unavailable
 from flow.metering.events import UsageEvent
 from flow.metering.meter import Listener, Meter, Metering
 
@@ -190,6 +191,14 @@ class BotRunner:
         """The calls this instance runs that have not been asked to end yet."""
         return [tid for tid, r in self._calls.items() if r.end_reason is None]
 
+    def held_calls(self) -> list[str]:
+        """Every call this instance holds, until its post-call step is over."""
+        return list(self._calls)
+
+    @property
+    def instance_id(self) -> str | None:
+        return self.jobs.instance_id if self.jobs is not None else None
+
     # --- one call ----------------------------------------------------------------------
     async def _end(self, running: _Running, reason: EndReason) -> None:
         """End a call now. Cancelling the pipeline loses no usage: the tracker estimates
@@ -211,7 +220,7 @@ class BotRunner:
         started_at = datetime.now(UTC)
         cancelled = False
         try:
-            await self._move(tid, CallStatus.STARTING)
+            await self._move(tid, CallStatus.STARTING, instance_id=self.instance_id)
             services = self._services_factory(self._settings, call)
             simulated = SimulatedParams(**vars(self._simulated)) if self._simulated else None
             bot = build_call(
@@ -338,21 +347,25 @@ class BotRunner:
     # --- thread updates that never take the call down ------------------------------------
     async def _move(self, tid: str, status: CallStatus, **columns: Any) -> bool:
         try:
-            return await call_state.move(self._sb, tid, status, **columns)
+            return await retry_unavailable(
+                lambda: call_state.move(self._sb, tid, status, **columns)
+            )
         except Exception:
             log.exception("thread %s: could not move it to %s", tid, status)
             return False
 
     async def _update(self, tid: str, **columns: Any) -> None:
         try:
-            await threads_repo.update_thread(self._sb, tid, **columns)
+            await retry_unavailable(lambda: threads_repo.update_thread(self._sb, tid, **columns))
         except Exception:
             log.exception("thread %s: could not save the call's end", tid)
 
     async def _mark_failed(self, call: CallRequest, stage: str, code: str, message: str) -> None:
         try:
-            await call_state.fail(
-                self._sb, call.workflow_thread_id, stage=stage, code=code, message=message
+            await retry_unavailable(
+                lambda: call_state.fail(
+                    self._sb, call.workflow_thread_id, stage=stage, code=code, message=message
+                )
             )
         except Exception:
             log.exception("thread %s: could not mark it failed", call.workflow_thread_id)
@@ -370,6 +383,7 @@ def create_runner(
     simulated: SimulatedParams | None = None,
     housekeeping_seconds: float = HOUSEKEEPING_SECONDS,
     stop_poll_seconds: float = STOP_POLL_SECONDS,
+    instance_id: str | None = None,
 ) -> BotRunner:
     """The runner the API uses, with its instance jobs; they start at once when called
     with an event loop running (the API's lifespan). Without ``metering`` one is built
@@ -389,8 +403,11 @@ def create_runner(
         max_call_seconds=settings.flow_max_call_seconds,
         running_calls=runner.running_calls,
         stop_call=runner.stop,
+        held_calls=runner.held_calls,
         housekeeping_seconds=housekeeping_seconds,
         stop_poll_seconds=stop_poll_seconds,
+        stale_seconds=settings.flow_instance_stale_seconds,
+        instance_id=instance_id,
     )
     try:
         asyncio.get_running_loop()

@@ -8,17 +8,14 @@ processors that share one :class:`UsageRecorder`:
   transport and the assistant aggregator). It is the only place a ``MetricsFrame``
   becomes a usage event: every STT, LLM and TTS usage metric passes it exactly once,
   whichever stage reported it.
-- :class:`LLMInferenceTracker` right after the LLM. It records nothing from metrics;
-  it watches each inference (``LLMFullResponseStartFrame`` .. ``LLMFullResponseEndFrame``)
-  and the text it produced. OpenAI reports usage only at the end of a stream, so an
-  inference that ends without a usage metric (a reply cut off by the caller) is
-  estimated with tiktoken (prompt from the context as sent, completion from the text
-  generated before the cut) and recorded with ``estimated=True``. An inference that
-  did report usage is never estimated.
+- :class:`flow.bot.inference_tracker.LLMInferenceTracker` right after the LLM. It
+  records nothing from metrics; it follows each inference so that one that reports no
+  usage (a reply cut off by the caller, or by the process dying) is still billed, as
+  an estimate.
 
 Both pass every frame on unchanged and run in Pipecat's direct mode (no queue, no
-task of their own), so they see frames in exactly the order they were pushed. Nothing
-here does I/O: events go to the meter's in-memory buffer.
+task of their own), so they see frames in exactly the order they were pushed. Events
+go to the meter (its write-ahead log and in-memory buffer); nothing here waits.
 
 An LLM usage event waits for the processing-time metric of the same inference (pushed
 just after the usage) to fill ``latency_ms``; TTFB is the fallback.
@@ -27,7 +24,7 @@ just after the usage) to fill ``latency_ms``; TTFB is the fallback.
 from __future__ import annotations
 
 import logging
-import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -38,10 +35,6 @@ from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
     Frame,
-    InterruptionFrame,
-    LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    LLMTextFrame,
     MetricsFrame,
 )
 from pipecat.metrics.metrics import (
@@ -53,13 +46,11 @@ from pipecat.metrics.metrics import (
     TTFBMetricsData,
     TTSUsageMetricsData,
 )
-from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from flow.metering.events import UsageCategory, UsageEvent, UsageKind
 from flow.metering.meter import Meter
 from flow.metering.pricing import PriceBook, cost_fields, gross_input_tokens
-from flow.metering.tokenizer import count_message_tokens, count_tokens
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +79,7 @@ class _PendingLLM:
     model: str
     usage: LLMTokenUsage
     ttfb_s: float | None
+    event_id: UUID | None = None
 
 
 class UsageRecorder:
@@ -116,6 +108,8 @@ class UsageRecorder:
         self._models = dict(models or {})
         self._pending: dict[str, _PendingLLM] = {}
         self._ttfb_s: dict[str, float] = {}
+        # Ids of inferences whose usage report is on its way down the pipeline, in order.
+        self._claimed: dict[str, deque[UUID]] = {}
 
     # --- metrics -----------------------------------------------------------------
     def on_metrics(self, data: list[MetricsData]) -> None:
@@ -148,13 +142,40 @@ class UsageRecorder:
             return
         # A usage still waiting for its latency is complete as it is: record it first.
         self._finish_llm(item.processor, latency_s=None)
+        claimed = self._claimed.get(item.processor)
         self._pending[item.processor] = _PendingLLM(
             processor=item.processor,
             provider=self._provider(item.processor),
             model=self._model(item),
             usage=usage,
             ttfb_s=self._ttfb_s.pop(item.processor, None),
+            event_id=claimed.popleft() if claimed else None,
         )
+
+    # --- inferences in progress ----------------------------------------------------
+    def provisional_llm(
+        self, event_id: UUID, *, processor: str, provider: str, model: str, input_tokens: int
+    ) -> None:
+        """Log ahead an inference that has started: its prompt, as an estimate. The
+        inference's own event (reported or estimated) takes the same id and supersedes
+        it; if the process dies first, the replay records this estimate."""
+        price = self._prices.llm(provider, model, input_tokens=input_tokens, output_tokens=0)
+        self._meter.provisional(
+            self._event(
+                id=event_id,
+                kind=UsageKind.LLM,
+                processor=processor,
+                provider=provider,
+                model=model,
+                input_tokens=input_tokens,
+                **cost_fields(price),
+                estimated=True,
+            )
+        )
+
+    def claim(self, processor: str, event_id: UUID) -> None:
+        """The next usage report of ``processor`` is the inference ``event_id``'s."""
+        self._claimed.setdefault(processor, deque()).append(event_id)
 
     def _finish_llm(self, processor: str, *, latency_s: float | None) -> None:
         pending = self._pending.pop(processor, None)
@@ -178,6 +199,7 @@ class UsageRecorder:
             cache_write_tokens=cache_write,
             reasoning_tokens=usage.reasoning_tokens or 0,
             latency_s=latency_s,
+            event_id=pending.event_id,
         )
 
     def record_llm(
@@ -193,6 +215,7 @@ class UsageRecorder:
         reasoning_tokens: int = 0,
         latency_s: float | None = None,
         estimated: bool = False,
+        event_id: UUID | None = None,
     ) -> UsageEvent:
         price = self._prices.llm(
             provider,
@@ -216,6 +239,7 @@ class UsageRecorder:
             **cost_fields(price),
             latency_ms=_ms(latency_s),
             estimated=estimated,
+            **({"id": event_id} if event_id is not None else {}),
         )
 
     def _on_tts(self, item: TTSUsageMetricsData) -> None:
@@ -245,14 +269,17 @@ class UsageRecorder:
             **cost_fields(self._prices.stt(provider, model, seconds)),
         )
 
-    def _add(self, **fields: Any) -> UsageEvent:
-        event = UsageEvent(
+    def _event(self, **fields: Any) -> UsageEvent:
+        return UsageEvent(
             workflow_thread_id=self._who.workflow_thread_id,
             api_key_id=self._who.api_key_id,
             end_user_id=self._who.end_user_id,
             category=UsageCategory.BOT,
             **fields,
         )
+
+    def _add(self, **fields: Any) -> UsageEvent:
+        event = self._event(**fields)
         self._meter.add(event)
         return event
 
@@ -288,95 +315,3 @@ class UsageMetricsProcessor(FrameProcessor):
         elif isinstance(frame, (EndFrame, CancelFrame)):
             self._recorder.finish()
         await self.push_frame(frame, direction)
-
-
-@dataclass
-class _Inference:
-    started: float
-    messages: list[Any]
-    text: list[str]
-    usage_reported: bool = False
-
-
-class LLMInferenceTracker(FrameProcessor):
-    """Estimates the usage of LLM inferences that reported none (interrupted replies).
-
-    Place it directly after the LLM service named ``llm_name``.
-
-    Parameters:
-        recorder: where estimated events go.
-        context: the conversation context the LLM reads (snapshot at each inference).
-        llm_name: the LLM service's name (its metrics' ``processor``).
-        provider: the LLM's vendor.
-        model: the model asked for (estimates are priced as that model).
-        system_instruction: the system prompt sent outside the context messages.
-    """
-
-    def __init__(
-        self,
-        recorder: UsageRecorder,
-        context: LLMContext,
-        *,
-        llm_name: str,
-        provider: str,
-        model: str,
-        system_instruction: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(enable_direct_mode=True, **kwargs)
-        self._recorder = recorder
-        self._context = context
-        self._llm_name = llm_name
-        self._provider = provider
-        self._model = model
-        self._system = system_instruction
-        self._open: _Inference | None = None
-        self.estimated = 0
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if direction == FrameDirection.DOWNSTREAM:
-            if isinstance(frame, LLMFullResponseStartFrame):
-                self._close()  # a start without an end: the previous one was cut
-                # A shallow copy: the aggregators append to the list, never edit
-                # messages already sent.
-                self._open = _Inference(time.monotonic(), list(self._context.get_messages()), [])
-            elif isinstance(frame, LLMTextFrame):
-                if self._open is not None:
-                    self._open.text.append(frame.text)
-            elif isinstance(frame, MetricsFrame):
-                if self._open is not None and any(
-                    isinstance(d, LLMUsageMetricsData) and d.processor == self._llm_name
-                    for d in frame.data
-                ):
-                    self._open.usage_reported = True
-            elif isinstance(frame, (LLMFullResponseEndFrame, InterruptionFrame)):
-                self._close()
-            elif isinstance(frame, (EndFrame, CancelFrame)):
-                self._close()
-        await self.push_frame(frame, direction)
-
-    def _close(self) -> None:
-        inference, self._open = self._open, None
-        if inference is None or inference.usage_reported:
-            return
-        try:
-            prompt = list(inference.messages)
-            if self._system:
-                prompt.insert(0, {"role": "system", "content": self._system})
-            input_tokens = count_message_tokens(
-                [m for m in prompt if isinstance(m, dict)], self._model
-            )
-            output_tokens = count_tokens("".join(inference.text), self._model)
-            self._recorder.record_llm(
-                processor=self._llm_name,
-                provider=self._provider,
-                model=self._model,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                latency_s=time.monotonic() - inference.started,
-                estimated=True,
-            )
-            self.estimated += 1
-        except Exception:  # metering must never break the call
-            log.exception("could not estimate an inference's usage")

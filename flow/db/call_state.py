@@ -153,3 +153,37 @@ async def fail_abandoned(sb: AsyncClient, *, created_before: datetime) -> list[s
         )
     )
     return [str(r["workflow_thread_id"]) for r in rows_of(res)]
+
+
+async def fail_lost_calls(
+    sb: AsyncClient, *, instance_id: str, running: list[str], stale_seconds: int
+) -> list[str]:
+    """Fail the unfinished calls nobody runs: those of instances without a heartbeat
+    for ``stale_seconds``, and those of ``instance_id`` not in ``running``; returns
+    their ids."""
+    res: Any = await call(
+        sb.rpc(
+            "fail_lost_calls",
+            {"p_instance": instance_id, "p_running": running, "p_stale_seconds": stale_seconds},
+        ).execute
+    )
+    return [str(r) for r in (res.data or [])]
+
+
+class StopOutcome(StrEnum):
+    REQUESTED = "requested"  # a live instance runs the call and will end it
+    ENDED = "ended"  # no live instance runs it: it was failed at once
+    NOT_RUNNING = "not_running"  # it is neither starting nor running
+
+
+async def request_stop(
+    sb: AsyncClient, thread_id: UUID | str, *, stale_seconds: int
+) -> StopOutcome:
+    """Ask the instance running a call to end it (it polls for requests); a call whose
+    instance is gone is ended here and now."""
+    res: Any = await call(
+        sb.rpc(
+            "request_call_stop", {"p_thread": str(thread_id), "p_stale_seconds": stale_seconds}
+        ).execute
+    )
+    return StopOutcome(str(res.data))

@@ -10,6 +10,7 @@ id, never the database's message), except conflicts, which the API answers 409.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -86,6 +87,22 @@ async def call(op: Callable[[], Awaitable[T]]) -> T:
         raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}") from exc
     except json.JSONDecodeError as exc:  # a gateway answering HTML
         raise DatabaseUnavailable("database gateway answered garbage") from exc
+
+
+async def retry_unavailable(
+    op: Callable[[], Awaitable[T]], *, attempts: int = 5, first_delay_seconds: float = 0.5
+) -> T:
+    """Run a write, retrying it with backoff while the database is unreachable (5 tries
+    over about 7.5 s by default): for writes that must not be lost to a blip, like the
+    end of a call. Refusals are not retried."""
+    delay = first_delay_seconds
+    for _attempt in range(attempts - 1):
+        try:
+            return await op()
+        except DatabaseUnavailable:
+            await asyncio.sleep(delay)
+            delay *= 2
+    return await op()
 
 
 def loads_exact(text: str | None) -> Any:

@@ -7,14 +7,12 @@ Statuses and their moves belong to :mod:`flow.db.call_state` (the only writer of
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
 from postgrest.types import ReturnMethod
 from supabase import AsyncClient
 
-from flow.db.call_state import LIVE
 from flow.db.client import call, first_of, loads_exact, rows_of
 
 THREAD_COLUMNS = (
@@ -78,20 +76,6 @@ async def update_thread(sb: AsyncClient, thread_id: UUID | str, **columns: Any) 
             .execute()
         )
     )
-
-
-async def request_stop(sb: AsyncClient, thread_id: UUID | str) -> bool:
-    """Ask whichever instance runs the call to end it; False when it is not running."""
-    res = await call(
-        lambda: (
-            sb.table("workflow_threads")
-            .update({"stop_requested_at": datetime.now(UTC).isoformat()})
-            .eq("workflow_thread_id", str(thread_id))
-            .in_("status", [str(s) for s in LIVE])
-            .execute()
-        )
-    )
-    return bool(rows_of(res))
 
 
 async def stop_requested(sb: AsyncClient, thread_ids: list[str]) -> list[str]:

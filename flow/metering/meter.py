@@ -1,9 +1,10 @@
 """The meter: takes usage events off the call's frame path and gets them into the ledger.
 
-``Meter.add`` is synchronous and does no I/O: it appends the event to an in-memory
-buffer and calls the listeners. A background task flushes the buffer in batches
-through ``record_usage_events`` every ``FLOW_METER_FLUSH_SECONDS`` and ``close()``
-flushes what is left at call end.
+``Meter.add`` is synchronous and never waits: it appends the event to the meter's
+write-ahead log (:mod:`flow.metering.wal`, one ``write`` syscall, so a killed process
+loses nothing), then to an in-memory buffer, and calls the listeners. A background
+task flushes the buffer in batches through ``record_usage_events`` every
+``FLOW_METER_FLUSH_SECONDS`` and ``close()`` flushes what is left at call end.
 
 A flush that fails is retried with exponential backoff; when the database stays
 unreachable the batch goes to the spool (:mod:`flow.metering.spool`), which is replayed
@@ -35,6 +36,7 @@ from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent
 from flow.metering.pricing import PriceBook
 from flow.metering.spool import append_to_spool
+from flow.metering.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +77,18 @@ class Meter:
         self._flush_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._closed = False
+        self._wal: WriteAheadLog | None = None
         self.recorded = 0
         self.spooled = 0
 
     # --- the frame path ----------------------------------------------------------
     def add(self, event: UsageEvent) -> None:
-        """Take one event: buffer it and tell the listeners. No I/O."""
+        """Take one event: log it ahead, buffer it and tell the listeners."""
         if self._closed:
             # A late event (a metric flushed by a service after close) still counts:
             # keep it for the final flush that close() runs after this point.
             log.warning("usage event %s added after the meter closed", event.id)
+        self._log_ahead(event, provisional=False)
         self._buffer.append(event)
         self._events.append(event)
         for listener in self._listeners:
@@ -92,6 +96,21 @@ class Meter:
                 listener(event)
             except Exception:
                 log.exception("usage listener %r failed on event %s", listener, event.id)
+
+    def provisional(self, event: UsageEvent) -> None:
+        """Log usage that is being incurred but not reported yet (an LLM reply in
+        progress, as an estimate): only the write-ahead log sees it. An event added
+        later with the same id supersedes it; if the process dies first, the replay
+        records it."""
+        self._log_ahead(event, provisional=True)
+
+    def _log_ahead(self, event: UsageEvent, *, provisional: bool) -> None:
+        try:
+            if self._wal is None:
+                self._wal = WriteAheadLog(self._spool_dir)
+            self._wal.append(event, provisional=provisional)
+        except OSError:  # a full or read-only disk must not take the call down
+            log.exception("could not log usage event %s ahead", event.id)
 
     @property
     def events(self) -> list[UsageEvent]:
@@ -160,7 +179,8 @@ class Meter:
         self.spooled += len(batch)
 
     async def close(self) -> None:
-        """Stop the periodic flush and flush everything left. Idempotent."""
+        """Stop the periodic flush and flush everything left, then drop the write-ahead
+        log: every event is in the ledger or the spool. Idempotent."""
         self._closed = True
         self._stop.set()
         task, self._task = self._task, None
@@ -168,6 +188,9 @@ class Meter:
             # Let a flush in progress finish (its retries included) rather than cut it.
             await asyncio.wait([task])
         await self.flush()
+        if self._wal is not None and not self._buffer:
+            self._wal.discard()
+            self._wal = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from supabase import AsyncClient
 from flow.db.client import DatabaseError, DatabaseUnavailable
 from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent
+from flow.metering.wal import dead_logs, read_log, remove_if_dead
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def _read_spool(path: Path) -> list[UsageEvent]:
 
 
 async def replay_spool(sb: AsyncClient, spool_dir: Path) -> int:
-    """Record every spooled event; returns how many were new to the ledger.
+    """Record every spooled event, and every event of a dead meter's write-ahead log;
+    returns how many were new to the ledger.
 
     The spool file is first renamed aside (so meters keep appending to a fresh one),
     then recorded; a file is deleted only once its events are in the ledger. A replay
@@ -86,4 +88,19 @@ async def replay_spool(sb: AsyncClient, spool_dir: Path) -> int:
             continue
         path.unlink()
         log.info("replayed %d spooled usage events from %s", len(events), path.name)
+    for path in await asyncio.to_thread(dead_logs, spool_dir):
+        events = await asyncio.to_thread(read_log, path)
+        try:
+            recorded = await record_usage_events(sb, events)
+        except (DatabaseUnavailable, DatabaseError) as exc:
+            log.warning("replay of the log %s failed (%s): kept for the next replay", path, exc)
+            continue
+        new += recorded
+        await asyncio.to_thread(remove_if_dead, path)
+        log.warning(
+            "recorded %d usage events (%d new) from the log of a meter that died: %s",
+            len(events),
+            recorded,
+            path.name,
+        )
     return new

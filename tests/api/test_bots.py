@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from supabase import AsyncClient
 
 from flow.config import Settings
-from flow.db import call_state
+from flow.db import call_state, instances
 from flow.db import keys as keys_repo
 from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus
@@ -309,13 +309,33 @@ async def test_stopping_a_call_another_instance_runs_records_the_request(
         sb, api_key_id=api_key["id"], transport="simulated", script=["x"]
     )
     thread_id = str(row["workflow_thread_id"])
-    for status in (CallStatus.STARTING, CallStatus.RUNNING):
-        assert await call_state.move(sb, thread_id, status)
+    other = f"other-instance-{uuid.uuid4().hex[:6]}"
+    await instances.heartbeat(sb, other, "elsewhere", 1)
+    assert await call_state.move(sb, thread_id, CallStatus.STARTING, instance_id=other)
+    assert await call_state.move(sb, thread_id, CallStatus.RUNNING)
     res = await client.post(f"/api/bot/{thread_id}/stop", headers=auth)
     assert res.status_code == 202, res.text
     assert res.json() == {"workflow_thread_id": thread_id, "status": "stopping"}
     assert runner.stopped == []  # not this instance's call...
     assert await threads_repo.stop_requested(sb, [thread_id]) == [thread_id]  # ...recorded
+
+
+async def test_stopping_a_call_no_live_instance_runs_ends_it_at_once(
+    client: httpx.AsyncClient, auth: dict[str, str], api_key: dict[str, Any], sb: AsyncClient
+) -> None:
+    row = await threads_repo.create_thread(
+        sb, api_key_id=api_key["id"], transport="simulated", script=["x"]
+    )
+    thread_id = str(row["workflow_thread_id"])
+    gone = f"gone-instance-{uuid.uuid4().hex[:6]}"  # never beat: killed at once
+    assert await call_state.move(sb, thread_id, CallStatus.STARTING, instance_id=gone)
+    assert await call_state.move(sb, thread_id, CallStatus.RUNNING)
+    res = await client.post(f"/api/bot/{thread_id}/stop", headers=auth)
+    assert res.status_code == 202, res.text
+    assert res.json() == {"workflow_thread_id": thread_id, "status": "failed"}
+    got = await threads_repo.get_thread(sb, thread_id)
+    assert got is not None
+    assert (got["status"], got["error_code"]) == ("failed", "instance_lost")
 
 
 async def test_join_is_refused_when_bots_cannot_run_here(

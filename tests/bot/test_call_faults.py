@@ -14,6 +14,7 @@ from typing import Any
 from supabase import AsyncClient
 
 from flow.bot.runner import create_runner
+from flow.db import call_state
 from flow.db import threads as threads_repo
 from flow.db.client import create_client
 from flow.metering.events import UsageEvent, UsageKind
@@ -237,7 +238,8 @@ async def test_a_call_is_stopped_through_another_instance(
         assert row is not None and row["status"] == "running"
 
         # What POST /api/bot/{id}/stop does on an instance without the call.
-        assert await threads_repo.request_stop(sb, tid)
+        outcome = await call_state.request_stop(sb, tid, stale_seconds=30)
+        assert outcome is call_state.StopOutcome.REQUESTED
         await asyncio.wait_for(runner.wait(tid), timeout=60)
         # The reply was cut: the stop did not wait for the 400-word stream to finish.
         assert server.served[0].words_sent < 400
@@ -251,7 +253,8 @@ async def test_a_call_is_stopped_through_another_instance(
     # The cut reply was metered (estimated), nothing lost.
     assert [r["estimated"] for r in await ledger(sb, tid) if r["kind"] == "llm"] == [True]
     # A finished call is no longer stoppable from anywhere.
-    assert not await threads_repo.request_stop(sb, tid)
+    outcome = await call_state.request_stop(sb, tid, stale_seconds=30)
+    assert outcome is call_state.StopOutcome.NOT_RUNNING
 
 
 async def test_threads_whose_instance_died_are_marked_failed(

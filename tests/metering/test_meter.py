@@ -30,7 +30,8 @@ def events_for(thread: dict[str, Any], n: int) -> list[UsageEvent]:
 
 
 def files_in(path: Path) -> list[Path]:
-    return list(path.iterdir())
+    """Every file below ``path`` (the spool, and the meters' write-ahead logs)."""
+    return [p for p in path.rglob("*") if p.is_file()]
 
 
 def tear_last_line(path: Path) -> None:

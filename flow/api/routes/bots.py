@@ -34,7 +34,7 @@ from flow.bot.contract import AtCapacity, BotConfig, CallRequest
 from flow.bot.services import configuration_problem
 from flow.db import call_state
 from flow.db import threads as threads_repo
-from flow.db.call_state import CallStatus, ErrorStage
+from flow.db.call_state import CallStatus, ErrorStage, StopOutcome
 from flow.workflows.webhook import WebhookURLError, validate_webhook_url
 
 router = APIRouter(prefix="/api/bot", tags=["bots"], responses=ERROR_RESPONSES)
@@ -114,8 +114,11 @@ class JoinResponse(BaseModel):
 
 
 class StopResponse(BaseModel):
+    """``stopping``: the bot is ending the call (poll ``GET /api/bot/{id}``);
+    ``failed``: no live instance was running it, so it was ended at once."""
+
     workflow_thread_id: UUID
-    status: Literal["stopping"]
+    status: Literal["stopping", "failed"]
 
 
 class ThreadError(BaseModel):
@@ -312,16 +315,26 @@ async def get_bot(workflow_thread_id: UUID, api_key: ApiKeyDep, sb: SupabaseDep)
     },
 )
 async def stop_bot(
-    workflow_thread_id: UUID, api_key: ApiKeyDep, sb: SupabaseDep, runner: RunnerDep
+    workflow_thread_id: UUID,
+    api_key: ApiKeyDep,
+    sb: SupabaseDep,
+    runner: RunnerDep,
+    settings: SettingsDep,
 ) -> StopResponse:
-    """End a running call; its usage so far is kept and it is processed as usual."""
+    """End a running call; its usage so far is kept and it is processed as usual. A
+    call whose instance is gone (``failed`` in the answer) is ended at once."""
     row = await _owned_thread(sb, workflow_thread_id, api_key.id)
     if CallStatus(row["status"]).finished:
         raise ApiError(409, "already_finished", f"the call is already {row['status']}")
+    if await runner.stop(str(workflow_thread_id)):
+        return StopResponse(workflow_thread_id=workflow_thread_id, status="stopping")
     # Not running here: the instance running it (behind the same load balancer) picks
-    # the request up from the database within a second or two.
-    if not await runner.stop(str(workflow_thread_id)) and not await threads_repo.request_stop(
-        sb, workflow_thread_id
-    ):
+    # the request up from the database within a second or two; if no live instance
+    # runs it, the database ends it now.
+    outcome = await call_state.request_stop(
+        sb, workflow_thread_id, stale_seconds=settings.flow_instance_stale_seconds
+    )
+    if outcome is StopOutcome.NOT_RUNNING:
         raise ApiError(409, "not_running", f"the call is {row['status']}: no bot is running it")
-    return StopResponse(workflow_thread_id=workflow_thread_id, status="stopping")
+    status: Literal["stopping", "failed"] = "failed" if outcome is StopOutcome.ENDED else "stopping"
+    return StopResponse(workflow_thread_id=workflow_thread_id, status=status)
