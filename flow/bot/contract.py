@@ -8,10 +8,15 @@ Keeping this contract in one small module lets the API be tested against any run
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from flow.db.call_state import EndReason
+from flow.metering.events import UsageEvent
 
 Transport = Literal["daily", "simulated"]
 
@@ -73,3 +78,29 @@ class CallRunner(Protocol):
 
     async def shutdown(self) -> None:
         """End every call cleanly, flush every meter, mark unfinished threads."""
+
+
+@dataclass
+class CallResult:
+    """What a finished call hands the post-call step.
+
+    Parameters:
+        transcript: the turns (``role``, ``content``, ``started_at``, ``ended_at``,
+            ``interrupted``).
+        started_at: when the pipeline started.
+        ended_at: when it ended.
+        end_reason: why it ended (:class:`flow.db.call_state.EndReason`).
+        usage_events: every usage event the call recorded.
+    """
+
+    transcript: list[dict[str, Any]]
+    started_at: datetime
+    ended_at: datetime
+    end_reason: EndReason
+    usage_events: list[UsageEvent] = field(default_factory=list)
+
+
+PostCall = Callable[[CallRequest, CallResult], Awaitable[None]]
+# Told when a call ends in ``failed`` before its post-call step (error, cancellation,
+# shutdown), so its trace and ``call.failed`` webhook still go out.
+OnFailed = Callable[[CallRequest, CallResult], Awaitable[None]]

@@ -5,8 +5,9 @@ usage metric (a reply cut off by the caller) would otherwise cost nothing on the
 :class:`LLMInferenceTracker`, placed directly after the LLM, follows every inference
 (``LLMFullResponseStartFrame`` .. ``LLMFullResponseEndFrame``) and the text it produced:
 
-- when one starts, it logs ahead an estimate of it (the prompt, counted with tiktoken)
-  in the meter's write-ahead log, so a process killed mid-reply still bills it once;
+- when its first token arrives (the vendor took the request and bills it), it logs
+  ahead an estimate of it (the prompt, counted with tiktoken) in the meter's
+  write-ahead log, so a process killed mid-reply still bills it once;
 - when it reports usage, that usage's event takes the inference's id (superseding the
   estimate);
 - when it ends without usage, it records the estimate (prompt from the context as sent,
@@ -97,9 +98,11 @@ class LLMInferenceTracker(FrameProcessor):
                 # A shallow copy: the aggregators append to the list, never edit
                 # messages already sent.
                 self._open = _Inference(time.monotonic(), list(self._context.get_messages()), [])
-                self._log_ahead(self._open)
             elif isinstance(frame, LLMTextFrame):
                 if self._open is not None:
+                    if not self._open.text:
+                        # The first token: the vendor took the request and bills it.
+                        self._log_ahead(self._open)
                     self._open.text.append(frame.text)
             elif isinstance(frame, MetricsFrame):
                 if self._open is not None and any(

@@ -61,6 +61,7 @@ class InstanceJobs:
         running_calls: the ids of the calls this instance runs and has not yet ended.
         stop_call: ends one of them (the runner's ``stop``).
         held_calls: every call this instance still holds (post-call steps included).
+        settle_calls: writes the end of calls whose end could not be written.
         housekeeping_seconds: how often the spool is replayed and abandoned calls failed.
         stop_poll_seconds: how often stop requests are looked for.
         stale_seconds: ``FLOW_INSTANCE_STALE_SECONDS``.
@@ -76,6 +77,7 @@ class InstanceJobs:
         running_calls: Callable[[], list[str]],
         stop_call: Callable[[str], Awaitable[bool]],
         held_calls: Callable[[], list[str]] | None = None,
+        settle_calls: Callable[[], Awaitable[list[str]]] | None = None,
         housekeeping_seconds: float = HOUSEKEEPING_SECONDS,
         stop_poll_seconds: float = STOP_POLL_SECONDS,
         stale_seconds: int = STALE_SECONDS,
@@ -84,6 +86,7 @@ class InstanceJobs:
         self.instance_id = instance_id or new_instance_id()
         self.stale_seconds = stale_seconds
         self._held_calls = held_calls or running_calls
+        self._settle_calls = settle_calls
         self._sb = sb
         self._spool_dir = Path(spool_dir)
         self._max_call_seconds = max_call_seconds
@@ -120,6 +123,11 @@ class InstanceJobs:
 
     async def beat(self) -> list[str]:
         """One heartbeat, then fail the calls nobody runs; returns their ids."""
+        if self._settle_calls is not None:
+            try:
+                await self._settle_calls()
+            except Exception:
+                log.warning("could not settle calls; retrying", exc_info=True)
         try:
             await instances.heartbeat(
                 self._sb, self.instance_id, socket.gethostname()[:255], os.getpid()

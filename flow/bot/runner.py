@@ -22,25 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pipecat.workers.runner import WorkerRunner
 from supabase import AsyncClient
 
-from flow.bot.contract import AtCapacity, CallRequest
+from flow.bot.contract import AtCapacity, CallRequest, CallResult, OnFailed, PostCall
 from flow.bot.instance import HOUSEKEEPING_SECONDS, STOP_POLL_SECONDS, InstanceJobs
 from flow.bot.pipeline import BotCall, build_call
 from flow.bot.services import ServicesFactory, default_services
 from flow.bot.simulated import SimulatedParams
+from flow.bot.thread_writes import ThreadWrites
 from flow.config import Settings
-from flow.db import call_state
-from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, EndReason, ErrorStage
-from flow.db.client import retry_unavailable
-from flow.metering.events import UsageEvent
 from flow.metering.meter import Listener, Meter, Metering
 
 log = logging.getLogger(__name__)
@@ -48,32 +45,7 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
 # How long shutdown waits for cancelled calls to record their usage and finish.
 SHUTDOWN_WAIT_SECONDS = 10.0
-
-
-@dataclass
-class CallResult:
-    """What a finished call hands the post-call step.
-
-    Parameters:
-        transcript: the turns (``role``, ``content``, ``started_at``, ``ended_at``,
-            ``interrupted``).
-        started_at: when the pipeline started.
-        ended_at: when it ended.
-        end_reason: why it ended (:class:`flow.db.call_state.EndReason`).
-        usage_events: every usage event the call recorded.
-    """
-
-    transcript: list[dict[str, Any]]
-    started_at: datetime
-    ended_at: datetime
-    end_reason: EndReason
-    usage_events: list[UsageEvent] = field(default_factory=list)
-
-
-PostCall = Callable[[CallRequest, CallResult], Awaitable[None]]
-# Told when a call ends in ``failed`` before its post-call step (error, cancellation,
-# shutdown), so its trace and ``call.failed`` webhook still go out.
-OnFailed = Callable[[CallRequest, CallResult], Awaitable[None]]
+SHUT_DOWN = "the service shut down"
 
 
 class _EndedWhileStarting(Exception):
@@ -126,6 +98,7 @@ class BotRunner:
         self._calls: dict[str, _Running] = {}
         self._shutting_down = False
         self.jobs = jobs
+        self.writes = ThreadWrites(sb)
 
     # --- CallRunner ----------------------------------------------------------------
     def has_capacity(self) -> bool:
@@ -170,8 +143,8 @@ class BotRunner:
         for r in running:
             if r.task is not None and not r.task.done():
                 continue
-            await self._mark_failed(
-                r.call, ErrorStage.CALL, EndReason.SHUTDOWN, "the service shut down"
+            await self.writes.fail(
+                r.call.workflow_thread_id, ErrorStage.CALL, EndReason.SHUTDOWN, SHUT_DOWN
             )
         if self.jobs is not None:
             await self.jobs.stop()
@@ -192,8 +165,9 @@ class BotRunner:
         return [tid for tid, r in self._calls.items() if r.end_reason is None]
 
     def held_calls(self) -> list[str]:
-        """Every call this instance holds, until its post-call step is over."""
-        return list(self._calls)
+        """Every call this instance holds: until its post-call step is over, and until
+        its end is written."""
+        return [*self._calls, *self.writes.unsettled]
 
     @property
     def instance_id(self) -> str | None:
@@ -220,7 +194,7 @@ class BotRunner:
         started_at = datetime.now(UTC)
         cancelled = False
         try:
-            await self._move(tid, CallStatus.STARTING, instance_id=self.instance_id)
+            await self.writes.move(tid, CallStatus.STARTING, instance_id=self.instance_id)
             services = self._services_factory(self._settings, call)
             simulated = SimulatedParams(**vars(self._simulated)) if self._simulated else None
             bot = build_call(
@@ -236,7 +210,7 @@ class BotRunner:
             self._watch(running, bot)
             meter.start()
             started_at = datetime.now(UTC)
-            await self._move(tid, CallStatus.RUNNING, bot_started_at=started_at.isoformat())
+            await self.writes.move(tid, CallStatus.RUNNING, bot_started_at=started_at.isoformat())
             await bot.greet()
             runner = WorkerRunner(handle_sigint=False)
             await runner.add_workers(bot.worker)
@@ -314,61 +288,43 @@ class BotRunner:
             end_reason=reason,
             usage_events=meter.events,
         )
-        await self._update(tid, transcript=transcript, bot_ended_at=ended_at.isoformat())
+        end = {"transcript": transcript, "bot_ended_at": ended_at.isoformat()}
+        try:
+            await self._end_of(running, result, end)
+        finally:
+            self.writes.keep_if_unwritten(tid, end)
+
+    async def _end_of(self, running: _Running, result: CallResult, end: dict[str, Any]) -> None:
+        call = running.call
+        tid = call.workflow_thread_id
+        reason = result.end_reason
+        await self.writes.update(tid, **end)
         if not reason.normal:
             code = "pipeline_error" if reason is EndReason.ERROR else str(reason)
             message = running.error or f"the call ended: {reason}"
-            await self._mark_failed(call, ErrorStage.CALL, code, message)
+            await self.writes.fail(tid, ErrorStage.CALL, code, message)
             if self._on_failed is not None:
                 try:
                     await self._on_failed(call, result)
                 except Exception:
                     log.exception("call %s: the failure hook failed", tid)
             return
-        if not await self._move(tid, CallStatus.PROCESSING):
+        if not await self.writes.move(tid, CallStatus.PROCESSING):
             return
         if self._post_call is not None:
             try:
                 await self._post_call(call, result)
             except asyncio.CancelledError:
-                await self._mark_failed(
-                    call, ErrorStage.POST_CALL, EndReason.SHUTDOWN, "the service shut down"
-                )
+                await self.writes.fail(tid, ErrorStage.POST_CALL, EndReason.SHUTDOWN, SHUT_DOWN)
                 raise
             except Exception as exc:
                 log.exception("call %s: post-call step failed", tid)
                 message = f"{exc.__class__.__name__}: {exc}"
-                await self._mark_failed(call, ErrorStage.POST_CALL, "post_call_failed", message)
+                await self.writes.fail(tid, ErrorStage.POST_CALL, "post_call_failed", message)
                 return
         # A post-call step usually settles the thread itself (completed, or failed at a
         # named step); this move is then refused, as every move of a finished call is.
-        await self._move(tid, CallStatus.COMPLETED)
-
-    # --- thread updates that never take the call down ------------------------------------
-    async def _move(self, tid: str, status: CallStatus, **columns: Any) -> bool:
-        try:
-            return await retry_unavailable(
-                lambda: call_state.move(self._sb, tid, status, **columns)
-            )
-        except Exception:
-            log.exception("thread %s: could not move it to %s", tid, status)
-            return False
-
-    async def _update(self, tid: str, **columns: Any) -> None:
-        try:
-            await retry_unavailable(lambda: threads_repo.update_thread(self._sb, tid, **columns))
-        except Exception:
-            log.exception("thread %s: could not save the call's end", tid)
-
-    async def _mark_failed(self, call: CallRequest, stage: str, code: str, message: str) -> None:
-        try:
-            await retry_unavailable(
-                lambda: call_state.fail(
-                    self._sb, call.workflow_thread_id, stage=stage, code=code, message=message
-                )
-            )
-        except Exception:
-            log.exception("thread %s: could not mark it failed", call.workflow_thread_id)
+        await self.writes.move(tid, CallStatus.COMPLETED)
 
 
 def create_runner(
@@ -404,6 +360,7 @@ def create_runner(
         running_calls=runner.running_calls,
         stop_call=runner.stop,
         held_calls=runner.held_calls,
+        settle_calls=runner.writes.settle,
         housekeeping_seconds=housekeeping_seconds,
         stop_poll_seconds=stop_poll_seconds,
         stale_seconds=settings.flow_instance_stale_seconds,

@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import SecretStr
 from supabase import AsyncClient
 
-from flow.bot.contract import BotConfig, CallRequest
-from flow.bot.runner import BotRunner, CallResult, create_runner
+from flow.bot.contract import BotConfig, CallRequest, CallResult
+from flow.bot.runner import BotRunner, create_runner
 from flow.bot.services import CallServices, llm_model_for, openai_llm, system_prompt_for
 from flow.bot.simulated import SimulatedParams
 from flow.config import Settings

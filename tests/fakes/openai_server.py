@@ -10,6 +10,10 @@ chunk was actually sent (a client that hangs up mid-stream never receives it), s
 test can compute exactly what the ledger must hold.
 
 ``slow_word_seconds`` makes the stream slow, to let a test interrupt a reply.
+
+``POST /v1/audio/speech`` answers like OpenAI's TTS with ``response_format: pcm``:
+headerless 16-bit mono PCM at 24 kHz (silence, as long as the text would take to say),
+sent in chunks; each request is recorded with whether its whole body went out.
 """
 
 from __future__ import annotations
@@ -52,6 +56,19 @@ class Served:
 
 
 @dataclass
+class Speech:
+    """One TTS request: the text billed (by characters) and whether all audio went out."""
+
+    text: str
+    model: str
+    body_sent: bool = False
+
+
+PCM_BYTES_PER_CHARACTER = 24_000 * 2 // 15  # about 15 characters a second of speech
+PCM_CHUNK_BYTES = 9_600  # 0.2 s
+
+
+@dataclass
 class FakeOpenAI:
     """The server's behaviour; change the fields between requests as a test needs.
 
@@ -64,6 +81,8 @@ class FakeOpenAI:
     replies: list[str] = field(default_factory=lambda: ["Sure, happy to help."])
     slow_word_seconds: float = 0.0
     served: list[Served] = field(default_factory=list)
+    speech: list[Speech] = field(default_factory=list)
+    speech_chunk_seconds: float = 0.0
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -78,6 +97,7 @@ class FakeOpenAI:
     async def start(self) -> FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_post("/v1/audio/speech", self._speech)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -138,4 +158,21 @@ class FakeOpenAI:
             # The client hung up (an interrupted reply): no usage reached it.
             served.usage_sent = False
             raise
+        return resp
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        speech = Speech(text=str(body.get("input", "")), model=str(body.get("model", "")))
+        self.speech.append(speech)
+        resp = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
+        await resp.prepare(request)
+        remaining = max(PCM_CHUNK_BYTES, len(speech.text) * PCM_BYTES_PER_CHARACTER)
+        while remaining > 0:
+            size = min(PCM_CHUNK_BYTES, remaining)
+            await resp.write(b"\x00" * size)
+            remaining -= size
+            if self.speech_chunk_seconds:
+                await asyncio.sleep(self.speech_chunk_seconds)
+        await resp.write_eof()
+        speech.body_sent = True
         return resp

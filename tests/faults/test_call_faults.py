@@ -1,0 +1,344 @@
+"""Faults during calls, each ending in one line: what the vendors billed (metered), what
+the ledger holds, what was lost and what was counted twice.
+
+``flow serve`` runs as a real process for the faults that end a process (kill -9 at
+points chosen by a seeded random, SIGTERM); the vendors are one local OpenAI-compatible
+server that records every completion and TTS request it answered. The database faults
+put a gateway that can be switched off between the runner and the database.
+
+Counting: an LLM completion is billed once its usage chunk went out, a TTS request once
+its whole audio went out; a completion or a TTS request the fault cut in the middle is
+"in flight" and may be in the ledger once (an LLM reply as an estimate) or not at all.
+lost = billed units with no ledger event; doubled = ledger events beyond the units the
+vendor served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import ClientSession, web
+from supabase import AsyncClient
+
+from flow import localstack
+from flow.db import threads as threads_repo
+from flow.db.client import call, rows_of
+from flow.metering.spool import replay_spool
+from flow.metering.wal import WAL_DIR
+from tests.bot.test_call_faults import until
+from tests.fakes.openai_server import FakeOpenAI
+from tests.served import ServedFlow
+
+pytestmark = pytest.mark.faults
+
+SCRIPT = [
+    "Hello, I would like to know your opening hours.",
+    "And are you open on public holidays?",
+    "Can I book a visit for Friday morning?",
+    "Thank you, that is all.",
+]
+REPLIES = [
+    "We are open from nine to five on weekdays. Is there anything else?",
+    "On public holidays we are closed. Anything else I can help with?",
+    "Friday morning works. I have booked you in at ten.",
+    "You are welcome, goodbye.",
+]
+KILL_SEEDS = [3, 7, 11]
+SETTLE_SECONDS = 40.0
+
+
+@dataclass
+class Tally:
+    """A fault's figures."""
+
+    name: str
+    metered: int
+    in_ledger: int
+    lost: int
+    doubled: int
+
+    def report(self) -> str:
+        line = (
+            f"FAULT {self.name}: metered={self.metered} in_ledger={self.in_ledger} "
+            f"lost={self.lost} doubled={self.doubled}"
+        )
+        print(line)
+        target = os.environ.get("FLOW_FAULT_REPORT")
+        if target:
+            with open(target, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+        return line
+
+
+async def call_ledger(sb: AsyncClient, tid: str) -> list[dict[str, Any]]:
+    res = await call(
+        sb.table("usage_events")
+        .select("id,kind,input_tokens,output_tokens,characters,estimated")
+        .eq("workflow_thread_id", tid)
+        .execute
+    )
+    return rows_of(res)
+
+
+def tally(name: str, vendor: FakeOpenAI, rows: list[dict[str, Any]]) -> Tally:
+    llm_rows = [r for r in rows if r["kind"] == "llm"]
+    tts_rows = [r for r in rows if r["kind"] == "tts"]
+    billed_llm = sum(1 for s in vendor.served if s.usage_sent)
+    billed_tts = sum(1 for s in vendor.speech if s.body_sent)
+    # Every exact LLM event is one served completion's usage (each has its own numbers).
+    exact = [r for r in llm_rows if not r["estimated"]]
+    usages = [(s.usage.prompt_tokens, s.usage.completion_tokens) for s in vendor.served]
+    assert all((r["input_tokens"], r["output_tokens"]) in usages for r in exact), exact
+    assert len({(r["input_tokens"], r["output_tokens"]) for r in exact}) == len(exact)
+    lost = max(0, billed_llm - len(llm_rows)) + max(0, billed_tts - len(tts_rows))
+    doubled = max(0, len(llm_rows) - len(vendor.served)) + max(
+        0, len(tts_rows) - len(vendor.speech)
+    )
+    return Tally(name, billed_llm + billed_tts, len(rows), lost, doubled)
+
+
+async def settled(
+    sb: AsyncClient, tid: str, spool: Path, *, statuses: tuple[str, ...]
+) -> dict[str, Any]:
+    """Wait (bounded) until the call is over and its usage has stopped moving."""
+    deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
+    last = -1
+    while True:
+        row = await threads_repo.get_thread(sb, tid)
+        assert row is not None
+        count = len(await call_ledger(sb, tid))
+        wal_left = list((spool / WAL_DIR).glob("*.jsonl")) if (spool / WAL_DIR).exists() else []
+        if row["status"] in statuses and count == last and not wal_left:
+            return row
+        last = count
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not settled: {row['status']}, {count} rows, {wal_left}")
+        await asyncio.sleep(0.5)
+
+
+def serve_env(vendor: FakeOpenAI, spool: Path) -> dict[str, str]:
+    return {
+        "OPENAI_BASE_URL": vendor.base_url,
+        "FLOW_SPOOL_DIR": str(spool),
+        # The worst case for a kill: nothing is flushed to the ledger before the end.
+        "FLOW_METER_FLUSH_SECONDS": "60",
+        "FLOW_INSTANCE_STALE_SECONDS": "3",
+        "FLOW_GREETING": "Hello, this is the Flow test line.",
+        "FLOW_LOG_LEVEL": "WARNING",
+    }
+
+
+async def join(flow: ServedFlow, key: dict[str, Any]) -> str:
+    async with httpx.AsyncClient(base_url=flow.url, timeout=10) as client:
+        res = await client.post(
+            "/api/bot/join",
+            headers={"Authorization": f"Bearer {key['plaintext']}"},
+            json={"transport": "simulated", "script": SCRIPT, "process_insights": False},
+        )
+    assert res.status_code == 202, res.text
+    return str(res.json()["workflow_thread_id"])
+
+
+@pytest.fixture
+async def vendor() -> AsyncIterator[FakeOpenAI]:
+    server = await FakeOpenAI(replies=REPLIES, slow_word_seconds=0.02).start()
+    server.speech_chunk_seconds = 0.02
+    yield server
+    await server.stop()
+
+
+@pytest.mark.parametrize("seed", KILL_SEEDS)
+async def test_kill_9_mid_call_loses_and_doubles_nothing(
+    stack: localstack.StackInfo,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    vendor: FakeOpenAI,
+    tmp_path: Path,
+    seed: int,
+) -> None:
+    spool = tmp_path / "spool"
+    env = serve_env(vendor, spool)
+    with ServedFlow(stack, tmp_path / "first.log", **env) as first:
+        tid = await join(first, api_key)
+        await asyncio.sleep(random.Random(seed).uniform(0.3, 2.5))
+        first.kill()
+    # The next start of the instance (same disk) replays what the killed one held, and
+    # fails the call it was running once its heartbeat is stale.
+    with ServedFlow(stack, tmp_path / "second.log", **env):
+        row = await settled(sb, tid, spool, statuses=("failed", "completed"))
+    if row["status"] == "failed":
+        assert row["error_code"] == "instance_lost"
+    result = tally(f"kill -9 mid-call (seed {seed})", vendor, await call_ledger(sb, tid))
+    result.report()
+    assert (result.lost, result.doubled) == (0, 0)
+    assert result.metered > 0 or vendor.served, "the kill came after the call had started"
+
+
+async def test_sigterm_mid_call_loses_and_doubles_nothing(
+    stack: localstack.StackInfo,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    vendor: FakeOpenAI,
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "spool"
+    env = {**serve_env(vendor, spool), "FLOW_LOG_LEVEL": "INFO"}
+    with ServedFlow(stack, tmp_path / "flow.log", **env) as flow:
+        tid = await join(flow, api_key)
+        await asyncio.sleep(1.2)
+        # Uvicorn re-raises the signal once it has shut down gracefully.
+        assert flow.terminate(timeout=40) in (0, -15)
+        assert "Application shutdown complete" in flow.log()
+    row = await settled(sb, tid, spool, statuses=("failed", "completed"))
+    assert row["status"] == "completed" or row["error_code"] == "shutdown"
+    result = tally("SIGTERM mid-call", vendor, await call_ledger(sb, tid))
+    result.report()
+    assert (result.lost, result.doubled) == (0, 0)
+
+
+class SwitchableGateway:
+    """A gateway in front of the stack's that answers 503 while it is down, as a
+    database or PostgREST outage looks to Flow."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.down = False
+        self.refused = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        if self.down:
+            self.refused += 1
+            return web.Response(status=503, text="upstream unavailable")
+        assert self._session is not None
+        async with self._session.request(
+            request.method,
+            f"{self.upstream}{request.rel_url}",
+            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+            data=await request.read() or None,
+        ) as resp:
+            body = await resp.read()
+            headers = {
+                k: v
+                for k, v in resp.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
+            }
+            return web.Response(status=resp.status, body=body, headers=headers)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[SwitchableGateway]:
+        self._session = ClientSession(auto_decompress=True)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._proxy)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        port = localstack.free_port(None)
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        try:
+            yield self
+        finally:
+            await self._runner.cleanup()
+            await self._session.close()
+
+
+@pytest.mark.parametrize(
+    "name, down_after, down_for",
+    [
+        ("database down mid-call", 0.8, 2.0),
+        ("database down at call end", None, 3.0),
+        ("PostgREST down for the whole call", 0.0, None),
+    ],
+)
+async def test_database_faults_lose_and_double_nothing(
+    stack: localstack.StackInfo,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    vendor: FakeOpenAI,
+    tmp_path: Path,
+    name: str,
+    down_after: float | None,
+    down_for: float | None,
+) -> None:
+    from flow.bot.runner import create_runner
+    from flow.db.client import create_client
+    from tests.bot.helpers import FakeVoices, bot_settings, request_for
+
+    gateway = SwitchableGateway(stack.supabase_url)
+    async with gateway.running():
+        s = bot_settings(stack_settings(), vendor.base_url, tmp_path).model_copy(
+            update={"supabase_url": gateway.url, "flow_meter_flush_seconds": 0.2}
+        )
+        flaky = await create_client(s)
+        thread = await threads_repo.create_thread(
+            sb, api_key_id=api_key["id"], transport="simulated", script=SCRIPT[:2]
+        )
+        tid = str(thread["workflow_thread_id"])
+        metered: list[str] = []
+        runner = create_runner(
+            s,
+            flaky,
+            listeners=[lambda event: metered.append(str(event.id))],
+            services_factory=FakeVoices(),
+            housekeeping_seconds=0.5,
+        )
+        try:
+            if down_after == 0.0:
+                gateway.down = True
+            await runner.submit(request_for(thread, SCRIPT[:2]))
+            if down_after:
+                await asyncio.sleep(down_after)
+                gateway.down = True
+            if down_for is not None and down_after is None:
+                # At the end: down from the last reply until after the call is over.
+                await until(lambda: sum(1 for x in vendor.served if x.usage_sent) >= 2)
+                gateway.down = True
+            if down_for is not None:
+                await asyncio.sleep(down_for)
+                gateway.down = False
+            await asyncio.wait_for(runner.wait(tid), 60)
+            gateway.down = False
+            await replay_spool(sb, s.flow_spool_dir)
+            async with asyncio.timeout(20):  # what the instance's next beat does
+                while runner.writes.unsettled:
+                    await runner.writes.settle()
+                    await asyncio.sleep(0.2)
+        finally:
+            await runner.shutdown()
+    assert gateway.refused > 0, "the fault happened"
+    row = await threads_repo.get_thread(sb, tid)
+    assert row is not None
+    # Down for the whole call: its end is written once the database is back.
+    expected = ("completed", None) if down_for else ("failed", "database_unavailable")
+    assert (row["status"], row["error_code"]) == expected
+    assert row["transcript"], ("the transcript was saved", row)
+    rows = await call_ledger(sb, tid)
+    in_ledger = {r["id"] for r in rows}
+    llm = [r for r in rows if r["kind"] == "llm"]
+    result = Tally(
+        name,
+        metered=len(metered),
+        in_ledger=len(rows),
+        lost=len(set(metered) - in_ledger),
+        doubled=len(in_ledger - set(metered)) + max(0, len(llm) - len(vendor.served)),
+    )
+    result.report()
+    assert metered and (result.lost, result.doubled) == (0, 0)
+    assert row["usage_stats"]["events"] == len(rows)
+
+
+def stack_settings() -> Any:
+    from flow.config import get_settings
+
+    return get_settings()
