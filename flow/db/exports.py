@@ -49,15 +49,19 @@ async def claim_integrations(
     limit: int,
     force: bool,
     ids: list[str] | None,
+    exclude: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Lease integrations that are due (any active one when ``force``, only ``ids`` if
-    given) to ``owner``; returns their whole rows, credentials included."""
+    given, never those in ``exclude``) to ``owner``; returns their whole rows,
+    credentials included. The lease records the integration's sync request count, which
+    :func:`release_lease` compares to tell a "sync now" made during the cycle."""
     params = {
         "p_owner": owner,
         "p_lease_seconds": lease_seconds,
         "p_limit": limit,
         "p_force": force,
         "p_ids": ids,
+        "p_exclude": exclude,
     }
     return rows_of(await call(sb.rpc("analytics_claim_integrations", params).execute))
 
@@ -133,9 +137,11 @@ async def release_lease(
     synced: bool,
     retry_in_seconds: int | None,
 ) -> str | None:
-    """End a cycle: free the lease, record its outcome and schedule the next one (after
-    ``retry_in_seconds``, else the sync interval). A status a person set meanwhile wins.
-    Returns the status, or ``None`` when the lease was already lost."""
+    """End a cycle: free the lease, record its outcome and schedule the next one: now
+    when a sync was requested after the cycle claimed the integration (the request is
+    kept for the next cycle), else after ``retry_in_seconds`` or the sync interval. A
+    status a person set meanwhile wins. Returns the status, or ``None`` when the lease
+    was already lost."""
     params = {
         "p_id": integration_id,
         "p_owner": owner,

@@ -97,10 +97,15 @@ async def resume_integration(
 async def request_sync(
     sb: AsyncClient, integration_id: str, *, api_key_id: str | None
 ) -> dict[str, Any] | None:
-    """Make the integration due now; a scheduler claims it at its next tick."""
-    return await update_columns(
-        sb, integration_id, {"next_sync_at": datetime.now(UTC).isoformat()}, api_key_id=api_key_id
-    )
+    """Make the integration due now; a scheduler claims it at its next tick. The
+    database counts the request (``analytics_request_sync``), so a request made while a
+    cycle runs is not served by that cycle but makes exactly one more right after it.
+    Returns the public row, or ``None`` if out of scope."""
+    params = {"p_id": integration_id, "p_api_key_id": api_key_id}
+    res: Any = await call(sb.rpc("analytics_request_sync", params).execute)
+    if res.data is not True:
+        return None
+    return await get_integration(sb, integration_id, api_key_id=api_key_id)
 
 
 async def delete_integration(

@@ -153,26 +153,29 @@ class Exporter:
         on_claim: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> list[SyncOutcome]:
         """Claim what is due (everything active when ``force``) and sync it, one at a
-        time, until nothing is left to claim."""
+        time, until nothing is left to claim. Each integration runs at most once a pass:
+        the claim leaves out those already run, so one that a "sync now" made during its
+        cycle keeps due is neither run again here nor released (which would reschedule
+        it), and the next pass runs it."""
         outcomes: list[SyncOutcome] = []
-        seen: set[str] = set()
+        seen: list[str] = []
         while True:
-            claimed = await self.claim(force=force, ids=ids, limit=1)
+            claimed = await exports_db.claim_integrations(
+                self.sb,
+                self.owner,
+                lease_seconds=self.lease_seconds,
+                limit=1,
+                force=force,
+                ids=ids,
+                exclude=seen,
+            )
             if not claimed:
                 return outcomes
-            again = [r for r in claimed if r["id"] in seen]
-            for row in again:
-                # A forced run would claim the same integration again: one cycle each.
-                await self._release(row["id"], "active", None, synced=False)
             for row in claimed:
-                if row["id"] in seen:
-                    continue
-                seen.add(row["id"])
+                seen.append(str(row["id"]))
                 if on_claim is not None:
                     await on_claim(row)
                 outcomes.append(await self.sync_one(row, progress=progress))
-            if again:
-                return outcomes
 
     # --- one integration -------------------------------------------------------
     async def sync_one(

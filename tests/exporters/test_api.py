@@ -54,6 +54,10 @@ async def test_lifecycle_over_http_never_shows_secrets(
         bodies.append(res.text)
         return res
 
+    events = await seed(sb, thread, 30)
+    # PostHog's first cycle (the scheduler inside the app claims the new integration at
+    # its next tick) stays in flight on a slow destination while "sync now" arrives.
+    posthog_sink.hold()
     res = await send(
         "POST",
         "/api/integrations",
@@ -69,6 +73,7 @@ async def test_lifecycle_over_http_never_shows_secrets(
     ph = res.json()
     assert ph["status"] == "active" and ph["credentials_hint"] == f"key phc_…{PH_KEY[-4:]}"
     assert ph["cursor"] == {"txid": ph["cursor"]["txid"], "seq": 0}
+    await wait_until(lambda: posthog_sink.held > 0)
 
     res = await send(
         "POST",
@@ -85,19 +90,24 @@ async def test_lifecycle_over_http_never_shows_secrets(
     assert res.status_code == 201, res.text
     mp = res.json()
 
-    events = await seed(sb, thread, 30)
-    # Sync now: the scheduler inside the app runs the cycle.
+    # Usage after the cycle in flight read its page: only the requested cycle sends it.
+    events += await seed(sb, thread, 5)
+    # Sync now: the scheduler inside the app runs the cycles; PostHog's request, made
+    # during its cycle, runs one more right after it.
     assert (await send("POST", f"/api/integrations/{ph['id']}/sync")).status_code == 202
     assert (await send("POST", f"/api/integrations/{mp['id']}/sync")).status_code == 202
+    posthog_sink.release()
 
-    await wait_until(lambda: len(posthog_sink.events) == 30 and len(mixpanel_sink.events) == 30)
-    for _ in range(400):  # the cycle records its result right after the last batch
+    await wait_until(lambda: len(posthog_sink.events) == 35 and len(mixpanel_sink.events) == 35)
+    detail: dict[str, Any] = {}
+    for _ in range(3000):  # the cycle records its result right after the last batch
         detail = (await send("GET", f"/api/integrations/{ph['id']}")).json()
-        if detail["events_exported"] == 30 and detail["status"] == "active":
+        if detail["events_exported"] == 35 and detail["status"] == "active":
             break
         await asyncio.sleep(0.01)
-    assert detail["events_exported"] == 30 and detail["last_synced_at"] is not None
+    assert detail["events_exported"] == 35 and detail["last_synced_at"] is not None
     assert detail["cursor"]["seq"] > 0
+    assert len({e["uuid"] for e in posthog_sink.events}) == 35
     assert {e["distinct_id"] for e in posthog_sink.events} == {"prism-gateway"}
     assert {e["properties"]["distinct_id"] for e in mixpanel_sink.events} == {
         e.end_user_id for e in events

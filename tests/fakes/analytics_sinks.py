@@ -12,8 +12,12 @@ project's reference notes):
   ``strict=1`` answers 400 with ``failed_records`` while ingesting the valid ones; more
   than 2000 events is a 400).
 - Either answers 413 for a body over ``max_body_bytes``, and can be told to fail the
-  next requests (``fail_next(status, times, retry_after=...)``), to refuse chosen events
-  (``reject``), or to hold requests until released (``hold()``).
+  next requests (``fail_next(status, times, retry_after=...)``), to answer them late
+  after ingesting them (``answer_late(seconds, times)``, a sender whose timeout is
+  shorter sees a timeout for a batch that was in fact accepted), to answer the next ones
+  normally before a planned fault (``pass_next(times)``), to refuse chosen events
+  (``reject``), or to hold requests until released (``hold()``). Planned answers are
+  used in the order they were planned, one per ingestion request.
 
 Every accepted event is kept in ``events`` (numbers with a fraction as ``Decimal``,
 exactly as sent) (in arrival order) so tests can check that
@@ -36,6 +40,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 FIVE_DAYS_SECONDS = 5 * 24 * 3600
+_ANSWER_AFTER = web.RequestKey("answer_after", float)
 
 
 @dataclass
@@ -44,12 +49,27 @@ class PlannedFailure:
     retry_after: str | None = None
 
 
+@dataclass
+class PlannedDelay:
+    """Ingest the request as usual, then answer ``seconds`` later."""
+
+    seconds: float
+
+
+@dataclass
+class PlannedPass:
+    """Answer as usual (a placeholder that puts later planned answers further out)."""
+
+
+Planned = PlannedFailure | PlannedDelay | PlannedPass
+
+
 class _Sink:
     def __init__(self, *, max_body_bytes: int = 10 * 1024 * 1024) -> None:
         self.max_body_bytes = max_body_bytes
         self.events: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
-        self.failures: list[PlannedFailure] = []
+        self.planned: list[Planned] = []
         self.reject: Callable[[dict[str, Any]], str | None] | None = None
         self._released = asyncio.Event()
         self._released.set()
@@ -62,7 +82,13 @@ class _Sink:
         return f"http://127.0.0.1:{self.port}"
 
     def fail_next(self, status: int, times: int = 1, retry_after: str | None = None) -> None:
-        self.failures.extend(PlannedFailure(status, retry_after) for _ in range(times))
+        self.planned.extend(PlannedFailure(status, retry_after) for _ in range(times))
+
+    def answer_late(self, seconds: float, times: int = 1) -> None:
+        self.planned.extend(PlannedDelay(seconds) for _ in range(times))
+
+    def pass_next(self, times: int = 1) -> None:
+        self.planned.extend(PlannedPass() for _ in range(times))
 
     def hold(self) -> None:
         self._released.clear()
@@ -74,7 +100,7 @@ class _Sink:
         raise NotImplementedError
 
     async def start(self) -> _Sink:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_answer_late])
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -100,12 +126,14 @@ class _Sink:
             if request.transport is None or request.transport.is_closing():
                 # The sender went away before an answer: nothing was accepted.
                 return web.Response(status=499)
-        if self.failures:
-            failure = self.failures.pop(0)
-            headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
+        planned = self.planned.pop(0) if self.planned else PlannedPass()
+        if isinstance(planned, PlannedDelay):
+            request[_ANSWER_AFTER] = planned.seconds
+        if isinstance(planned, PlannedFailure):
+            headers = {"Retry-After": planned.retry_after} if planned.retry_after else None
             return web.json_response(
-                {"error": f"injected failure {failure.status}"},
-                status=failure.status,
+                {"error": f"injected failure {planned.status}"},
+                status=planned.status,
                 headers=headers,
             )
         # The size on the wire (aiohttp may already have inflated a gzip body).
@@ -114,6 +142,16 @@ class _Sink:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
         return raw
+
+
+@web.middleware
+async def _answer_late(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Holds the answer of a request planned to be late; what it ingested stays."""
+    response: web.StreamResponse = await handler(request)
+    delay = request.get(_ANSWER_AFTER)
+    if delay:
+        await asyncio.sleep(delay)
+    return response
 
 
 class PostHogSink(_Sink):
