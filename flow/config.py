@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "change-me"
@@ -88,7 +88,13 @@ class Settings(BaseSettings):
     # --- post-call ---------------------------------------------------------
     flow_insights_model: str = "gpt-4o-mini"
     flow_webhook_secret: SecretStr = SecretStr("")
-    flow_webhook_allow_private: bool = False
+
+    # --- outbound URLs (webhooks, export destinations) --------------------
+    # FLOW_WEBHOOK_ALLOW_PRIVATE is its former name, still read.
+    flow_allow_private_urls: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("flow_allow_private_urls", "flow_webhook_allow_private"),
+    )
 
     # --- PostHog live capture ---------------------------------------------
     posthog_api_key: SecretStr = SecretStr("")
@@ -113,6 +119,11 @@ class Settings(BaseSettings):
                 value: SecretStr = getattr(self, name)
                 if value.get_secret_value() == PLACEHOLDER_SECRET:
                     raise ValueError(f"{name.upper()} must be changed from the placeholder")
+            if self.flow_allow_private_urls:
+                raise ValueError(
+                    "FLOW_ALLOW_PRIVATE_URLS is for development only: it is refused when "
+                    "FLOW_ENV=production"
+                )
         for name in ("flow_price_overrides", "flow_voice_prices"):
             raw = getattr(self, name)
             if raw:

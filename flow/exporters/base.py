@@ -1,6 +1,13 @@
 """What every destination shares: the export event built from a ledger row, the outcome
-of a send, the errors a sync cycle reacts to, and the errors that refuse an integration
-before it is saved.
+of a send, the errors a sync cycle reacts to, the errors that refuse an integration
+before it is saved, and :func:`post`, the one way a destination sends a request.
+
+A destination's host may be a customer's choice: it sends only through the client it is
+built with (an :func:`flow.net.outbound.outbound_client`, pinned to addresses the
+outbound-URL policy checked) and reports failures with fixed reasons (a status code,
+:data:`~flow.net.outbound.UNREACHABLE`), never with the text of an answer or of an
+exception, which would make the integration's ``last_error`` a window on whatever
+answered.
 
 The event is built as JSON text by hand rather than through ``json.dumps`` of a dict:
 ``cost`` must be a JSON *number* (analytics tools sum numbers, not strings) written from
@@ -18,6 +25,10 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
+
+import httpx
+
+from flow.net.outbound import UNREACHABLE
 
 DEFAULT_EVENT_NAME = "prism_request"
 # Derives the destination's dedup id from the ledger id, so a resent row is the same
@@ -84,6 +95,17 @@ class Destination(Protocol):
     async def validate(self) -> None: ...
 
     async def send(self, rows: list[dict[str, Any]], *, historical: bool) -> SendResult: ...
+
+
+async def post(client: httpx.AsyncClient, url: str, *, what: str, **kwargs: Any) -> httpx.Response:
+    """POST through the destination's client. Any failure to connect, send or read is
+    :class:`Retryable` with one fixed reason (``what``, e.g. "PostHog", names the
+    destination); a URL the outbound policy refuses raises
+    :class:`~flow.net.outbound.UrlNotAllowed`, which ends the cycle in error."""
+    try:
+        return await client.post(url, **kwargs)
+    except httpx.HTTPError as exc:
+        raise Retryable(f"{what}: {UNREACHABLE}") from exc
 
 
 def decimal_number(text: str | None) -> str:

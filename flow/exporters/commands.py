@@ -7,8 +7,9 @@ stderr for backfills. Each destination's own options come from its spec in
 :mod:`flow.exporters.registry`.
 
 Failure behaviour: a key that matches no key (or several) prints ``error: ...`` and
-exits 1, as does an unknown integration id; a body or credentials refused before saving
-print ``error: ...`` and exit 2; ``flow sync`` exits 1 when an integration ends in error.
+exits 1, as does an unknown integration id; a body, a URL the outbound-URL policy
+refuses, or credentials refused before saving print ``error: ...`` and exit 2;
+``flow sync`` exits 1 when an integration ends in error.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from flow.db.keys import resolve_key
 from flow.exporters import integrations as service
 from flow.exporters.base import CredentialsInvalid, IntegrationInputError
 from flow.exporters.registry import PROVIDERS, IntegrationCreate
+from flow.net.outbound import UrlNotAllowed
 
 # Create body fields every integration has, as options of the same name (--event-name).
 _COMMON_OPTIONS = ("name", "sync_interval_seconds", "event_name", "distinct_id")
@@ -103,7 +105,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             row = await service.create_integration(
                 sb, get_settings(), body, api_key_id=api_key_id, all_keys=args.all_keys
             )
-        except (CredentialsInvalid, IntegrationInputError) as exc:
+        except (UrlNotAllowed, CredentialsInvalid, IntegrationInputError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(json.dumps(service.public_view(row), indent=2, default=str))

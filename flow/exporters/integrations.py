@@ -7,9 +7,12 @@ key's usage with ``all_keys``). Each destination's fields, checks and hint come 
 destination from another. Reading, listing, pausing, resuming and deleting need no
 destination and are the repository's own functions.
 
-Failure behaviour: credentials are validated against the destination before anything is
-saved (:class:`CredentialsInvalid` names the problem); a request a destination cannot
-take raises :class:`IntegrationInputError`; credentials are stored encrypted
+Failure behaviour: the destination's URLs must pass the outbound-URL policy
+(:class:`~flow.net.outbound.UrlNotAllowed` names the rule, nothing is sent); credentials
+are validated against the destination before anything is saved, through a client pinned
+to the checked address (:class:`CredentialsInvalid` names the problem, never with the
+destination's answer); a request a destination cannot take raises
+:class:`IntegrationInputError`; credentials are stored encrypted
 (:class:`SecretKeyMissing` without ``FLOW_SECRET_KEY``, :class:`CredentialsUnreadable`
 when it changed) and only ever shown as a masked hint.
 """
@@ -19,7 +22,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 from supabase import AsyncClient
 
 from flow.config import Settings
@@ -28,6 +30,7 @@ from flow.exporters.base import DEFAULT_EVENT_NAME, IntegrationInputError
 from flow.exporters.crypto import CredentialBox
 from flow.exporters.registry import IntegrationCreate, IntegrationPatch, spec_for
 from flow.exporters.spec import Backfill, BackfillDays, BackfillFrom, CommonPatch, DestinationSpec
+from flow.net.outbound import UrlNotAllowed, check_url, outbound_client
 
 VALIDATE_TIMEOUT_SECONDS = 10.0
 
@@ -77,13 +80,31 @@ def public_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def check_destination_urls(
+    spec: DestinationSpec[Any], settings_json: dict[str, Any], settings: Settings
+) -> None:
+    """Refuse a destination whose URLs the outbound-URL policy refuses (raises
+    :class:`~flow.net.outbound.UrlNotAllowed`). A host that does not resolve yet passes
+    here: every connection checks it again."""
+    for name, url in spec.urls(settings_json).items():
+        try:
+            await check_url(url, settings, require_resolution=False)
+        except UrlNotAllowed as exc:
+            raise UrlNotAllowed(f"{name}: {exc}") from None
+
+
 async def validate_credentials(
-    spec: DestinationSpec[Any], settings_json: dict[str, Any], creds: dict[str, Any], source_id: str
+    spec: DestinationSpec[Any],
+    settings_json: dict[str, Any],
+    creds: dict[str, Any],
+    settings: Settings,
 ) -> None:
     """Ask the destination whether it takes these credentials; raises
-    :class:`CredentialsInvalid` naming the problem."""
-    async with httpx.AsyncClient(timeout=VALIDATE_TIMEOUT_SECONDS) as client:
-        await spec.build(client, settings_json, creds, source_id).validate()
+    :class:`CredentialsInvalid` naming the problem (or ``UrlNotAllowed`` when its host
+    now resolves to a refused address)."""
+    async with outbound_client(settings, timeout=VALIDATE_TIMEOUT_SECONDS) as client:
+        dest = spec.build(client, settings_json, creds, settings.flow_export_source_id)
+        await dest.validate()
 
 
 async def create_integration(
@@ -109,8 +130,9 @@ async def create_integration(
     backfill_from, start_now = backfill_start(body.backfill, now)
     if not start_now:
         spec.check_backfill(creds, backfill_from, now)
+    await check_destination_urls(spec, settings_json, settings)
     if validate:
-        await validate_credentials(spec, settings_json, creds, settings.flow_export_source_id)
+        await validate_credentials(spec, settings_json, creds, settings)
     settings_json["backfill"] = (
         body.backfill if isinstance(body.backfill, str) else body.backfill.model_dump(mode="json")
     )
@@ -161,8 +183,10 @@ async def update_integration(
         if given.get(k) is not None:
             settings_json[k] = str(given[k])
     credentials_changed = bool(own)
+    if credentials_changed:
+        await check_destination_urls(spec, settings_json, settings)
     if validate and credentials_changed:
-        await validate_credentials(spec, settings_json, creds, settings.flow_export_source_id)
+        await validate_credentials(spec, settings_json, creds, settings)
     values: dict[str, Any] = {"settings": settings_json}
     if patch.name is not None:
         values["name"] = patch.name

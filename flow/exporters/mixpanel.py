@@ -11,18 +11,25 @@ is the ledger id without dashes (32 characters), Mixpanel's dedup key.
 
 Failure behaviour: 401/403 -> :class:`AuthRejected`; 413 -> :class:`PayloadTooLarge`
 (the cycle splits the batch); 429/5xx/network -> :class:`Retryable` (``Retry-After``
-honoured); anything else -> :class:`DestinationError`.
+honoured); anything else, a redirect included (none is followed) ->
+:class:`DestinationError`.
 
 :data:`MIXPANEL` is its :class:`DestinationSpec`: the create body (``region`` or
 ``api_host``, ``project_token``, and ``api_secret`` or ``service_account`` for
 ``/import``), the fields an edit may change, the masked hint, and the refusal of a
 backfill beyond /track's window when there is no secret to use /import.
+
+Nothing Mixpanel answers reaches an error, a warning or an API answer as text: errors
+carry the status and a fixed reason; a record strict mode refuses is skipped with a
+fixed reason, and Mixpanel's own reason for it is logged (info, truncated) for the
+operator.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -41,11 +48,15 @@ from flow.exporters.base import (
     distinct_id_of,
     insert_id,
     occurred_at,
+    post,
     properties_json,
     retry_after_seconds,
 )
 from flow.exporters.crypto import mask
 from flow.exporters.spec import DestinationSpec, HttpUrlText, IntegrationBody, event_options
+from flow.net.outbound import UNREACHABLE, answered
+
+log = logging.getLogger(__name__)
 
 REGION_HOSTS = {
     "us": "https://api.mixpanel.com",
@@ -59,6 +70,7 @@ TOO_OLD_REASON = (
     "older than 5 days: Mixpanel /track refuses it; add an API secret or a service "
     "account to export it through /import"
 )
+REFUSED_REASON = "refused by Mixpanel's validation (/import strict mode; its reason is logged)"
 
 
 def mixpanel_host(region: str | None, api_host: str | None) -> str:
@@ -149,10 +161,7 @@ class MixpanelDestination:
         return result
 
     async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return await self._client.post(f"{self.host}{path}", **kwargs)
-        except httpx.TransportError as exc:
-            raise Retryable(f"Mixpanel at {self.host} unreachable: {type(exc).__name__}") from exc
+        return await post(self._client, f"{self.host}{path}", what="Mixpanel", **kwargs)
 
     async def _import(self, rows: list[dict[str, Any]]) -> SendResult:
         body = gzip.compress(self.events_json(rows).encode(), compresslevel=1)
@@ -169,20 +178,23 @@ class MixpanelDestination:
             failed = _failed_records(res)
             if failed is None:
                 raise DestinationError(
-                    f"Mixpanel /import at {self.host} refused the batch: {_excerpt(res)}"
+                    f"Mixpanel /import at {self.host} refused the batch: {answered(400)}"
                 )
-            skipped: list[tuple[str, str]] = []
+            by_insert_id = {insert_id(str(r["id"])): str(r["id"]) for r in rows}
+            refused: dict[str, str] = {}
             for rec in failed:
                 index = rec.get("index")
                 ledger_id = (
                     str(rows[index]["id"])
                     if isinstance(index, int) and 0 <= index < len(rows)
-                    else str(rec.get("$insert_id"))
+                    else by_insert_id.get(str(rec.get("$insert_id")), "(unidentified)")
                 )
-                skipped.append(
-                    (ledger_id, f"{rec.get('field', '?')}: {rec.get('message', 'rejected')}")
-                )
-            return SendResult(accepted=len(rows) - len(skipped), skipped=skipped)
+                why = f"{rec.get('field', '?')}: {rec.get('message', 'rejected')}"
+                log.info("Mixpanel /import refused usage event %s: %.200r", ledger_id, why)
+                refused[ledger_id] = REFUSED_REASON
+            return SendResult(
+                accepted=max(0, len(rows) - len(refused)), skipped=list(refused.items())
+            )
         raise _error(res, self.host, "/import")
 
     async def _track(self, rows: list[dict[str, Any]]) -> SendResult:
@@ -196,13 +208,18 @@ class MixpanelDestination:
             try:
                 answer = res.json()
             except ValueError:
-                answer = {"status": 1 if res.text.strip() == "1" else 0, "error": res.text}
+                answer = {"status": 1 if res.text.strip() == "1" else 0, "error": ""}
             if isinstance(answer, dict) and answer.get("status") == 1:
                 return SendResult(accepted=len(rows))
             error = answer.get("error") if isinstance(answer, dict) else answer
             if "token" in str(error).lower():
-                raise AuthRejected(f"Mixpanel /track at {self.host} refused the token: {error}")
-            raise DestinationError(f"Mixpanel /track at {self.host} refused the batch: {error}")
+                raise AuthRejected(
+                    f"Mixpanel /track at {self.host} refused the project token; "
+                    "edit the integration's credentials to resume"
+                )
+            raise DestinationError(
+                f"Mixpanel /track at {self.host} refused the batch (it answered status 0)"
+            )
         raise _error(res, self.host, "/track")
 
     async def validate(self) -> None:
@@ -210,20 +227,13 @@ class MixpanelDestination:
             raise CredentialsInvalid("bad token: a Mixpanel project token is letters and digits")
         try:
             if self.uses_import:
-                res = await self._client.post(
-                    f"{self.host}/import",
-                    params=self._params,
-                    json=[],
-                    auth=self._basic_auth(),
+                res = await self._post(
+                    "/import", params=self._params, json=[], auth=self._basic_auth()
                 )
             else:
-                res = await self._client.post(
-                    f"{self.host}/track", params={"verbose": "1"}, json=[]
-                )
-        except httpx.TransportError as exc:
-            raise CredentialsInvalid(
-                f"unreachable host: cannot reach Mixpanel at {self.host} ({type(exc).__name__})"
-            ) from exc
+                res = await self._post("/track", params={"verbose": "1"}, json=[])
+        except Retryable:
+            raise CredentialsInvalid(f"unreachable host: {UNREACHABLE}") from None
         if res.status_code in (401, 403):
             what = "service account" if "project_id" in self._params else "API secret"
             raise CredentialsInvalid(
@@ -232,7 +242,7 @@ class MixpanelDestination:
             )
         if res.status_code not in (200, 400):
             raise CredentialsInvalid(
-                f"unexpected answer from Mixpanel at {self.host}: HTTP {res.status_code} "
+                f"unexpected answer from Mixpanel at {self.host}: {answered(res.status_code)} "
                 "(is this a Mixpanel API host?)"
             )
 
@@ -246,10 +256,6 @@ def _failed_records(res: httpx.Response) -> list[dict[str, Any]] | None:
     return failed if isinstance(failed, list) and failed else None
 
 
-def _excerpt(res: httpx.Response) -> str:
-    return f"HTTP {res.status_code} {res.text[:300]}"
-
-
 def _error(res: httpx.Response, host: str, path: str) -> DestinationError:
     code = res.status_code
     if code in (401, 403):
@@ -261,10 +267,10 @@ def _error(res: httpx.Response, host: str, path: str) -> DestinationError:
         return PayloadTooLarge(f"Mixpanel {path} at {host} answered 413 (request too large)")
     if code == 429 or code >= 500:
         return Retryable(
-            f"Mixpanel {path} at {host} answered HTTP {code}",
+            f"Mixpanel {path} at {host}: {answered(code)}",
             retry_after_seconds(res.headers.get("Retry-After")),
         )
-    return DestinationError(f"Mixpanel {path} at {host} refused the batch: {_excerpt(res)}")
+    return DestinationError(f"Mixpanel {path} at {host} refused the batch: {answered(code)}")
 
 
 class ServiceAccount(BaseModel):

@@ -5,7 +5,8 @@ The body is PostHog's batch format (``api_key``, ``batch``, ``historical_migrati
 uses to deduplicate a resent event. PostHog answers exactly 200 for an accepted batch.
 Failure behaviour: 401/403 -> :class:`AuthRejected`; 413 -> :class:`PayloadTooLarge`;
 408/429/5xx and network errors -> :class:`Retryable` (with ``Retry-After``); any other
-status -> :class:`DestinationError`. Credentials are checked before saving with a feature
+status, a redirect included (none is followed) -> :class:`DestinationError`. Messages
+carry the status, never PostHog's answer. Credentials are checked before saving with a feature
 flags request, which, unlike ``/batch/``, looks the project key up and answers 401 for a
 key that does not exist on that host (a wrong key, or a project in the other region).
 
@@ -34,11 +35,13 @@ from flow.exporters.base import (
     SendResult,
     distinct_id_of,
     export_uuid,
+    post,
     properties_json,
     retry_after_seconds,
 )
 from flow.exporters.crypto import mask
 from flow.exporters.spec import DestinationSpec, HttpUrlText, IntegrationBody, event_options
+from flow.net.outbound import UNREACHABLE, answered
 
 REGION_HOSTS = {"us": "https://us.i.posthog.com", "eu": "https://eu.i.posthog.com"}
 MAX_BATCH = 2000  # ~1.5 MB of JSON, far below PostHog's 20 MB body limit
@@ -106,14 +109,13 @@ class PostHogDestination:
         if not rows:
             return SendResult()
         body = self.body(rows, historical=historical)
-        try:
-            res = await self._client.post(
-                f"{self.host}/batch/",
-                content=body,
-                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
-            )
-        except httpx.TransportError as exc:
-            raise Retryable(f"PostHog at {self.host} unreachable: {type(exc).__name__}") from exc
+        res = await post(
+            self._client,
+            f"{self.host}/batch/",
+            what="PostHog",
+            content=body,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
         if res.status_code == 200:
             return SendResult(accepted=len(rows))
         raise _error(res, self.host)
@@ -127,14 +129,14 @@ class PostHogDestination:
             )
             raise CredentialsInvalid(f"bad key: a PostHog project API key starts with phc_{hint}")
         try:
-            res = await self._client.post(
+            res = await post(
+                self._client,
                 f"{self.host}/flags/?v=2",
+                what="PostHog",
                 json={"api_key": self._key, "distinct_id": "flow-credentials-check"},
             )
-        except httpx.TransportError as exc:
-            raise CredentialsInvalid(
-                f"unreachable host: cannot reach PostHog at {self.host} ({type(exc).__name__})"
-            ) from exc
+        except Retryable:
+            raise CredentialsInvalid(f"unreachable host: {UNREACHABLE}") from None
         if res.status_code in (401, 403):
             raise CredentialsInvalid(
                 f"bad key: PostHog at {self.host} does not know this project API key "
@@ -142,7 +144,7 @@ class PostHogDestination:
             )
         if res.status_code != 200:
             raise CredentialsInvalid(
-                f"unexpected answer from PostHog at {self.host}: HTTP {res.status_code} "
+                f"unexpected answer from PostHog at {self.host}: {answered(res.status_code)} "
                 "(is this a PostHog host?)"
             )
 
@@ -158,10 +160,10 @@ def _error(res: httpx.Response, host: str) -> DestinationError:
         return PayloadTooLarge(f"PostHog at {host} answered 413 (batch too large)")
     if code in (408, 429) or code >= 500:
         return Retryable(
-            f"PostHog at {host} answered HTTP {code}",
+            f"PostHog at {host}: {answered(code)}",
             retry_after_seconds(res.headers.get("Retry-After")),
         )
-    return DestinationError(f"PostHog at {host} refused the batch: HTTP {code}")
+    return DestinationError(f"PostHog at {host} refused the batch: {answered(code)}")
 
 
 class PostHogCreate(IntegrationBody):

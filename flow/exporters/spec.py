@@ -10,6 +10,12 @@ stands for the credentials, and how to build the :class:`Destination` that sends
 Failure behaviour: a body pydantic refuses never reaches a spec; a spec refuses what
 only it can judge (a value valid for another destination, a backfill it cannot send)
 with :class:`IntegrationInputError`, before anything is saved.
+
+Where a destination sends: every URL in its settings that a customer chose is named by
+:meth:`DestinationSpec.urls` (the ``host_setting``'s by default). Each must pass the
+outbound-URL policy (:mod:`flow.net.outbound`) when the integration is created or
+edited (400 ``url_not_allowed`` otherwise), and the destination is built with a client
+that checks it again on every connection and connects only to the address it checked.
 """
 
 from __future__ import annotations
@@ -138,7 +144,17 @@ class DestinationSpec(ABC, Generic[BodyT]):
         creds: dict[str, Any],
         source_id: str,
     ) -> Destination:
-        """The destination that sends through ``client`` with these settings."""
+        """The destination that sends through ``client`` (an outbound client, see
+        :func:`flow.net.outbound.outbound_client`) with these settings; it sends only
+        through it (:func:`flow.exporters.base.post`)."""
+
+    def urls(self, settings_json: dict[str, Any]) -> dict[str, str]:
+        """The URLs in these settings a customer chose (a host, a proxy), by setting
+        name: each must pass the outbound-URL policy before the integration is saved.
+        The ``host_setting``'s, by default; a destination with a fixed host has none to
+        check at saving, and its client still checks every connection."""
+        url = settings_json.get(self.host_setting) if self.host_setting else None
+        return {str(self.host_setting): str(url)} if url else {}
 
     def cli_value(self, field: str, text: str) -> Any:
         """A create field's value from its command-line text (the text itself unless

@@ -11,11 +11,13 @@ integration's :class:`DestinationSpec` (:mod:`flow.exporters.registry`).
 
 Failure behaviour: 429/5xx/network errors back off exponentially (``Retry-After``
 honoured) and, once the attempts are spent, end the cycle with the integration still
-``active`` and a retry scheduled; 401/403 and other refusals put it in ``error`` with the
-destination's message; 413 splits the batch. Rows a destination refuses on their own
-(Mixpanel strict mode, too old for /track) are logged with the reason, counted as
-skipped, and never resent. A lost lease ends the cycle without releasing (the new
-holder owns the row); a pause or deletion seen mid-cycle ends it and releases the lease.
+``active`` and a retry scheduled; 401/403 and other refusals put it in ``error`` with a
+fixed reason (the status; a host the outbound-URL policy now refuses is
+``url_not_allowed: <rule>``, nothing sent); 413 splits the batch. Rows a destination
+refuses on their own (Mixpanel strict mode, too old for /track) are logged with the
+reason, counted as skipped, and never resent. A lost lease ends the cycle without
+releasing (the new holder owns the row); a pause or deletion seen mid-cycle ends it and
+releases the lease.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from flow.exporters.base import (
 )
 from flow.exporters.crypto import CredentialBox, CredentialsUnreadable, SecretKeyMissing
 from flow.exporters.registry import spec_for
+from flow.net.outbound import UrlNotAllowed, outbound_client
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +112,7 @@ class Exporter:
         self.sb = sb
         self.settings = settings
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS)
+        self.http = http or outbound_client(settings, timeout=HTTP_TIMEOUT_SECONDS)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.page_size = page_size
         self.lease_seconds = lease_seconds
@@ -233,6 +236,8 @@ class Exporter:
             retry_in = int(min(self.backoff_max_seconds * 5, 300))
         except (DestinationError, CredentialsUnreadable, SecretKeyMissing) as exc:
             outcome.status, outcome.error = "error", str(exc)
+        except UrlNotAllowed as exc:
+            outcome.status, outcome.error = "error", f"url_not_allowed: {exc}"
         except (DatabaseUnavailable, DatabaseError) as exc:
             # The lease expires by itself; the next cycle resumes from the cursor.
             log.warning("export %s: database error, will resume: %s", iid, exc)

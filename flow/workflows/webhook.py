@@ -9,10 +9,12 @@ decimal strings) and insights. It is signed like Stripe's webhooks: header
 Delivery is retried with exponential backoff on network errors, 408, 429 and 5xx;
 other 4xx answers stop it. Redirects are not followed.
 
-Server-side request forgery: a URL whose host resolves to a private, loopback,
-link-local, multicast or reserved address is refused (at join, by
-:func:`validate_webhook_url`, and again before each delivery in case DNS changed),
-unless ``FLOW_WEBHOOK_ALLOW_PRIVATE=true``.
+Server-side request forgery: the URL obeys Flow's outbound-URL policy
+(:mod:`flow.net.outbound`). It is checked at join (:func:`validate_webhook_url`) and on
+every delivery attempt, by the client that connects only to the address it checked
+(DNS rebinding cannot redirect a delivery to a private address). A refused URL is
+never retried; ``FLOW_ALLOW_PRIVATE_URLS=true`` (development only) lets local
+receivers work. Nothing of the receiver's answer but its status is used.
 """
 
 from __future__ import annotations
@@ -20,115 +22,58 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
-import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from flow.config import Settings
 from flow.db.call_state import CallStatus
 from flow.metering.events import event_id_from
+from flow.net.outbound import (
+    UNREACHABLE,
+    Resolver,
+    UrlNotAllowed,
+    answered,
+    check_url,
+    check_url_shape,
+    outbound_client,
+)
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Flow-Signature"
 EVENT_ID_HEADER = "Flow-Event-Id"
 EVENT_TYPE_HEADER = "Flow-Event"
-MAX_URL_LENGTH = 2048
 TIMEOUT_SECONDS = 10.0
-DNS_TIMEOUT_SECONDS = 3.0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKOFF_SECONDS = 1.0
 SIGNATURE_TOLERANCE_SECONDS = 300
 
 
 class WebhookURLError(ValueError):
-    """A webhook URL Flow will not call; ``str(exc)`` says why (for a 4xx answer)."""
-
-
-def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-        or not address.is_global
-    )
-
-
-def check_url_shape(url: str, settings: Settings) -> tuple[str, int]:
-    """Scheme, length, host and credentials; returns (host, port). No network."""
-    if not isinstance(url, str) or not url:
-        raise WebhookURLError("webhook_url must be a non-empty URL")
-    if len(url) > MAX_URL_LENGTH:
-        raise WebhookURLError(f"webhook_url is longer than {MAX_URL_LENGTH} characters")
-    parts = urlsplit(url)
-    allowed = ("https",) if settings.flow_env == "production" else ("https", "http")
-    if parts.scheme not in allowed:
-        raise WebhookURLError(f"webhook_url must use {' or '.join(allowed)}")
-    if not parts.hostname:
-        raise WebhookURLError("webhook_url has no host")
-    if parts.username or parts.password:
-        raise WebhookURLError("webhook_url must not carry credentials")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise WebhookURLError("webhook_url has an invalid port") from exc
-    if not settings.flow_webhook_secret.get_secret_value():
-        raise WebhookURLError("webhooks are disabled on this server (FLOW_WEBHOOK_SECRET is unset)")
-    return parts.hostname, port
+    """Webhooks cannot be sent from this server; ``str(exc)`` says why (for a 4xx)."""
 
 
 async def validate_webhook_url(
-    url: str, settings: Settings, *, require_resolution: bool = False
+    url: str,
+    settings: Settings,
+    *,
+    require_resolution: bool = False,
+    resolver: Resolver | None = None,
 ) -> str:
-    """Refuse a URL Flow must not call (raises :class:`WebhookURLError` with the reason);
-    returns the URL. Resolves the host: every address must be public unless
-    ``FLOW_WEBHOOK_ALLOW_PRIVATE`` is set. A host that does not resolve (yet) passes
-    unless ``require_resolution``: delivery checks again and refuses it then."""
-    host, port = check_url_shape(url, settings)
-    if settings.flow_webhook_allow_private:
-        return url
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None:
-        addresses = [literal]
-    else:
-        try:
-            infos = await asyncio.wait_for(
-                asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM),
-                DNS_TIMEOUT_SECONDS,
-            )
-        except (OSError, UnicodeError, TimeoutError) as exc:
-            if not require_resolution:
-                return url
-            raise WebhookURLError(f"webhook_url host {host!r} does not resolve") from exc
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    if not addresses:
-        if not require_resolution:
-            return url
-        raise WebhookURLError(f"webhook_url host {host!r} does not resolve")
-    for address in addresses:
-        if not _is_public(address):
-            raise WebhookURLError(
-                f"webhook_url resolves to a private, loopback or link-local address "
-                f"({address}); refused"
-            )
-    return url
+    """Refuse a webhook Flow will not send: :class:`WebhookURLError` when webhooks are
+    disabled (no ``FLOW_WEBHOOK_SECRET``), :class:`UrlNotAllowed` naming the rule for a
+    URL the outbound policy refuses. Returns the URL. A host that does not resolve (yet)
+    passes unless ``require_resolution``: every delivery checks again."""
+    if not settings.flow_webhook_secret.get_secret_value():
+        raise WebhookURLError("webhooks are disabled on this server (FLOW_WEBHOOK_SECRET is unset)")
+    return await check_url(url, settings, resolver=resolver, require_resolution=require_resolution)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -203,10 +148,10 @@ class WebhookSender:
     """Delivers signed webhook events with retries.
 
     Parameters:
-        settings: provides the secret and the private-address policy.
+        settings: provides the secret and the outbound-URL policy.
         max_attempts: deliveries tried before giving up.
         backoff_seconds: the first wait; each retry doubles it.
-        transport: an httpx transport (tests only).
+        resolver: resolves the receiver's host (default: the system's; tests).
     """
 
     def __init__(
@@ -215,25 +160,28 @@ class WebhookSender:
         *,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
-        transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.settings = settings
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
-        self._transport = transport
+        self._resolver = resolver
 
     async def deliver(self, url: str, event_type: str, thread: Mapping[str, Any]) -> bool:
         """Send one event; True once the receiver answered 2xx. Never raises."""
+        thread_id = thread.get("workflow_thread_id")
+        secret = self.settings.flow_webhook_secret.get_secret_value()
         try:
-            await validate_webhook_url(url, self.settings, require_resolution=True)
-        except WebhookURLError as exc:
-            log.warning("webhook for thread %s refused: %s", thread.get("workflow_thread_id"), exc)
+            if not secret:
+                raise WebhookURLError("webhooks are disabled (FLOW_WEBHOOK_SECRET is unset)")
+            check_url_shape(url, self.settings)
+        except (WebhookURLError, UrlNotAllowed) as exc:
+            log.warning("webhook for thread %s refused: %s", thread_id, exc)
             return False
         payload = build_payload(event_type, thread)
         body = encode(payload)
-        secret = self.settings.flow_webhook_secret.get_secret_value()
-        async with httpx.AsyncClient(
-            timeout=TIMEOUT_SECONDS, follow_redirects=False, transport=self._transport
+        async with outbound_client(
+            self.settings, timeout=TIMEOUT_SECONDS, resolver=self._resolver
         ) as client:
             for attempt in range(self.max_attempts):
                 headers = {
@@ -249,13 +197,18 @@ class WebhookSender:
                     if 200 <= res.status_code < 300:
                         return True
                     retry = res.status_code in (408, 429) or res.status_code >= 500
-                    reason = f"HTTP {res.status_code}"
-                except httpx.HTTPError as exc:
-                    reason = exc.__class__.__name__
+                    reason = answered(res.status_code)
+                except UrlNotAllowed as exc:
+                    # Checked on this very connection: the host now resolves to an
+                    # address Flow must not call.
+                    log.warning("webhook for thread %s refused: %s", thread_id, exc)
+                    return False
+                except httpx.HTTPError:
+                    reason = UNREACHABLE
                 log.warning(
                     "webhook %s for thread %s: attempt %d failed (%s)",
                     event_type,
-                    thread.get("workflow_thread_id"),
+                    thread_id,
                     attempt + 1,
                     reason,
                 )

@@ -1,6 +1,6 @@
 """The tree tells the story: imports point one way, and the API starts without Pipecat.
 
-api, cli -> workflows, bot, auth, exporters -> analytics -> metering -> db -> config
+api, cli -> workflows, bot, auth, exporters -> analytics -> metering -> db, net -> config
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ LAYERS = {
     "config": 0,
     "logs": 0,
     "db": 1,
+    "net": 1,
     "metering": 2,
     "analytics": 3,
     "auth": 4,

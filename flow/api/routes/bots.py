@@ -35,6 +35,7 @@ from flow.bot.services import configuration_problem
 from flow.db import call_state
 from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, ErrorStage, StopOutcome
+from flow.net.outbound import UrlNotAllowed
 from flow.workflows.webhook import WebhookURLError, validate_webhook_url
 
 router = APIRouter(prefix="/api/bot", tags=["bots"], responses=ERROR_RESPONSES)
@@ -213,6 +214,8 @@ async def join(
     if webhook_url:
         try:
             await validate_webhook_url(webhook_url, settings)
+        except UrlNotAllowed as exc:
+            raise ApiError(400, "url_not_allowed", f"webhook_url: {exc}") from None
         except WebhookURLError as exc:
             raise ApiError(400, "invalid_webhook_url", str(exc)) from None
     row = await threads_repo.create_thread(

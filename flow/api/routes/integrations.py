@@ -4,7 +4,10 @@ Mixpanel on a schedule.
 An integration exports the calling key's usage only (operators export every key with
 ``flow integrations add --all-keys``). Credentials are validated against the destination
 before saving (422 ``invalid_credentials`` names the problem: bad key, wrong region,
-unreachable host), stored encrypted, and only ever returned as a masked hint. The detail
+unreachable host), stored encrypted, and only ever returned as a masked hint. A ``host``
+or ``api_host`` the outbound-URL policy refuses (a private, loopback, link-local or
+metadata address, userinfo, http in production) is 400 ``url_not_allowed`` naming the
+rule, and nothing is sent to it. No answer ever carries what a destination answered. The detail
 shows status, last sync, last error, events exported and the cursor's position.
 """
 
@@ -23,6 +26,7 @@ from flow.exporters import integrations as service
 from flow.exporters.base import CredentialsInvalid, IntegrationInputError
 from flow.exporters.crypto import CredentialsUnreadable, SecretKeyMissing
 from flow.exporters.registry import IntegrationCreate, IntegrationPatch
+from flow.net.outbound import UrlNotAllowed
 
 router = APIRouter(prefix="/api/integrations", tags=["integrations"], responses=ERROR_RESPONSES)
 
@@ -70,6 +74,8 @@ def _not_found(integration_id: str) -> ApiError:
 
 
 def _refusal(exc: Exception) -> ApiError:
+    if isinstance(exc, UrlNotAllowed):
+        return ApiError(400, "url_not_allowed", str(exc))
     if isinstance(exc, CredentialsInvalid):
         return ApiError(422, "invalid_credentials", str(exc))
     if isinstance(exc, SecretKeyMissing):
@@ -79,7 +85,13 @@ def _refusal(exc: Exception) -> ApiError:
     return ApiError(422, "invalid_integration", str(exc))
 
 
-_CHECKED = (CredentialsInvalid, SecretKeyMissing, CredentialsUnreadable, IntegrationInputError)
+_CHECKED = (
+    UrlNotAllowed,
+    CredentialsInvalid,
+    SecretKeyMissing,
+    CredentialsUnreadable,
+    IntegrationInputError,
+)
 
 
 def _uuid_or_404(integration_id: str) -> str:
