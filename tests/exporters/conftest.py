@@ -33,6 +33,8 @@ def export_settings(settings: Settings) -> Settings:
             "flow_secret_key": SecretStr(FLOW_SECRET),
             "unkey_root_key": SecretStr(""),
             "flow_sync_tick_seconds": 0.2,
+            # The sinks listen on 127.0.0.1.
+            "flow_allow_private_urls": True,
         }
     )
 

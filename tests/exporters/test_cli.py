@@ -20,9 +20,18 @@ pytestmark = pytest.mark.usefixtures("cleanup_integrations")
 ROOT = str(Path(__file__).resolve().parents[2])
 
 
-async def flow(stack: localstack.StackInfo, *args: str) -> tuple[int, str, str]:
+async def flow(
+    stack: localstack.StackInfo, *args: str, **extra_env: str
+) -> tuple[int, str, str]:
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, **stack.env(), "FLOW_SECRET_KEY": FLOW_SECRET, "PYTHONPATH": path}
+    env = {
+        **os.environ,
+        **stack.env(),
+        "FLOW_SECRET_KEY": FLOW_SECRET,
+        "PYTHONPATH": path,
+        "FLOW_ALLOW_PRIVATE_URLS": "true",  # the sink listens on 127.0.0.1
+        **extra_env,
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -41,3 +41,17 @@ def test_readme_configuration_table_is_generated_from_settings() -> None:
     assert current == table, "README's configuration table is stale: run scripts/config-table"
     for row in table.splitlines()[2:]:
         assert row.rsplit("|", 2)[1].strip(), f"env.example does not describe {row}"
+
+
+def test_private_urls_are_refused_in_production() -> None:
+    with pytest.raises(ValueError, match="FLOW_ALLOW_PRIVATE_URLS is for development only"):
+        Settings(flow_env="production", flow_allow_private_urls=True)
+    assert Settings(flow_env="development", flow_allow_private_urls=True).flow_allow_private_urls
+    assert not Settings(flow_env="production").flow_allow_private_urls
+
+
+def test_the_former_webhook_setting_name_is_still_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOW_WEBHOOK_ALLOW_PRIVATE", "true")
+    assert Settings(flow_env="development").flow_allow_private_urls
+    with pytest.raises(ValueError, match="FLOW_ALLOW_PRIVATE_URLS"):
+        Settings(flow_env="production")

@@ -1,8 +1,11 @@
-"""Signed webhooks against a local receiver, and the private-address guard."""
+"""Signed webhooks against a local receiver, and the outbound-URL policy at join and at
+every delivery (private addresses, DNS rebinding, redirects)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +17,7 @@ from supabase import AsyncClient
 from flow.analytics.posthog import PostHogAnalytics
 from flow.config import Settings
 from flow.db import threads as threads_repo
+from flow.net.outbound import IPAddress, UrlNotAllowed
 from flow.workflows.bot_call import BotCallWorkflow
 from flow.workflows.extract_insights import InsightsExtractor
 from flow.workflows.webhook import (
@@ -26,6 +30,7 @@ from flow.workflows.webhook import (
     verify_signature,
 )
 from tests.fakes.openai_json_server import OpenAIJSONServer, ScriptedAnswer
+from tests.refused_urls import REFUSED, refused_ids
 from tests.workflows.support import (
     GOOD_INSIGHTS,
     FakeCallResult,
@@ -41,8 +46,11 @@ SECRET = "whsec-test-0123456789"
 class Receiver:
     """A webhook endpoint: answers the scripted statuses in order (then 200)."""
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    def __init__(
+        self, statuses: list[int] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         self.statuses = list(statuses or [])
+        self.headers = headers or {}
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.arrived = threading.Event()
         receiver = self
@@ -56,6 +64,8 @@ class Receiver:
                 receiver.received.append((dict(self.headers.items()), body))
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 self.send_response(status)
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 if status == 200:
@@ -84,7 +94,7 @@ def hook_settings(settings: Settings, **update: Any) -> Settings:
     return workflow_settings(
         settings,
         flow_webhook_secret=SECRET,
-        flow_webhook_allow_private=update.pop("allow_private", True),
+        flow_allow_private_urls=update.pop("allow_private", True),
         posthog_api_key="",
         **update,
     )
@@ -158,32 +168,21 @@ async def test_failed_step_sends_call_failed_with_the_stage(
         receiver.close()
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://127.0.0.1:8080/hook",
-        "http://localhost/hook",
-        "https://10.1.2.3/hook",
-        "https://192.168.0.10/hook",
-        "http://169.254.169.254/latest/meta-data",
-        "http://[::1]/hook",
-        "http://[::ffff:127.0.0.1]/hook",
-        "http://0.0.0.0/hook",
-    ],
-)
-async def test_private_loopback_and_link_local_urls_are_refused(
-    settings: Settings, url: str
+@pytest.mark.parametrize(("template", "rule"), REFUSED, ids=refused_ids())
+async def test_refused_addresses_in_every_spelling_are_refused(
+    settings: Settings, template: str, rule: str
 ) -> None:
-    with pytest.raises(WebhookURLError, match="private, loopback or link-local"):
-        await validate_webhook_url(url, hook_settings(settings, allow_private=False))
+    strict = hook_settings(settings, allow_private=False)
+    with pytest.raises(UrlNotAllowed, match=re.escape(rule)):
+        await validate_webhook_url(template.format(port=8080) + "/hook", strict)
 
 
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
-        ("ftp://example.com/x", "must use"),
+        ("ftp://example.com/x", "only http and https"),
         ("https:///nohost", "no host"),
-        ("https://user:pw@93.184.216.34/x", "credentials"),
+        ("https://user:pw@93.184.216.34/x", "userinfo is not allowed"),
         ("https://no-such-host.invalid/x", "does not resolve"),
     ],
 )
@@ -191,7 +190,7 @@ async def test_malformed_urls_are_refused_with_the_reason(
     settings: Settings, url: str, reason: str
 ) -> None:
     strict = hook_settings(settings, allow_private=False)
-    with pytest.raises(WebhookURLError, match=reason):
+    with pytest.raises(UrlNotAllowed, match=reason):
         await validate_webhook_url(url, strict, require_resolution=True)
 
 
@@ -210,6 +209,11 @@ async def test_public_address_passes_and_private_passes_only_when_allowed(
     strict = hook_settings(settings, allow_private=False)
     assert await validate_webhook_url("https://93.184.216.34/hook", strict)
     assert await validate_webhook_url("http://127.0.0.1:1/hook", hook_settings(settings))
+    with pytest.raises(UrlNotAllowed, match="https is required in production"):
+        await validate_webhook_url(
+            "http://93.184.216.34/hook",
+            hook_settings(settings, allow_private=False, flow_env="production"),
+        )
 
 
 async def test_webhooks_need_a_secret(settings: Settings) -> None:
@@ -231,6 +235,45 @@ async def test_delivery_to_a_private_address_is_refused_at_send_time_too(
         receiver.close()
 
 
+async def test_a_host_rebound_to_loopback_after_the_join_receives_nothing(
+    settings: Settings,
+) -> None:
+    public = ipaddress.ip_address("93.184.215.14")
+    lookups: list[str] = []
+
+    async def rebinding(host: str, port: int) -> list[IPAddress]:
+        # Public when the join checks the URL, loopback for every delivery after.
+        lookups.append(host)
+        return [public] if len(lookups) == 1 else [ipaddress.ip_address("127.0.0.1")]
+
+    receiver = Receiver()
+    try:
+        strict = hook_settings(settings, allow_private=False)
+        url = f"http://hooks.rebind.example.com:{receiver.server.server_address[1]}/hook"
+        assert await validate_webhook_url(url, strict, resolver=rebinding) == url
+        sender = WebhookSender(strict, backoff_seconds=0.01, resolver=rebinding)
+        thread = {"workflow_thread_id": "00000000-0000-0000-0000-000000000003"}
+        assert await sender.deliver(url, "call.completed", thread) is False
+        assert receiver.received == []
+        assert len(lookups) == 2  # refused on the first attempt, never retried
+    finally:
+        receiver.close()
+
+
+async def test_a_redirect_is_not_followed(settings: Settings) -> None:
+    elsewhere = Receiver()
+    receiver = Receiver([302, 302], headers={"Location": elsewhere.url})
+    try:
+        sender = WebhookSender(hook_settings(settings), backoff_seconds=0.01)
+        thread = {"workflow_thread_id": "00000000-0000-0000-0000-000000000004"}
+        assert await sender.deliver(receiver.url, "call.completed", thread) is False
+        assert len(receiver.received) == 1  # a 3xx is a failure, not retried
+        assert elsewhere.received == []
+    finally:
+        receiver.close()
+        elsewhere.close()
+
+
 def test_stale_signature_is_rejected() -> None:
     header = sign(SECRET, 1_000_000, b"{}")
     assert verify_signature(SECRET, header, b"{}", now=1_000_100)
@@ -238,25 +281,30 @@ def test_stale_signature_is_rejected() -> None:
     assert not verify_signature(SECRET, "garbage", b"{}")
 
 
-@pytest.mark.parametrize(
-    "url", ["http://169.254.169.254/latest/meta-data", "http://localhost:8080/hook"]
-)
-async def test_join_refuses_a_private_webhook_url_with_a_clear_400(
-    settings: Settings, sb: AsyncClient, api_key: dict[str, Any], url: str
+@pytest.mark.parametrize(("template", "rule"), REFUSED, ids=refused_ids())
+async def test_join_refuses_a_webhook_url_the_policy_refuses_with_a_clear_400(
+    settings: Settings, sb: AsyncClient, api_key: dict[str, Any], template: str, rule: str
 ) -> None:
     from tests.api.conftest import bearer, serve
     from tests.api.recording_runner import RecordingRunner
 
     s = hook_settings(settings, allow_private=False, unkey_root_key="")
     runner = RecordingRunner()
-    async with serve(s, runner) as client:
-        res = await client.post(
-            "/api/bot/join",
-            json={"transport": "simulated", "script": ["hi"], "webhook_url": url},
-            headers=bearer(api_key),
-        )
+    receiver = Receiver()
+    try:
+        url = template.format(port=receiver.server.server_address[1]) + "/hooks/flow"
+        async with serve(s, runner) as client:
+            res = await client.post(
+                "/api/bot/join",
+                json={"transport": "simulated", "script": ["hi"], "webhook_url": url},
+                headers=bearer(api_key),
+            )
+    finally:
+        receiver.close()
     assert res.status_code == 400, res.text
     body = res.json()
-    assert body["error"] == "invalid_webhook_url"
-    assert "private, loopback or link-local" in body["message"]
+    assert body["error"] == "url_not_allowed"
+    assert body["message"].startswith("webhook_url: ")
+    assert rule in body["message"]
     assert runner.submitted == []
+    assert receiver.received == []
