@@ -20,9 +20,7 @@ pytestmark = pytest.mark.usefixtures("cleanup_integrations")
 ROOT = str(Path(__file__).resolve().parents[2])
 
 
-async def flow(
-    stack: localstack.StackInfo, *args: str, **extra_env: str
-) -> tuple[int, str, str]:
+async def flow(stack: localstack.StackInfo, *args: str, **extra_env: str) -> tuple[int, str, str]:
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     env = {
         **os.environ,
@@ -121,3 +119,24 @@ async def test_a_key_is_named_by_its_prefix_and_an_unknown_key_is_an_error(
     code, out, err = await flow(stack, "integrations", "list", "--key", "no-such-key")
     assert code == 1 and out == ""
     assert err.startswith("error: no key matches 'no-such-key'")
+
+
+async def test_a_refused_host_prints_the_rule_and_sends_nothing(
+    stack: localstack.StackInfo, posthog_sink: PostHogSink, api_key: dict[str, Any]
+) -> None:
+    code, out, err = await flow(
+        stack,
+        "integrations",
+        "add",
+        "posthog",
+        "--key-id",
+        api_key["id"],
+        "--host",
+        f"http://0x7f000001:{posthog_sink.port}",
+        "--project-api-key",
+        PH_KEY,
+        FLOW_ALLOW_PRIVATE_URLS="false",
+    )
+    assert code == 2 and out == ""
+    assert err == "error: host: host resolves to a loopback address (127.0.0.1); refused\n"
+    assert posthog_sink.requests == []

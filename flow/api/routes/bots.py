@@ -185,7 +185,12 @@ def _at_capacity(retry_after_seconds: int) -> ApiError:
     "/join",
     status_code=202,
     response_model=JoinResponse,
-    responses={400: {"model": ErrorBody, "description": "Transport not allowed here"}},
+    responses={
+        400: {
+            "model": ErrorBody,
+            "description": "Transport not allowed here, or a webhook_url Flow will not call",
+        }
+    },
 )
 async def join(
     body: JoinRequest,

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel
 
 from flow.api.deps import ApiKeyDep, SettingsDep, SupabaseDep
-from flow.api.errors import ERROR_RESPONSES, ApiError
+from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from flow.db import integrations as integrations_db
 from flow.exporters import integrations as service
 from flow.exporters.base import CredentialsInvalid, IntegrationInputError
@@ -101,7 +101,12 @@ def _uuid_or_404(integration_id: str) -> str:
         raise _not_found(integration_id) from None
 
 
-@router.post("", status_code=201, response_model=Integration)
+_URL_REFUSED: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A host Flow will not call (url_not_allowed)"}
+}
+
+
+@router.post("", status_code=201, response_model=Integration, responses=_URL_REFUSED)
 async def create_integration(
     body: Annotated[IntegrationCreate, Body()],
     api_key: ApiKeyDep,
@@ -129,7 +134,7 @@ async def get_integration(integration_id: str, api_key: ApiKeyDep, sb: SupabaseD
     return _view(row)
 
 
-@router.patch("/{integration_id}", response_model=Integration)
+@router.patch("/{integration_id}", response_model=Integration, responses=_URL_REFUSED)
 async def update_integration(
     integration_id: str,
     patch: IntegrationPatch,
