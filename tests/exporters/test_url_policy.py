@@ -395,3 +395,22 @@ async def test_redirects_are_not_followed_when_checking_or_sending(
         assert elsewhere.requests == []
     finally:
         await elsewhere.stop()
+
+
+async def test_production_refuses_an_http_host(
+    settings: Settings, auth: dict[str, str], posthog_sink: PostHogSink
+) -> None:
+    production = configured(settings, allow_private=False).model_copy(
+        update={"flow_env": "production"}
+    )
+    async with api(production) as client:
+        for provider in ("posthog", "mixpanel"):
+            res = await client.post(
+                "/api/integrations",
+                headers=auth,
+                json=body_for(provider, "http://analytics.example.com"),
+            )
+            assert res.status_code == 400, res.text
+            assert res.json()["error"] == "url_not_allowed"
+            assert "https is required in production" in res.json()["message"]
+    assert posthog_sink.requests == []

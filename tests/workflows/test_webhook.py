@@ -308,3 +308,25 @@ async def test_join_refuses_a_webhook_url_the_policy_refuses_with_a_clear_400(
     assert rule in body["message"]
     assert runner.submitted == []
     assert receiver.received == []
+
+
+async def test_join_in_production_refuses_an_http_webhook_url(
+    settings: Settings, sb: AsyncClient, api_key: dict[str, Any]
+) -> None:
+    from tests.api.conftest import bearer, serve
+    from tests.api.recording_runner import RecordingRunner
+
+    s = hook_settings(settings, allow_private=False, unkey_root_key="", flow_env="production")
+    runner = RecordingRunner()
+    join = {
+        "room_url": "https://example.daily.co/standup",
+        "webhook_url": "http://hooks.example.com/flow",
+    }
+    async with serve(s, runner) as client:
+        res = await client.post("/api/bot/join", json=join, headers=bearer(api_key))
+    assert res.status_code == 400, res.text
+    assert res.json() == {
+        "error": "url_not_allowed",
+        "message": "webhook_url: https is required in production",
+    }
+    assert runner.submitted == []
