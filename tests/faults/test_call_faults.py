@@ -177,9 +177,10 @@ async def test_kill_9_mid_call_loses_and_doubles_nothing(
         row = await settled(sb, tid, spool, statuses=("failed", "completed"))
     if row["status"] == "failed":
         assert row["error_code"] == "instance_lost"
-    result = tally(f"kill -9 mid-call (seed {seed})", vendor, await call_ledger(sb, tid))
+    rows = await call_ledger(sb, tid)
+    result = tally(f"kill -9 mid-call (seed {seed})", vendor, rows)
     result.report()
-    assert (result.lost, result.doubled) == (0, 0)
+    assert (result.lost, result.doubled) == (0, 0), (rows, vendor.served, vendor.speech)
     assert result.metered > 0 or vendor.served, "the kill came after the call had started"
 
 
@@ -200,9 +201,10 @@ async def test_sigterm_mid_call_loses_and_doubles_nothing(
         assert "Application shutdown complete" in flow.log()
     row = await settled(sb, tid, spool, statuses=("failed", "completed"))
     assert row["status"] == "completed" or row["error_code"] == "shutdown"
-    result = tally("SIGTERM mid-call", vendor, await call_ledger(sb, tid))
+    rows = await call_ledger(sb, tid)
+    result = tally("SIGTERM mid-call", vendor, rows)
     result.report()
-    assert (result.lost, result.doubled) == (0, 0)
+    assert (result.lost, result.doubled) == (0, 0), (rows, vendor.served, vendor.speech)
 
 
 class SwitchableGateway:
