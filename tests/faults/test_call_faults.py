@@ -16,7 +16,6 @@ vendor served.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,6 +35,7 @@ from flow.metering.spool import replay_spool
 from flow.metering.wal import WAL_DIR
 from tests.bot.test_call_faults import until
 from tests.fakes.openai_server import FakeOpenAI
+from tests.faults.report import report_fault
 from tests.served import ServedFlow
 
 pytestmark = pytest.mark.faults
@@ -67,16 +67,7 @@ class Tally:
     doubled: int
 
     def report(self) -> str:
-        line = (
-            f"FAULT {self.name}: metered={self.metered} in_ledger={self.in_ledger} "
-            f"lost={self.lost} doubled={self.doubled}"
-        )
-        print(line)
-        target = os.environ.get("FLOW_FAULT_REPORT")
-        if target:
-            with open(target, "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
-        return line
+        return report_fault(self.name, self.metered, self.in_ledger, self.lost, self.doubled)
 
 
 async def call_ledger(sb: AsyncClient, tid: str) -> list[dict[str, Any]]:

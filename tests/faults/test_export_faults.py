@@ -19,7 +19,6 @@ requires lost == 0 and doubled == 0, and the cursor at the last row.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -39,6 +38,7 @@ from tests.exporters.conftest import MP_SECRET, integration_row, seed
 from tests.exporters.test_mixpanel import create_mixpanel
 from tests.exporters.test_sync import create_posthog
 from tests.fakes.analytics_sinks import MixpanelSink, PostHogSink
+from tests.faults.report import report_fault
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("cleanup_integrations")]
 
@@ -65,12 +65,6 @@ class Figures:
     resent: int  # events the sink received again under a dedup id it already had
     strangers: int  # events that match no ledger row, or their id another row's
 
-    def line(self, name: str) -> str:
-        return (
-            f"FAULT {name}: metered={self.metered} delivered={self.delivered} "
-            f"lost={self.lost} doubled={self.doubled}"
-        )
-
 
 @dataclass
 class Target:
@@ -84,12 +78,14 @@ class Target:
 
 
 def report(name: str, figures: Figures) -> None:
-    line = figures.line(name)
-    print(line)
-    path = os.environ.get("FLOW_FAULT_REPORT")
-    if path:
-        with open(path, "a", encoding="utf-8") as out:
-            out.write(line + "\n")
+    report_fault(
+        name,
+        figures.metered,
+        figures.delivered,
+        figures.lost,
+        figures.doubled,
+        arrived_as="delivered",
+    )
 
 
 Content = tuple[str, int, int, Decimal | None]
