@@ -53,6 +53,7 @@ class Served:
     usage: Usage
     usage_sent: bool = False
     words_sent: int = 0
+    usage_sent_at: float | None = None  # time.monotonic() when the usage chunk went out
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Speech:
     text: str
     model: str
     body_sent: bool = False
+    body_sent_at: float | None = None  # time.monotonic() when the last byte went out
 
 
 PCM_BYTES_PER_CHARACTER = 24_000 * 2 // 15  # about 15 characters a second of speech
@@ -153,6 +155,7 @@ class FakeOpenAI:
             await resp.write(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
             await resp.write(chunk([], served.usage.to_json()))
             served.usage_sent = True
+            served.usage_sent_at = time.monotonic()
             await resp.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             # The client hung up (an interrupted reply): no usage reached it.
@@ -175,4 +178,5 @@ class FakeOpenAI:
                 await asyncio.sleep(self.speech_chunk_seconds)
         await resp.write_eof()
         speech.body_sent = True
+        speech.body_sent_at = time.monotonic()
         return resp
