@@ -4,8 +4,8 @@
    ``UsageMetricsProcessor`` (and the ``LLMInferenceTracker``) versus the same pipeline
    with plain pass-through processors in their places. The frame mix is a voice reply's
    (see :func:`frame_mix`): per reply ~200 frames, of which 6 are ``MetricsFrame``s
-   (TTFB, 3 TTS character counts, the LLM usage, processing time), each priced into an
-   in-memory meter. Rounds run in back-to-back
+   (TTFB, 3 TTS character counts, the LLM usage, processing time), each priced and
+   taken by a meter (written ahead to its log, then buffered). Rounds run in back-to-back
    pairs, alternating which pipeline goes first; frames/s are medians, and the
    overhead is the median of the per-pair ratios (target: at most 5 %). Time is CPU
    time of this process, so other work on the machine does not land on one side.
