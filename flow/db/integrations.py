@@ -12,6 +12,7 @@ Failure behaviour: errors from the database surface as :class:`DatabaseError` or
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from supabase import AsyncClient
@@ -19,6 +20,17 @@ from supabase import AsyncClient
 from flow.db.client import call, first_of, rows_of
 
 TABLE = "analytics_integrations"
+
+
+class IntegrationStatus(StrEnum):
+    """``analytics_integrations.status`` (the SQL check lists the same values)."""
+
+    ACTIVE = "active"  # syncs when due
+    SYNCING = "syncing"  # a cycle holds its lease
+    PAUSED = "paused"  # stopped by its owner
+    ERROR = "error"  # the destination refused the credentials (or the URL): fix, then resume
+
+
 PUBLIC_COLUMNS = (
     "id,name,provider,api_key_id,all_keys,settings,credentials_hint,status,"
     "sync_interval_seconds,backfill_from,cursor_txid,cursor_seq,last_synced_at,next_sync_at,"
@@ -79,7 +91,9 @@ async def pause_integration(
     sb: AsyncClient, integration_id: str, *, api_key_id: str | None
 ) -> dict[str, Any] | None:
     # A cycle in flight sees the new status at its next page and stops.
-    return await update_columns(sb, integration_id, {"status": "paused"}, api_key_id=api_key_id)
+    return await update_columns(
+        sb, integration_id, {"status": IntegrationStatus.PAUSED}, api_key_id=api_key_id
+    )
 
 
 async def resume_integration(
@@ -89,7 +103,11 @@ async def resume_integration(
     return await update_columns(
         sb,
         integration_id,
-        {"status": "active", "last_error": None, "next_sync_at": datetime.now(UTC).isoformat()},
+        {
+            "status": IntegrationStatus.ACTIVE,
+            "last_error": None,
+            "next_sync_at": datetime.now(UTC).isoformat(),
+        },
         api_key_id=api_key_id,
     )
 

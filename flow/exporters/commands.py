@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from flow.config import get_settings
 from flow.db import integrations as integrations_db
+from flow.db.integrations import IntegrationStatus
 from flow.db.keys import resolve_key
 from flow.exporters import integrations as service
 from flow.exporters.base import CredentialsInvalid, IntegrationInputError
@@ -198,7 +199,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         for o in outcomes:
             line = f"{o.integration_id}  {o.status:<7}  exported={o.exported}  skipped={o.skipped}"
             print(line + (f"  error: {o.error}" if o.error else ""))
-            failed += o.status == "error"
+            failed += o.status == IntegrationStatus.ERROR
         if not outcomes:
             print("nothing to sync (no active integration is free)", file=sys.stderr)
         return 1 if failed else 0

@@ -26,6 +26,7 @@ from supabase import AsyncClient
 
 from flow.config import Settings
 from flow.db import integrations as integrations_db
+from flow.db.integrations import IntegrationStatus
 from flow.exporters.base import DEFAULT_EVENT_NAME, IntegrationInputError
 from flow.exporters.crypto import CredentialBox
 from flow.exporters.registry import IntegrationCreate, IntegrationPatch, spec_for
@@ -146,7 +147,7 @@ async def create_integration(
         "credentials_hint": spec.hint(creds),
         "sync_interval_seconds": body.sync_interval_seconds,
         "backfill_from": None if start_now else (backfill_from and backfill_from.isoformat()),
-        "status": "active",
+        "status": IntegrationStatus.ACTIVE,
     }
     return await integrations_db.create_integration(sb, row, start_now=start_now)
 
@@ -195,9 +196,11 @@ async def update_integration(
     if credentials_changed:
         values["credentials_encrypted"] = box.seal(creds)
         values["credentials_hint"] = spec.hint(creds)
-        if row["status"] == "error":
+        if row["status"] == IntegrationStatus.ERROR:
             # New credentials are the fix an error asked for: sync again right away.
             values.update(
-                status="active", last_error=None, next_sync_at=datetime.now(UTC).isoformat()
+                status=IntegrationStatus.ACTIVE,
+                last_error=None,
+                next_sync_at=datetime.now(UTC).isoformat(),
             )
     return await integrations_db.update_columns(sb, integration_id, values, api_key_id=api_key_id)

@@ -39,6 +39,7 @@ from supabase import AsyncClient
 from flow.config import Settings
 from flow.db import exports as exports_db
 from flow.db.client import DatabaseError, DatabaseUnavailable
+from flow.db.integrations import IntegrationStatus
 from flow.exporters.base import (
     AuthRejected,
     Destination,
@@ -80,7 +81,7 @@ class SyncOutcome:
     integration_id: str
     exported: int = 0
     skipped: int = 0
-    status: str = "active"
+    status: str = IntegrationStatus.ACTIVE
     error: str | None = None
 
 
@@ -220,7 +221,7 @@ class Exporter:
                 outcome.skipped += len(result.skipped)
                 if progress is not None:
                     progress(iid, scanned)
-                if status != "syncing":
+                if status != IntegrationStatus.SYNCING:
                     outcome.status = status
                     break
                 if scanned < page_size:
@@ -230,28 +231,32 @@ class Exporter:
             outcome.error = str(stop)
             release = not stop.lease_lost
         except AuthRejected as exc:
-            outcome.status, outcome.error = "error", str(exc)
+            outcome.status, outcome.error = IntegrationStatus.ERROR, str(exc)
         except Retryable as exc:
             outcome.error = f"retrying later: {exc}"
             retry_in = int(min(self.backoff_max_seconds * 5, 300))
         except (DestinationError, CredentialsUnreadable, SecretKeyMissing) as exc:
-            outcome.status, outcome.error = "error", str(exc)
+            outcome.status, outcome.error = IntegrationStatus.ERROR, str(exc)
         except UrlNotAllowed as exc:
-            outcome.status, outcome.error = "error", f"url_not_allowed: {exc}"
+            outcome.status, outcome.error = IntegrationStatus.ERROR, f"url_not_allowed: {exc}"
         except (DatabaseUnavailable, DatabaseError) as exc:
             # The lease expires by itself; the next cycle resumes from the cursor.
             log.warning("export %s: database error, will resume: %s", iid, exc)
             outcome.error = f"database: {exc}"
             release = isinstance(exc, DatabaseError)
         except asyncio.CancelledError:
-            await asyncio.shield(self._release(iid, "active", "interrupted", synced=False))
+            await asyncio.shield(
+                self._release(iid, IntegrationStatus.ACTIVE, "interrupted", synced=False)
+            )
             raise
-        if outcome.status == "syncing":
-            outcome.status = "active"
+        if outcome.status == IntegrationStatus.SYNCING:
+            outcome.status = IntegrationStatus.ACTIVE
         if release:
             final = await self._release(
                 iid,
-                outcome.status if outcome.status in ("active", "error") else "active",
+                outcome.status
+                if outcome.status in (IntegrationStatus.ACTIVE, IntegrationStatus.ERROR)
+                else IntegrationStatus.ACTIVE,
                 outcome.error,
                 synced=synced,
                 retry_in_seconds=retry_in,
@@ -288,7 +293,7 @@ class Exporter:
         )
         if status is None:
             raise _Stop("lease lost while retrying", lease_lost=True)
-        if status != "syncing":
+        if status != IntegrationStatus.SYNCING:
             raise _Stop(f"integration is now {status}", lease_lost=False)
 
     async def _release(

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from flow.api.deps import ApiKeyDep, SettingsDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from flow.db import integrations as integrations_db
+from flow.db.integrations import IntegrationStatus
 from flow.exporters import integrations as service
 from flow.exporters.base import CredentialsInvalid, IntegrationInputError
 from flow.exporters.crypto import CredentialsUnreadable, SecretKeyMissing
@@ -186,7 +187,7 @@ async def sync_integration(
     row = await integrations_db.get_integration(sb, iid, api_key_id=api_key.id)
     if row is None:
         raise _not_found(integration_id)
-    if row["status"] in ("paused", "error"):
+    if row["status"] in (IntegrationStatus.PAUSED, IntegrationStatus.ERROR):
         raise ApiError(
             409,
             "not_active",
