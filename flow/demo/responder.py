@@ -1,8 +1,11 @@
 """An offline OpenAI-compatible responder for ``flow demo``.
 
 It answers ``POST /v1/chat/completions`` (streaming with a final usage chunk, or JSON)
-with deterministic replies, and ``POST /v1/audio/speech`` with PCM silence as long as
-the text would take to say. Token counts are honest: prompt and completion tokens are
+with deterministic replies; ``POST /v1/audio/speech`` with real speech synthesised by
+espeak-ng (24 kHz 16-bit mono PCM, OpenAI's ``pcm`` format; silence as long as the text
+would take to say when espeak-ng is not installed); and ``POST /v1/audio/transcriptions``
+with a fixed, clearly marked transcript per utterance (it does not listen: the audio it
+received is what the STT meter bills). Token counts are honest: prompt and completion tokens are
 counted with the model's tiktoken encoding, the way OpenAI counts them, so what the demo
 meters is what the same conversation would be billed. It is not a model: replies come
 from a short script, and a request asking for JSON gets call insights built from the
@@ -13,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
+import shutil
 import time
 import uuid
+import wave
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +38,8 @@ REPLIES = [
 ]
 PCM_BYTES_PER_SECOND = 24_000 * 2  # 24 kHz, 16-bit mono, as OpenAI's pcm format
 SECONDS_PER_CHARACTER = 0.004  # short, so the demo runs in seconds
+PCM_RATE = 24_000
+ESPEAK_TIMEOUT_SECONDS = 10.0
 
 
 def reply_for(messages: list[dict[str, Any]]) -> str:
@@ -133,20 +141,91 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def speech(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     text = str(body.get("input", ""))
-    total = int(len(text) * SECONDS_PER_CHARACTER * PCM_BYTES_PER_SECOND) // 2 * 2
+    pcm = await spoken(text)
+    if pcm is None:
+        total = int(len(text) * SECONDS_PER_CHARACTER * PCM_BYTES_PER_SECOND) // 2 * 2
+        pcm = b"\x00" * total
     resp = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
     await resp.prepare(request)
     chunk = 4800
-    for start in range(0, total, chunk):
-        await resp.write(b"\x00" * min(chunk, total - start))
+    for start in range(0, len(pcm), chunk):
+        await resp.write(pcm[start : start + chunk])
     await resp.write_eof()
     return resp
 
 
+async def spoken(text: str) -> bytes | None:
+    """``text`` spoken by espeak-ng as 24 kHz 16-bit mono PCM; None without espeak-ng."""
+    if not text.strip() or shutil.which("espeak-ng") is None:
+        return None
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "espeak-ng",
+            "-v",
+            "en-us",
+            "-s",
+            "165",
+            "--stdout",
+            text[:2000],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        wav, _ = await asyncio.wait_for(proc.communicate(), ESPEAK_TIMEOUT_SECONDS)
+    except (OSError, TimeoutError):
+        return None
+    return resample_wav(wav, PCM_RATE)
+
+
+def resample_wav(wav: bytes, rate: int) -> bytes | None:
+    """A 16-bit mono WAV as raw PCM at ``rate`` (linear interpolation)."""
+    import numpy as np
+
+    try:
+        with wave.open(io.BytesIO(wav)) as w:
+            source_rate, frames = w.getframerate(), w.readframes(w.getnframes())
+    except (wave.Error, EOFError):
+        return None
+    samples = np.frombuffer(frames, dtype="<i2").astype(np.float64)
+    if samples.size == 0:
+        return None
+    count = int(samples.size * rate / source_rate)
+    positions = np.linspace(0, samples.size - 1, count)
+    out = np.interp(positions, np.arange(samples.size), samples)
+    return np.clip(out, -32768, 32767).astype("<i2").tobytes()
+
+
+# What the offline transcriber "hears": marked as such, since it does not listen.
+TRANSCRIPTS = [
+    "[offline demo transcript] Hi, where is my order?",
+    "[offline demo transcript] Can I change my appointment?",
+    "[offline demo transcript] How much is the premium plan?",
+    "[offline demo transcript] Thank you, that's all.",
+]
+
+
+async def transcriptions(request: web.Request) -> web.Response:
+    try:
+        form = await request.post()
+    except ValueError:
+        return web.json_response(
+            {"error": {"message": "a multipart form with file is required"}}, status=400
+        )
+    if "file" not in form:
+        return web.json_response({"error": {"message": "file is required"}}, status=400)
+    n = request.app[TRANSCRIBED]
+    request.app[TRANSCRIBED] = n + 1
+    return web.json_response({"text": TRANSCRIPTS[n % len(TRANSCRIPTS)]})
+
+
+TRANSCRIBED = web.AppKey("transcribed", int)
+
+
 def build_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=32 * 1024 * 1024)
+    app[TRANSCRIBED] = 0
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/audio/speech", speech)
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
     return app
 
 
