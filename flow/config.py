@@ -20,6 +20,15 @@ PLACEHOLDER_SECRET = "change-me"
 # The longest period one usage report may span, in days: the API, the CLI and the
 # dashboard all refuse longer ones.
 MAX_REPORT_DAYS = 400
+# The rates a FLOW_PRICE_OVERRIDES entry may give, USD per million tokens.
+LLM_PRICE_KEYS = (
+    "input",
+    "output",
+    "cache_read",
+    "input_audio",
+    "output_audio",
+    "cache_read_audio",
+)
 
 
 class Settings(BaseSettings):
@@ -133,6 +142,7 @@ class Settings(BaseSettings):
                     raise ValueError(f"{name.upper()} is not valid JSON: {exc}") from exc
                 if not isinstance(parsed, dict):
                     raise ValueError(f"{name.upper()} must be a JSON object")
+        _check_llm_price_keys(self.flow_price_overrides)
         return self
 
     # --- derived -----------------------------------------------------------
@@ -146,13 +156,29 @@ class Settings(BaseSettings):
 
     def price_overrides(self) -> dict[str, dict[str, Decimal]]:
         """Per-model negotiated prices in USD per million tokens (``input``, ``output``,
-        ``cache_read``), keyed by model name."""
+        ``cache_read``, and per modality ``input_audio``, ``output_audio``,
+        ``cache_read_audio``), keyed by model name."""
         return _decimal_table(self.flow_price_overrides)
 
     def voice_prices(self) -> dict[str, dict[str, Decimal]]:
         """Voice vendor price overrides keyed by ``provider/model``: ``per_character`` or
         ``per_second`` in USD."""
         return _decimal_table(self.flow_voice_prices)
+
+
+def _check_llm_price_keys(raw: str) -> None:
+    """A misspelt rate would silently price at another rate: refuse it."""
+    if not raw:
+        return
+    for model, rates in json.loads(raw).items():
+        if not isinstance(rates, dict):
+            raise ValueError(f"FLOW_PRICE_OVERRIDES[{model!r}] must be a JSON object of rates")
+        unknown = sorted(set(rates) - set(LLM_PRICE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"FLOW_PRICE_OVERRIDES[{model!r}] has unknown rates {unknown}: "
+                f"the rates are {', '.join(LLM_PRICE_KEYS)}"
+            )
 
 
 def _decimal_table(raw: str) -> dict[str, dict[str, Decimal]]:

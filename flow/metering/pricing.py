@@ -1,13 +1,17 @@
 """Prices for every metered unit, in Decimal USD.
 
 - LLM tokens: negotiated per-model overrides first (``FLOW_PRICE_OVERRIDES``), then
-  genai-prices (historical prices, cached tokens at the cached rate).
+  genai-prices (historical prices, cached tokens at the cached rate). Each modality at
+  its own rate: speech-to-speech models bill audio tokens at several times the text
+  rate, and cached audio at a cached-audio rate.
 - TTS characters and STT seconds: a small table of our own for voice vendors
   (genai-prices does not cover Deepgram or Cartesia), overridable per ``provider/model``
   with ``FLOW_VOICE_PRICES``.
 
 Token counts arrive here in the gross convention (``input_tokens`` includes cached
 tokens); :func:`gross_input_tokens` converts the net counts some providers report.
+Audio counts are parts of the totals (see :mod:`flow.metering.events`): text is what is
+left once audio is taken out.
 An unknown model prices as ``None``: the event is recorded and counted as unpriced.
 Pricing never raises, never prices at zero for lack of a price, and never borrows
 another model's price.
@@ -111,30 +115,27 @@ class PriceBook:
         output_tokens: int,
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
+        input_audio_tokens: int = 0,
+        output_audio_tokens: int = 0,
+        cache_read_audio_tokens: int = 0,
         at: datetime | None = None,
     ) -> LLMPrice | None:
-        """Price one inference given GROSS input tokens; None when the model is unknown."""
+        """Price one inference given GROSS input tokens; None when the model is unknown.
+        The audio counts are parts of the totals, each priced at its own rate."""
+        tokens = _Tokens(
+            input_tokens,
+            output_tokens,
+            cache_read_tokens,
+            cache_write_tokens,
+            input_audio_tokens,
+            output_audio_tokens,
+            cache_read_audio_tokens,
+        )
         override = self._llm_overrides.get(model.lower())
         if override is not None:
-            uncached = input_tokens - cache_read_tokens
-            input_rate = override.get("input", Decimal(0))
-            cache_rate = override.get("cache_read", input_rate)
-            return LLMPrice(
-                input_cost_usd=quantize_cost(
-                    (uncached * input_rate + cache_read_tokens * cache_rate) / MTOK
-                ),
-                output_cost_usd=quantize_cost(output_tokens * override.get("output", 0) / MTOK),
-            )
+            return _override_price(override, tokens)
         try:
-            calc = _calc(
-                provider.lower() or None,
-                model,
-                input_tokens,
-                output_tokens,
-                cache_read_tokens,
-                cache_write_tokens,
-                at,
-            )
+            calc = _calc(provider.lower() or None, model, tokens, at)
         except LookupError:
             log.warning("no price for model %s/%s: recorded as unpriced", provider, model)
             return None
@@ -177,21 +178,57 @@ class PriceBook:
         return None
 
 
+@dataclass(frozen=True)
+class _Tokens:
+    """One inference's counts, gross, with the audio parts inside the totals."""
+
+    input: int
+    output: int
+    cache_read: int
+    cache_write: int
+    input_audio: int
+    output_audio: int
+    cache_read_audio: int
+
+
+def _override_price(rates: dict[str, Decimal], t: _Tokens) -> LLMPrice:
+    """A negotiated price, USD per million tokens per modality. A rate not given is the
+    undiscounted rate it refines: ``cache_read`` falls back to ``input``,
+    ``input_audio`` to ``input``, ``cache_read_audio`` to ``input_audio`` and
+    ``output_audio`` to ``output``."""
+    input_rate = rates.get("input", Decimal(0))
+    output_rate = rates.get("output", Decimal(0))
+    cache_rate = rates.get("cache_read", input_rate)
+    audio_in_rate = rates.get("input_audio", input_rate)
+    audio_cache_rate = rates.get("cache_read_audio", audio_in_rate)
+    audio_out_rate = rates.get("output_audio", output_rate)
+    cached_text = t.cache_read - t.cache_read_audio
+    uncached_audio = t.input_audio - t.cache_read_audio
+    uncached_text = t.input - t.cache_read - uncached_audio
+    input_cost = (
+        uncached_text * input_rate
+        + cached_text * cache_rate
+        + uncached_audio * audio_in_rate
+        + t.cache_read_audio * audio_cache_rate
+    )
+    output_cost = (t.output - t.output_audio) * output_rate + t.output_audio * audio_out_rate
+    return LLMPrice(quantize_cost(input_cost / MTOK), quantize_cost(output_cost / MTOK))
+
+
 def _calc(
-    provider: str | None,
-    model: str,
-    input_tokens: int,
-    output_tokens: int,
-    cache_read_tokens: int,
-    cache_write_tokens: int,
-    at: datetime | None,
+    provider: str | None, model: str, t: _Tokens, at: datetime | None
 ) -> tuple[Decimal, Decimal]:
+    # genai-prices takes the same nesting: input_tokens holds cache reads and audio,
+    # cache_audio_read_tokens lies in both.
     result = calc_price(
         Usage(
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cache_read_tokens=cache_read_tokens or None,
-            cache_write_tokens=cache_write_tokens or None,
+            input_tokens=t.input,
+            output_tokens=t.output,
+            cache_read_tokens=t.cache_read or None,
+            cache_write_tokens=t.cache_write or None,
+            input_audio_tokens=t.input_audio or None,
+            output_audio_tokens=t.output_audio or None,
+            cache_audio_read_tokens=t.cache_read_audio or None,
         ),
         model,
         provider_id=provider,

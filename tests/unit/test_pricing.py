@@ -2,6 +2,8 @@
 
 from decimal import Decimal
 
+import pytest
+
 from flow.metering.pricing import PriceBook, gross_input_tokens
 
 
@@ -83,3 +85,96 @@ def test_negotiated_override_wins_over_list_price() -> None:
 def test_voice_price_overrides_apply_per_provider_model() -> None:
     book = PriceBook(voice_prices={"cartesia/sonic-2": {"per_character": Decimal("0.00004")}})
     assert book.tts("cartesia", "sonic-2", 1000) == Decimal("0.04")
+
+
+# gpt-realtime as OpenAI publishes it (and genai-prices holds it), USD per 1M tokens:
+# text in $4, cached text in $0.40, text out $16; audio in $32, cached audio in $0.40,
+# audio out $64.
+REALTIME_CALL = {
+    "input_tokens": 12_480,  # gross: text and audio, cached and not
+    "cache_read_tokens": 8_064,  # cached text and cached audio
+    "input_audio_tokens": 9_216,  # cached audio included
+    "cache_read_audio_tokens": 6_400,
+    "output_tokens": 1_905,
+    "output_audio_tokens": 1_536,
+}
+
+
+def test_a_realtime_call_is_priced_per_modality_from_openais_published_rates() -> None:
+    # Input: 12,480 tokens = 9,216 audio (6,400 cached) + 3,264 text (1,664 cached).
+    #   uncached text   1,600 * $4    = 0.006400
+    #   cached text     1,664 * $0.40 = 0.0006656
+    #   uncached audio  2,816 * $32   = 0.090112
+    #   cached audio    6,400 * $0.40 = 0.00256
+    #   input                          = 0.0997376
+    # Output: 1,905 tokens = 1,536 audio + 369 text.
+    #   text              369 * $16   = 0.005904
+    #   audio           1,536 * $64   = 0.098304
+    #   output                         = 0.104208
+    price = PriceBook().llm("openai", "gpt-realtime", **REALTIME_CALL)
+    assert price is not None
+    assert abs(price.input_cost_usd - Decimal("0.0997376")) <= Decimal("1e-8")
+    assert abs(price.output_cost_usd - Decimal("0.104208")) <= Decimal("1e-8")
+    assert abs(price.total_cost_usd - Decimal("0.2039456")) <= Decimal("1e-8")
+    # The same tokens priced as text: 4,416 * $4 + 8,064 * $0.40 + 1,905 * $16 = 0.0513696,
+    # a quarter of what the call cost.
+    text_only = PriceBook().llm(
+        "openai",
+        "gpt-realtime",
+        input_tokens=12_480,
+        cache_read_tokens=8_064,
+        output_tokens=1_905,
+    )
+    assert text_only is not None and text_only.total_cost_usd == Decimal("0.0513696")
+
+
+def test_negotiated_audio_rates_apply_per_modality_and_fall_back_to_their_parents() -> None:
+    rates = {
+        "input": Decimal("3"),
+        "cache_read": Decimal("0.3"),
+        "output": Decimal("12"),
+        "input_audio": Decimal("24"),
+        "cache_read_audio": Decimal("0.5"),
+        "output_audio": Decimal("48"),
+    }
+    price = PriceBook(llm_overrides={"gpt-realtime": rates}).llm(
+        "openai", "gpt-realtime", **REALTIME_CALL
+    )
+    # 1,600 * 3 + 1,664 * 0.3 + 2,816 * 24 + 6,400 * 0.5 = 76,083.2 per 1M = 0.0760832
+    # 369 * 12 + 1,536 * 48 = 78,156 per 1M = 0.078156
+    assert price is not None
+    assert price.input_cost_usd == Decimal("0.0760832")
+    assert price.output_cost_usd == Decimal("0.078156")
+    # Without audio rates, audio is billed at the text rates; without cache_read_audio,
+    # cached audio at the input_audio rate (no discount that was not negotiated).
+    text_rates = {"input": Decimal("3"), "cache_read": Decimal("0.3"), "output": Decimal("12")}
+    price = PriceBook(llm_overrides={"gpt-realtime": text_rates}).llm(
+        "openai", "gpt-realtime", **REALTIME_CALL
+    )
+    # 1,600 * 3 + 1,664 * 0.3 + 2,816 * 3 + 6,400 * 3 = 32,947.2; 1,905 * 12 = 22,860
+    assert price is not None
+    assert price.input_cost_usd == Decimal("0.0329472")
+    assert price.output_cost_usd == Decimal("0.02286")
+    no_audio_cache = {**rates}
+    del no_audio_cache["cache_read_audio"]
+    price = PriceBook(llm_overrides={"gpt-realtime": no_audio_cache}).llm(
+        "openai", "gpt-realtime", **REALTIME_CALL
+    )
+    # 1,600 * 3 + 1,664 * 0.3 + 2,816 * 24 + 6,400 * 24 = 226,483.2
+    assert price is not None
+    assert price.input_cost_usd == Decimal("0.2264832")
+
+
+def test_audio_overrides_are_read_from_the_environment_and_misspelt_rates_refused() -> None:
+    from flow.config import Settings
+
+    settings = Settings(
+        flow_price_overrides='{"gpt-realtime": {"input": "3", "input_audio": "24"}}'
+    )
+    assert PriceBook.from_settings(settings).llm(
+        "openai", "gpt-realtime", input_tokens=100, input_audio_tokens=100, output_tokens=0
+    ) == PriceBook(llm_overrides={"gpt-realtime": {"input_audio": Decimal(24)}}).llm(
+        "openai", "gpt-realtime", input_tokens=100, input_audio_tokens=100, output_tokens=0
+    )
+    with pytest.raises(ValueError, match=r"unknown rates \['audio_input'\]"):
+        Settings(flow_price_overrides='{"gpt-realtime": {"audio_input": "24"}}')
