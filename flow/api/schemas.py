@@ -28,6 +28,8 @@ class ModelUsage(BaseModel):
 
     Parameters:
         calls: usage events of this model (LLM inferences, TTS requests, STT segments).
+        input_audio_tokens / output_audio_tokens / cache_read_audio_tokens: the audio
+            parts of its tokens (as in :class:`UsageStats`).
         audio_seconds: STT audio transcribed by it.
         cost_usd: what it cost (unpriced events count as zero here).
     """
@@ -35,6 +37,9 @@ class ModelUsage(BaseModel):
     calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    cache_read_audio_tokens: int = 0
     characters: int = 0
     audio_seconds: DecimalText = "0"
     cost_usd: DecimalText = "0"
@@ -48,6 +53,10 @@ class UsageStats(BaseModel):
         llm_calls: LLM inferences (the call's and the insights step's).
         input_tokens: prompt tokens, cached included. total_tokens: input + output.
         cache_read_tokens: the cached part of ``input_tokens``.
+        input_audio_tokens: the audio part of ``input_tokens`` (cached audio included).
+        output_audio_tokens: the audio part of ``output_tokens``.
+        cache_read_audio_tokens: the cached audio, part of both ``cache_read_tokens``
+            and ``input_audio_tokens``. Text is each total minus its audio.
         tts_characters: characters spoken. stt_seconds: audio transcribed.
         total_cost_usd: what the call cost; ``bot_cost_usd`` during the call,
             ``insights_cost_usd`` after it.
@@ -66,6 +75,9 @@ class UsageStats(BaseModel):
     output_tokens: int = 0
     total_tokens: int = 0
     cache_read_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    cache_read_audio_tokens: int = 0
     tts_characters: int = 0
     stt_seconds: DecimalText = "0"
     total_cost_usd: DecimalText = "0"
@@ -88,6 +100,8 @@ class DashboardTotals(BaseModel):
     Parameters:
         calls: calls with usage. end_users: distinct named end users.
         tokens: input + output tokens.
+        input_audio_tokens / output_audio_tokens / cache_read_audio_tokens: the audio
+            parts of the input, the output and the cached input.
         avg_cost_per_call_usd / avg_cost_per_end_user_usd: null without calls / users.
         error_rate: error events / events, null without events.
         llm_latency_p50_ms / llm_latency_p95_ms: over the period's most recent
@@ -100,6 +114,9 @@ class DashboardTotals(BaseModel):
     events: int
     cost_usd: DecimalText
     tokens: int
+    input_audio_tokens: int
+    output_audio_tokens: int
+    cache_read_audio_tokens: int
     tts_characters: int
     stt_seconds: DecimalText
     unpriced_events: int

@@ -6,17 +6,25 @@ replay and export: the id is the idempotency key everywhere (the ledger's primar
 PostHog's ``uuid``, Mixpanel's ``$insert_id``). Counts follow the OpenAI/OpenTelemetry
 convention: ``input_tokens`` counts every prompt token, cached ones included, and
 ``cache_read_tokens`` is the cached part of it.
+
+Modalities are parts of those totals, never additions to them: ``input_audio_tokens``
+is the audio part of ``input_tokens``, ``output_audio_tokens`` the audio part of
+``output_tokens``, and ``cache_read_audio_tokens`` the cached audio, which lies in both
+``cache_read_tokens`` and ``input_audio_tokens``. Text is the total minus the audio.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+log = logging.getLogger(__name__)
 
 COST_QUANTUM = Decimal("0.0000000001")  # numeric(20, 10) in the ledger
 SECONDS_QUANTUM = Decimal("0.001")  # numeric(14, 3)
@@ -48,6 +56,39 @@ def event_id_from(namespace: str, key: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"flow:{namespace}:{key}")
 
 
+class AudioParts(TypedDict):
+    input_audio_tokens: int
+    output_audio_tokens: int
+    cache_read_audio_tokens: int
+
+
+def audio_parts(
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int,
+    input_audio_tokens: int,
+    output_audio_tokens: int,
+    cache_read_audio_tokens: int,
+) -> AudioParts:
+    """The audio counts a vendor reported, bounded by the totals they are parts of, as
+    :class:`UsageEvent` fields: a report that contradicts itself still records its usage
+    (with the audio it can hold) instead of being refused and lost."""
+    input_audio = max(0, min(input_audio_tokens, input_tokens))
+    cached_audio = max(0, min(cache_read_audio_tokens, cache_read_tokens, input_audio))
+    # Cached text and uncached audio must fit in the input side by side.
+    input_audio = min(input_audio, input_tokens - cache_read_tokens + cached_audio)
+    parts: AudioParts = {
+        "input_audio_tokens": input_audio,
+        "output_audio_tokens": max(0, min(output_audio_tokens, output_tokens)),
+        "cache_read_audio_tokens": cached_audio,
+    }
+    reported = (input_audio_tokens, output_audio_tokens, cache_read_audio_tokens)
+    if tuple(parts.values()) != reported:
+        log.warning("audio counts %s exceed their totals: recorded as %s", reported, parts)
+    return parts
+
+
 class UsageEvent(BaseModel):
     """One row of the usage ledger.
 
@@ -55,8 +96,12 @@ class UsageEvent(BaseModel):
         id: idempotency key, fixed at creation.
         kind: ``llm``, ``tts`` or ``stt``.
         category: ``bot`` (during the call) or ``insights`` (post-call).
-        input_tokens: every prompt token, cached included (gross).
+        input_tokens: every prompt token, cached and audio included (gross).
         cache_read_tokens: the cached part of ``input_tokens``.
+        input_audio_tokens: the audio part of ``input_tokens`` (cached audio included).
+        output_audio_tokens: the audio part of ``output_tokens``.
+        cache_read_audio_tokens: the cached audio, part of both ``cache_read_tokens`` and
+            ``input_audio_tokens``.
         characters: TTS characters synthesised.
         audio_seconds: STT audio transcribed.
         input_cost_usd: what the input cost (prompt tokens, TTS characters, STT audio);
@@ -85,6 +130,9 @@ class UsageEvent(BaseModel):
     cache_read_tokens: int = Field(default=0, ge=0)
     cache_write_tokens: int = Field(default=0, ge=0)
     reasoning_tokens: int = Field(default=0, ge=0)
+    input_audio_tokens: int = Field(default=0, ge=0)
+    output_audio_tokens: int = Field(default=0, ge=0)
+    cache_read_audio_tokens: int = Field(default=0, ge=0)
     characters: int = Field(default=0, ge=0)
     audio_seconds: Decimal = Field(default=Decimal(0), ge=0)
     input_cost_usd: Decimal | None = Field(default=None, ge=0)
@@ -131,8 +179,30 @@ class UsageEvent(BaseModel):
     def _check(self) -> UsageEvent:
         if self.cache_read_tokens > self.input_tokens:
             raise ValueError("cache_read_tokens cannot exceed input_tokens (gross convention)")
-        if self.occurred_at.tzinfo is None:
-            raise ValueError("occurred_at must be timezone-aware")
+        for part, whole in (
+            ("input_audio_tokens", "input_tokens"),
+            ("output_audio_tokens", "output_tokens"),
+            ("cache_read_audio_tokens", "cache_read_tokens"),
+            ("cache_read_audio_tokens", "input_audio_tokens"),
+        ):
+            if getattr(self, part) > getattr(self, whole):
+                raise ValueError(
+                    f"{part} ({getattr(self, part)}) cannot exceed {whole} "
+                    f"({getattr(self, whole)}): it is a part of it"
+                )
+        uncached_text = (
+            self.input_tokens
+            - self.cache_read_tokens
+            - self.input_audio_tokens
+            + self.cache_read_audio_tokens
+        )
+        if uncached_text < 0:
+            raise ValueError(
+                "cache_read_tokens + input_audio_tokens - cache_read_audio_tokens "
+                f"({self.input_tokens - uncached_text}) cannot exceed input_tokens "
+                f"({self.input_tokens}): cached and audio input overlap only in "
+                "cache_read_audio_tokens"
+            )
         return self
 
     @property

@@ -52,6 +52,9 @@ def expected_figures(events: Iterable[UsageEvent]) -> dict[str, Any]:
         "input_tokens": sum(e.input_tokens for e in events),
         "output_tokens": sum(e.output_tokens for e in events),
         "cached_tokens": sum(e.cache_read_tokens for e in events),
+        "input_audio_tokens": sum(e.input_audio_tokens for e in events),
+        "output_audio_tokens": sum(e.output_audio_tokens for e in events),
+        "cache_read_audio_tokens": sum(e.cache_read_audio_tokens for e in events),
         "tts_characters": sum(e.characters for e in events if e.kind == "tts"),
         "stt_seconds": sum((e.audio_seconds for e in events if e.kind == "stt"), Decimal(0)),
         "cost_usd": cost,
@@ -99,10 +102,11 @@ def _events_for(
             "cost_usd": Decimal(rng.randint(0, 10**7)).scaleb(-10) if priced else None,
         }
         if kind == "llm":
+            model = rng.choice(["gpt-4o-mini", "gpt-4.1", "mystery-model", "gpt-realtime"])
             input_tokens = rng.randint(1, 5000)
             fields |= {
                 "provider": "openai",
-                "model": rng.choice(["gpt-4o-mini", "gpt-4.1", "mystery-model"]),
+                "model": model,
                 "input_tokens": input_tokens,
                 "cache_read_tokens": rng.randint(0, input_tokens),
                 "output_tokens": rng.randint(0, 800),
@@ -110,6 +114,8 @@ def _events_for(
                 if rng.random() > 0.2
                 else None,
             }
+            if model == "gpt-realtime":  # speech to speech: audio inside every total
+                fields |= _audio_parts(rng, fields)
         elif kind == "tts":
             fields |= {"provider": "openai", "model": "tts-1", "characters": rng.randint(1, 400)}
         else:
@@ -120,6 +126,18 @@ def _events_for(
             }
         events.append(UsageEvent(**fields))
     return events
+
+
+def _audio_parts(rng: random.Random, counts: dict[str, Any]) -> dict[str, int]:
+    """Audio parts that fit the event's totals: the cached audio inside the cache reads,
+    the uncached audio inside what the cache reads leave of the input."""
+    cached_audio = rng.randint(0, counts["cache_read_tokens"])
+    uncached_room = counts["input_tokens"] - counts["cache_read_tokens"]
+    return {
+        "cache_read_audio_tokens": cached_audio,
+        "input_audio_tokens": cached_audio + rng.randint(0, uncached_room),
+        "output_audio_tokens": rng.randint(0, counts["output_tokens"]),
+    }
 
 
 @pytest.fixture
@@ -148,6 +166,12 @@ async def recorded(
         e.model_copy(update={"id": uuid.uuid4(), "occurred_at": t})
         for e, t in ((events[0], start), (events[1], end))
     ]
+    # Speech-to-speech usage in the partial hours at both ends too (read from the ledger).
+    spoken = next(e for e in events if e.input_audio_tokens > 0)
+    events += [
+        spoken.model_copy(update={"id": uuid.uuid4(), "occurred_at": t})
+        for t in (start + timedelta(seconds=90), end - timedelta(seconds=90))
+    ]
     assert await record_usage_events(sb, events) == len(events)
 
     other_row, _ = await keys_repo.create_local_key(sb, "someone else")
@@ -162,6 +186,15 @@ async def recorded(
     )
     in_range = [e for e in events if start <= e.occurred_at < end]
     assert len(in_range) < len(events)
+    # Audio in the whole hours (rollups) and in the partial hours at both ends (ledger).
+    first_whole = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    last_whole_end = end.replace(minute=0, second=0, microsecond=0)
+    for part in (
+        [e for e in in_range if e.occurred_at < first_whole],
+        [e for e in in_range if e.occurred_at >= last_whole_end],
+        [e for e in in_range if first_whole <= e.occurred_at < last_whole_end],
+    ):
+        assert sum(e.input_audio_tokens for e in part) > 0
     return in_range, start, end
 
 
@@ -183,6 +216,7 @@ async def test_usage_report_matches_sums_of_the_recorded_events(
     assert as_reported(report["totals"]) == expected_figures(events)
     for name in ("cost_usd", "stt_seconds", "avg_cost_per_call_usd"):
         assert isinstance(report["totals"][name], str)
+    assert report["totals"]["input_audio_tokens"] > 0
 
     if group_by is None:
         assert report["groups"] == []
@@ -229,3 +263,40 @@ async def test_bad_usage_queries_are_422(
     body = res.json()
     assert body["error"] == "validation_error"
     assert body["message"]
+
+
+async def test_dashboard_totals_carry_the_audio_parts(
+    sb: AsyncClient, client: httpx.AsyncClient, auth: dict[str, str], api_key: dict[str, Any]
+) -> None:
+    """Events in whole hours (read from the rollup) and in the current hour (read from
+    the ledger) alike."""
+    rng = random.Random(1128)
+    thread = await threads_repo.create_thread(
+        sb, api_key_id=api_key["id"], transport="simulated", script=["hi"]
+    )
+    now = datetime.now(UTC)
+    around = (now - timedelta(hours=30), now - timedelta(seconds=1))
+    events = _events_for(rng, [str(thread["workflow_thread_id"])], str(api_key["id"]), around, 80)
+    events.append(
+        UsageEvent(
+            workflow_thread_id=thread["workflow_thread_id"],
+            api_key_id=api_key["id"],
+            occurred_at=now - timedelta(seconds=1),
+            kind="llm",
+            provider="openai",
+            model="gpt-realtime",
+            input_tokens=900,
+            cache_read_tokens=300,
+            input_audio_tokens=700,
+            cache_read_audio_tokens=250,
+            output_tokens=400,
+            output_audio_tokens=380,
+        )
+    )
+    assert await record_usage_events(sb, events) == len(events)
+    res = await client.get("/api/dashboard", params={"days": 3}, headers=auth)
+    assert res.status_code == 200, res.text
+    totals = res.json()["totals"]
+    for name in ("input_audio_tokens", "output_audio_tokens", "cache_read_audio_tokens"):
+        assert totals[name] == sum(getattr(e, name) for e in events), name
+    assert totals["tokens"] == sum(e.total_tokens for e in events)

@@ -113,3 +113,27 @@ async def wait_until(condition: Any, timeout_seconds: float = 30.0) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError("condition not reached in time")
+
+
+def make_realtime_events(thread: dict[str, Any], n: int) -> list[UsageEvent]:
+    """Speech-to-speech inferences: audio inside every total (cached audio inside both
+    the cache reads and the audio input)."""
+    base = datetime.now(UTC) - timedelta(minutes=30)
+    return [
+        UsageEvent(
+            workflow_thread_id=thread["workflow_thread_id"],
+            api_key_id=thread["api_key_id"],
+            occurred_at=base + timedelta(milliseconds=i),
+            kind=UsageKind.LLM,
+            provider="openai",
+            model="gpt-realtime",
+            input_tokens=2_000 + i,
+            cache_read_tokens=900,
+            input_audio_tokens=1_500 + i,
+            cache_read_audio_tokens=700,
+            output_tokens=400,
+            output_audio_tokens=350 - i,
+            cost_usd=Decimal("0.0312") + i,
+        )
+        for i in range(n)
+    ]

@@ -12,10 +12,18 @@ from supabase import AsyncClient
 
 from flow.config import Settings
 from flow.db import integrations as integrations_db
+from flow.db.usage import record_usage_events
 from flow.exporters.base import CredentialsInvalid, IntegrationInputError, insert_id
 from flow.exporters.integrations import create_integration
 from flow.exporters.mixpanel import MixpanelCreate
-from tests.exporters.conftest import MP_SECRET, MP_TOKEN, exporter, integration_row, seed
+from tests.exporters.conftest import (
+    MP_SECRET,
+    MP_TOKEN,
+    exporter,
+    integration_row,
+    make_realtime_events,
+    seed,
+)
 from tests.fakes.analytics_sinks import MixpanelSink
 
 pytestmark = pytest.mark.usefixtures("cleanup_integrations")
@@ -123,3 +131,26 @@ async def test_a_wrong_secret_is_refused_before_saving(
             sb, export_settings, mixpanel_sink, api_key, api_secret="not-the-secret"
         )
     assert await integrations_db.list_integrations(sb, api_key_id=api_key["id"]) == []
+
+
+async def test_mixpanel_events_carry_the_audio_parts(
+    sb: AsyncClient,
+    export_settings: Settings,
+    mixpanel_sink: MixpanelSink,
+    api_key: dict[str, Any],
+    thread: dict[str, Any],
+) -> None:
+    spoken = make_realtime_events(thread, 2)
+    assert await record_usage_events(sb, spoken) == 2
+    integ = await create_mixpanel(
+        sb, export_settings, mixpanel_sink, api_key, api_secret=MP_SECRET, backfill="all"
+    )
+    await exporter(sb, export_settings).run_due(force=True, ids=[integ["id"]])
+    by_id = {e["properties"]["$insert_id"]: e["properties"] for e in mixpanel_sink.events}
+    for ev in spoken:
+        sent = by_id[insert_id(str(ev.id))]
+        assert (
+            sent["input_audio_tokens"],
+            sent["output_audio_tokens"],
+            sent["cache_read_audio_tokens"],
+        ) == (ev.input_audio_tokens, ev.output_audio_tokens, ev.cache_read_audio_tokens)

@@ -15,6 +15,7 @@ from supabase import AsyncClient
 from flow import localstack
 from flow.config import Settings
 from flow.db import integrations as integrations_db
+from flow.db.usage import record_usage_events
 from flow.exporters.base import export_uuid
 from flow.exporters.integrations import create_integration
 from flow.exporters.posthog import PostHogCreate
@@ -22,6 +23,7 @@ from tests.exporters.conftest import (
     PH_KEY,
     exporter,
     integration_row,
+    make_realtime_events,
     seed,
     wait_until,
 )
@@ -288,3 +290,28 @@ async def test_rows_committed_out_of_order_around_the_cursor_are_not_skipped(
     seen = uuids_of(posthog_sink)
     assert set(seen) == expected(before) | expected(after) | {export_uuid(late_id)}
     assert max(seen.values()) == 1
+
+
+async def test_export_events_carry_the_audio_parts(
+    sb: AsyncClient,
+    export_settings: Settings,
+    posthog_sink: PostHogSink,
+    api_key: dict[str, Any],
+    thread: dict[str, Any],
+) -> None:
+    spoken = make_realtime_events(thread, 3)
+    text = await seed(sb, thread, 2)
+    assert await record_usage_events(sb, spoken) == 3
+    integ = await create_posthog(sb, export_settings, posthog_sink, api_key)
+    outcomes = await exporter(sb, export_settings).run_due(force=True, ids=[integ["id"]])
+    assert outcomes[0].exported == 5
+    by_uuid = {e["uuid"]: e["properties"] for e in posthog_sink.events}
+    for ev in [*spoken, *text]:
+        sent = by_uuid[export_uuid(str(ev.id))]
+        assert (
+            sent["input_audio_tokens"],
+            sent["output_audio_tokens"],
+            sent["cache_read_audio_tokens"],
+        ) == (ev.input_audio_tokens, ev.output_audio_tokens, ev.cache_read_audio_tokens)
+        assert sent["input_tokens"] == ev.input_tokens
+    assert by_uuid[export_uuid(str(spoken[1].id))]["input_audio_tokens"] == 1_501

@@ -46,6 +46,34 @@ def llm_event(thread: dict[str, Any], model: str = "gpt-4o-mini", **kw: Any) -> 
     )
 
 
+def realtime_event(thread: dict[str, Any], rnd: random.Random | None = None) -> UsageEvent:
+    """A speech-to-speech inference (gpt-realtime): audio and text, cached and not, with
+    every part inside its total, as OpenAI's Realtime API reports them."""
+    rnd = rnd or random.Random()
+    audio_in, text_in = rnd.randint(1, 20_000), rnd.randint(0, 3_000)
+    cached_audio, cached_text = rnd.randint(0, audio_in), rnd.randint(0, text_in)
+    audio_out, text_out = rnd.randint(0, 4_000), rnd.randint(0, 600)
+    counts = {
+        "input_tokens": audio_in + text_in,
+        "cache_read_tokens": cached_audio + cached_text,
+        "input_audio_tokens": audio_in,
+        "cache_read_audio_tokens": cached_audio,
+        "output_tokens": audio_out + text_out,
+        "output_audio_tokens": audio_out,
+    }
+    price = BOOK.llm("openai", "gpt-realtime", **counts)
+    assert price is not None
+    return UsageEvent(
+        workflow_thread_id=thread["workflow_thread_id"],
+        api_key_id=thread["api_key_id"],
+        kind=UsageKind.LLM,
+        provider="openai",
+        model="gpt-realtime",
+        **counts,
+        **cost_fields(price),
+    )
+
+
 def tts_event(thread: dict[str, Any], characters: int) -> UsageEvent:
     return UsageEvent(
         workflow_thread_id=thread["workflow_thread_id"],
@@ -90,6 +118,9 @@ def expected_stats(events: list[UsageEvent]) -> dict[str, Any]:
         "output_tokens": sum(e.output_tokens for e in distinct),
         "total_tokens": sum(e.total_tokens for e in distinct),
         "cache_read_tokens": sum(e.cache_read_tokens for e in distinct),
+        "input_audio_tokens": sum(e.input_audio_tokens for e in distinct),
+        "output_audio_tokens": sum(e.output_audio_tokens for e in distinct),
+        "cache_read_audio_tokens": sum(e.cache_read_audio_tokens for e in distinct),
         "tts_characters": sum(e.characters for e in distinct if e.kind == UsageKind.TTS),
         "total_cost_usd": sum(priced, Decimal(0)),
         "unpriced_events": sum(1 for e in distinct if e.cost_usd is None),
@@ -134,19 +165,30 @@ def test_migrations_apply_cleanly_in_order_to_an_empty_database(
 
 
 async def test_a_batch_recorded_twice_is_counted_once(sb: AsyncClient, thread: dict) -> None:
+    realtime = [realtime_event(thread) for _ in range(6)]
     events = [llm_event(thread) for _ in range(20)] + [
         tts_event(thread, 37),
         stt_event(thread, "2.5"),
+        *realtime,
     ]
-    assert await record_usage_events(sb, events) == 22
+    assert await record_usage_events(sb, events) == 28
     assert await record_usage_events(sb, events) == 0
-    assert await record_usage_events(sb, [*events[:5], events[0]]) == 0
+    assert await record_usage_events(sb, [*events[:5], events[0], realtime[0]]) == 0
     await assert_stats_match(sb, thread, events)
     got = await threads_repo.get_thread(sb, thread["workflow_thread_id"])
     assert got is not None
     stats = got["usage_stats"]
     assert Decimal(str(stats["stt_seconds"])) == Decimal("2.5")
     assert stats["models_used"]["gpt-4o-mini"]["calls"] == 20
+    # The audio parts, per model too: all of them the realtime model's.
+    per_model = stats["models_used"]
+    for name in ("input_audio_tokens", "output_audio_tokens", "cache_read_audio_tokens"):
+        assert per_model["gpt-realtime"][name] == sum(getattr(e, name) for e in realtime), name
+        assert per_model["gpt-4o-mini"][name] == 0, name
+    assert per_model["gpt-realtime"]["calls"] == 6
+    assert Decimal(str(per_model["gpt-realtime"]["cost_usd"])) == sum(
+        (e.cost_usd for e in realtime if e.cost_usd is not None), Decimal(0)
+    )
     assert stats["posthog_trace_id"] == thread["workflow_thread_id"]
     assert Decimal(str(stats["bot_cost_usd"])) == Decimal(str(stats["total_cost_usd"]))
 
@@ -159,6 +201,7 @@ async def test_sixteen_concurrent_writers_with_overlapping_batches_count_each_ev
         for _ in range(3)
     ]
     pool = [llm_event(random.choice(threads)) for _ in range(400)]
+    pool += [realtime_event(random.choice(threads)) for _ in range(60)]
     pool += [tts_event(random.choice(threads), random.randint(1, 300)) for _ in range(50)]
     clients = [
         await acreate_client(
@@ -220,6 +263,43 @@ async def test_rls_refuses_the_anon_role(
         ),
         (lambda row: row.update(kind="video"), "kind_valid"),
         (lambda row: row.pop("id"), "missing id"),
+        (lambda row: row.update(input_audio_tokens=-1), "input_audio_tokens_within_input"),
+        (
+            lambda row: row.update(input_audio_tokens=row["input_tokens"] + 1),
+            "input_audio_tokens_within_input",
+        ),
+        (
+            lambda row: row.update(output_audio_tokens=row["output_tokens"] + 1),
+            "output_audio_tokens_within_output",
+        ),
+        (
+            lambda row: row.update(
+                cache_read_tokens=10, input_audio_tokens=20, cache_read_audio_tokens=11
+            ),
+            "cache_read_audio_tokens_within_cache_read",
+        ),
+        (
+            lambda row: row.update(
+                cache_read_tokens=20, input_audio_tokens=10, cache_read_audio_tokens=11
+            ),
+            "cache_read_audio_tokens_within_input_audio",
+        ),
+        (
+            # Each part fits its total, but 80 cached text + 60 uncached audio > 100.
+            lambda row: row.update(
+                input_tokens=100,
+                cache_read_tokens=80,
+                input_audio_tokens=60,
+                cache_read_audio_tokens=0,
+            ),
+            "uncached_text_tokens_nonnegative",
+        ),
+        (
+            # Audio beyond the input breaks both; the row is refused for the part that
+            # exceeds its total.
+            lambda row: row.update(input_tokens=100, cache_read_tokens=80, input_audio_tokens=101),
+            "input_audio_tokens_within_input",
+        ),
     ],
 )
 async def test_a_bad_event_rejects_the_whole_batch(
@@ -239,6 +319,72 @@ async def test_a_bad_event_rejects_the_whole_batch(
 async def test_a_malformed_body_is_rejected_with_a_clear_error(sb: AsyncClient, body: Any) -> None:
     with pytest.raises(DatabaseError, match=r"JSON|array|object"):
         await call(sb.rpc("record_usage_events", {"events": body}).execute)
+
+
+AUDIO_COMMON: dict[str, Any] = {
+    "workflow_thread_id": uuid.uuid4(),
+    "api_key_id": uuid.uuid4(),
+    "kind": UsageKind.LLM,
+    "provider": "openai",
+    "model": "gpt-realtime",
+    "input_tokens": 100,
+    "output_tokens": 50,
+    "cache_read_tokens": 40,
+}
+
+
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        (
+            {"input_audio_tokens": 101},
+            r"input_audio_tokens \(101\) cannot exceed input_tokens \(100\)",
+        ),
+        (
+            {"output_audio_tokens": 51},
+            r"output_audio_tokens \(51\) cannot exceed output_tokens \(50\)",
+        ),
+        (
+            {"input_audio_tokens": 60, "cache_read_audio_tokens": 41},
+            r"cache_read_audio_tokens \(41\) cannot exceed cache_read_tokens \(40\)",
+        ),
+        (
+            {"input_audio_tokens": 30, "cache_read_audio_tokens": 31},
+            r"cache_read_audio_tokens \(31\) cannot exceed input_audio_tokens \(30\)",
+        ),
+        (
+            {"input_audio_tokens": 70, "cache_read_audio_tokens": 5},
+            r"\(105\) cannot exceed input_tokens \(100\): cached and audio input overlap",
+        ),
+        ({"cache_read_audio_tokens": -1}, "greater than or equal to 0"),
+    ],
+)
+def test_the_event_model_refuses_audio_parts_beyond_their_totals(
+    counts: dict[str, int], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        UsageEvent(**AUDIO_COMMON, **counts)
+
+
+def test_audio_parts_at_their_limits_are_accepted() -> None:
+    # All input is audio, all of it cached; all output is audio.
+    event = UsageEvent(
+        **{**AUDIO_COMMON, "cache_read_tokens": 100},
+        input_audio_tokens=100,
+        cache_read_audio_tokens=100,
+        output_audio_tokens=50,
+    )
+    assert UsageEvent.from_row(event.to_row()) == event
+    # A row spooled before modalities existed reads back with no audio.
+    row = event.to_row()
+    for name in ("input_audio_tokens", "output_audio_tokens", "cache_read_audio_tokens"):
+        row.pop(name)
+    old = UsageEvent.from_row(row)
+    assert (old.input_audio_tokens, old.output_audio_tokens, old.cache_read_audio_tokens) == (
+        0,
+        0,
+        0,
+    )
 
 
 def test_the_event_model_refuses_negative_counts() -> None:

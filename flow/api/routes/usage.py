@@ -31,6 +31,11 @@ class UsageFigures(BaseModel):
     Parameters:
         calls: distinct calls with usage. end_users: distinct end users.
         events: ledger rows. llm_calls: LLM inferences.
+        input_tokens: prompt tokens, cached and audio included; ``cached_tokens`` is
+            the cached part.
+        input_audio_tokens / output_audio_tokens: the audio parts of ``input_tokens``
+            / ``output_tokens`` (text is the rest); cache_read_audio_tokens: the cached
+            audio, part of both ``cached_tokens`` and ``input_audio_tokens``.
         cost_usd: priced cost; ``unpriced_events`` were recorded without a price.
         avg_cost_per_call_usd / avg_cost_per_end_user_usd: null when there is no call /
             no named end user (the latter averages the cost of events naming one).
@@ -45,6 +50,9 @@ class UsageFigures(BaseModel):
     input_tokens: int
     output_tokens: int
     cached_tokens: int
+    input_audio_tokens: int
+    output_audio_tokens: int
+    cache_read_audio_tokens: int
     tts_characters: int
     stt_seconds: str
     cost_usd: str
