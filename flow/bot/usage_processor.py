@@ -48,7 +48,7 @@ from pipecat.metrics.metrics import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from flow.metering.events import UsageCategory, UsageEvent, UsageKind
+from flow.metering.events import UsageCategory, UsageEvent, UsageKind, audio_parts
 from flow.metering.meter import Meter
 from flow.metering.pricing import PriceBook, cost_fields, gross_input_tokens
 
@@ -189,6 +189,14 @@ class UsageRecorder:
         input_tokens = gross_input_tokens(
             pending.provider, usage.prompt_tokens, cache_read, cache_write
         )
+        audio = audio_parts(
+            input_tokens=input_tokens,
+            output_tokens=usage.completion_tokens,
+            cache_read_tokens=cache_read,
+            input_audio_tokens=usage.input_audio_tokens or 0,
+            output_audio_tokens=usage.output_audio_tokens or 0,
+            cache_read_audio_tokens=usage.cache_read_input_audio_tokens or 0,
+        )
         self.record_llm(
             processor=pending.processor,
             provider=pending.provider,
@@ -198,6 +206,7 @@ class UsageRecorder:
             cache_read_tokens=cache_read,
             cache_write_tokens=cache_write,
             reasoning_tokens=usage.reasoning_tokens or 0,
+            **audio,
             latency_s=latency_s,
             event_id=pending.event_id,
         )
@@ -213,6 +222,9 @@ class UsageRecorder:
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
         reasoning_tokens: int = 0,
+        input_audio_tokens: int = 0,
+        output_audio_tokens: int = 0,
+        cache_read_audio_tokens: int = 0,
         latency_s: float | None = None,
         estimated: bool = False,
         event_id: UUID | None = None,
@@ -224,6 +236,9 @@ class UsageRecorder:
             output_tokens=output_tokens,
             cache_read_tokens=cache_read_tokens,
             cache_write_tokens=cache_write_tokens,
+            input_audio_tokens=input_audio_tokens,
+            output_audio_tokens=output_audio_tokens,
+            cache_read_audio_tokens=cache_read_audio_tokens,
         )
         return self._add(
             kind=UsageKind.LLM,
@@ -235,6 +250,9 @@ class UsageRecorder:
             cache_read_tokens=cache_read_tokens,
             cache_write_tokens=cache_write_tokens,
             reasoning_tokens=reasoning_tokens,
+            input_audio_tokens=input_audio_tokens,
+            output_audio_tokens=output_audio_tokens,
+            cache_read_audio_tokens=cache_read_audio_tokens,
             cache_hit=cache_read_tokens > 0,
             **cost_fields(price),
             latency_ms=_ms(latency_s),
