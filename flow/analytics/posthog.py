@@ -5,7 +5,9 @@ turns ledger events into PostHog's LLM-analytics events:
 
 - a bot LLM inference -> ``$ai_generation`` (``uuid`` = the usage event id), with the
   event's own ``$ai_input_cost_usd``/``$ai_output_cost_usd`` (the split stored on the
-  ledger row) so PostHog shows exactly the ledger's cost instead of pricing the model;
+  ledger row) so PostHog shows exactly the ledger's cost instead of pricing the model,
+  and the audio parts of its tokens under the names PostHog's LLM analytics reads
+  (``$ai_audio_input_tokens``, ``$ai_audio_output_tokens``, ``$ai_cache_read_audio_tokens``);
 - STT and TTS usage -> ``$ai_span`` with its cost (PostHog does not price voice);
 - the post-call insights completion -> the ``$ai_generation`` of PostHog's wrapped
   OpenAI client, priced here (in ``before_send``) by the process's :class:`PriceBook`
@@ -175,6 +177,11 @@ class PostHogAnalytics:
             "$ai_input_tokens": event.input_tokens,
             "$ai_output_tokens": event.output_tokens,
             "$ai_cache_read_input_tokens": event.cache_read_tokens,
+            # Parts of the totals above, as PostHog reads them: audio input includes the
+            # cached audio, which is also inside the cache reads.
+            "$ai_audio_input_tokens": event.input_audio_tokens,
+            "$ai_audio_output_tokens": event.output_audio_tokens,
+            "$ai_cache_read_audio_tokens": event.cache_read_audio_tokens,
             "$ai_http_status": event.status_code or (500 if event.is_error else 200),
             "$ai_is_error": event.is_error,
             **cost_properties(event.input_cost_usd, event.output_cost_usd),
@@ -268,6 +275,9 @@ class PostHogAnalytics:
                 "output_tokens": usage_stats.get("output_tokens", 0),
                 "total_tokens": usage_stats.get("total_tokens", 0),
                 "cache_read_tokens": usage_stats.get("cache_read_tokens", 0),
+                "input_audio_tokens": usage_stats.get("input_audio_tokens", 0),
+                "output_audio_tokens": usage_stats.get("output_audio_tokens", 0),
+                "cache_read_audio_tokens": usage_stats.get("cache_read_audio_tokens", 0),
                 "tts_characters": usage_stats.get("tts_characters", 0),
                 "stt_seconds": _decimal(usage_stats.get("stt_seconds")),
                 "unpriced_events": usage_stats.get("unpriced_events", 0),

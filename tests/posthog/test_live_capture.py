@@ -16,6 +16,7 @@ from flow.config import Settings
 from flow.db import threads as threads_repo
 from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent, event_id_from
+from flow.metering.pricing import PriceBook, cost_fields
 from flow.workflows.bot_call import BotCallWorkflow
 from flow.workflows.extract_insights import InsightsExtractor
 from tests.fakes.openai_json_server import OpenAIJSONServer, ScriptedAnswer
@@ -271,3 +272,94 @@ async def test_listener_swallows_capture_errors(settings: Settings, tmp_path: An
         meter.add(event)
     assert client.tries == len(events)
     assert meter.events == events and meter.pending == len(events)
+
+
+async def test_a_realtime_inference_reaches_posthog_with_its_audio_parts(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    openai_server: OpenAIJSONServer,
+    posthog_sink: PostHogSink,
+) -> None:
+    """PostHog's LLM analytics reads audio as $ai_audio_input_tokens (cached audio
+    included), $ai_audio_output_tokens and $ai_cache_read_audio_tokens."""
+    analytics, _ = posthog_setup(settings, sb, posthog_sink.url, openai_server)
+    thread = await new_thread(sb, api_key)
+    thread_id = str(thread["workflow_thread_id"])
+    counts = {
+        "input_tokens": 12_480,
+        "cache_read_tokens": 8_064,
+        "input_audio_tokens": 9_216,
+        "cache_read_audio_tokens": 6_400,
+        "output_tokens": 1_905,
+        "output_audio_tokens": 1_536,
+    }
+    price = PriceBook().llm("openai", "gpt-realtime", **counts)
+    assert price is not None
+    event = UsageEvent(
+        workflow_thread_id=thread_id,
+        api_key_id=api_key["id"],
+        kind="llm",
+        provider="openai",
+        model="gpt-realtime",
+        processor="llm",
+        **counts,
+        **cost_fields(price),
+    )
+    for listener in analytics.listeners():
+        listener(event)
+    assert await record_usage_events(sb, [event]) == 1
+    row = await threads_repo.get_thread(sb, thread_id)
+    assert row is not None
+    analytics.capture_trace(
+        workflow_thread_id=thread_id,
+        api_key_id=api_key["id"],
+        end_user_id=None,
+        started_at=None,
+        ended_at=None,
+        usage_stats=row["usage_stats"],
+        status="completed",
+    )
+    analytics.flush()
+    received = await posthog_sink.wait_for(
+        lambda evs: {e["event"] for e in evs} >= {"$ai_generation", "$ai_trace"}
+    )
+    [generation] = [e for e in received if e["event"] == "$ai_generation"]
+    p = props(generation)
+    assert generation["uuid"] == str(event.id)
+    assert (p["$ai_input_tokens"], p["$ai_cache_read_input_tokens"]) == (12_480, 8_064)
+    assert (
+        p["$ai_audio_input_tokens"],
+        p["$ai_audio_output_tokens"],
+        p["$ai_cache_read_audio_tokens"],
+    ) == (9_216, 1_536, 6_400)
+    assert money(p["$ai_input_cost_usd"]) == price.input_cost_usd
+    assert money(p["$ai_output_cost_usd"]) == price.output_cost_usd
+    [trace] = [e for e in received if e["event"] == "$ai_trace"]
+    t = props(trace)
+    assert (t["input_audio_tokens"], t["output_audio_tokens"], t["cache_read_audio_tokens"]) == (
+        9_216,
+        1_536,
+        6_400,
+    )
+    analytics.shutdown()
+
+
+def test_a_text_inference_says_it_had_no_audio() -> None:
+    class Recording:
+        def __init__(self) -> None:
+            self.sent: list[dict[str, Any]] = []
+
+        def capture(self, name: str, **kwargs: Any) -> None:
+            self.sent.append(kwargs["properties"])
+
+    client = Recording()
+    analytics = PostHogAnalytics(client, prices=PriceBook())  # type: ignore[arg-type]
+    thread = {"workflow_thread_id": event_id_from("t", "2"), "api_key_id": event_id_from("k", "2")}
+    analytics.capture_usage(bot_usage(thread)[0])
+    [p] = client.sent
+    assert (
+        p["$ai_audio_input_tokens"],
+        p["$ai_audio_output_tokens"],
+        p["$ai_cache_read_audio_tokens"],
+    ) == (0, 0, 0)
