@@ -300,3 +300,14 @@ async def test_dashboard_totals_carry_the_audio_parts(
     for name in ("input_audio_tokens", "output_audio_tokens", "cache_read_audio_tokens"):
         assert totals[name] == sum(getattr(e, name) for e in events), name
     assert totals["tokens"] == sum(e.total_tokens for e in events)
+
+
+async def test_the_openapi_schema_lists_the_audio_parts(client: httpx.AsyncClient) -> None:
+    res = await client.get("/openapi.json")
+    assert res.status_code == 200
+    schemas = res.json()["components"]["schemas"]
+    audio = {"input_audio_tokens", "output_audio_tokens", "cache_read_audio_tokens"}
+    for name in ("UsageFigures", "UsageGroup", "DashboardTotals", "UsageStats", "ModelUsage"):
+        assert audio <= set(schemas[name]["properties"]), name
+    for name in ("UsageFigures", "DashboardTotals"):
+        assert audio <= set(schemas[name]["required"]), name
