@@ -13,15 +13,26 @@ test can compute exactly what the ledger must hold.
 
 ``POST /v1/audio/speech`` answers like OpenAI's TTS with ``response_format: pcm``:
 headerless 16-bit mono PCM at 24 kHz (silence, as long as the text would take to say),
-sent in chunks; each request is recorded with whether its whole body went out.
+sent in chunks; each request is recorded with whether its whole body went out. With
+``speech_tone_hz`` the audio is a tone instead of silence, so a caller can hear it.
+
+``POST /v1/audio/transcriptions`` answers like OpenAI's segmented STT: a multipart
+upload (``file`` a WAV, ``model``, ``language``) answered with ``{"text": ...}``, the
+next of ``transcripts`` (the last one repeats). Each upload is recorded with the exact
+duration of its audio, read from the WAV's header and data size: what OpenAI bills.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import math
+import struct
 import time
+import wave
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
@@ -66,8 +77,35 @@ class Speech:
     body_sent_at: float | None = None  # time.monotonic() when the last byte went out
 
 
-PCM_BYTES_PER_CHARACTER = 24_000 * 2 // 15  # about 15 characters a second of speech
+@dataclass
+class Upload:
+    """One transcription request: the WAV's format, its exact duration, the answer."""
+
+    model: str
+    language: str
+    sample_rate: int
+    channels: int
+    sample_width: int
+    frames: int
+    text: str
+
+    @property
+    def seconds(self) -> Decimal:
+        return Decimal(self.frames) / Decimal(self.sample_rate)
+
+
+PCM_RATE = 24_000
+PCM_BYTES_PER_CHARACTER = PCM_RATE * 2 // 15  # about 15 characters a second of speech
 PCM_CHUNK_BYTES = 9_600  # 0.2 s
+
+
+def tone_chunk(hz: float) -> bytes:
+    """0.2 s of a sine at ``hz`` (a whole number of periods when 5*hz is whole)."""
+    samples = PCM_CHUNK_BYTES // 2
+    return struct.pack(
+        f"<{samples}h",
+        *(round(8000 * math.sin(2 * math.pi * hz * i / PCM_RATE)) for i in range(samples)),
+    )
 
 
 @dataclass
@@ -85,6 +123,9 @@ class FakeOpenAI:
     served: list[Served] = field(default_factory=list)
     speech: list[Speech] = field(default_factory=list)
     speech_chunk_seconds: float = 0.0
+    speech_tone_hz: float = 0.0
+    transcripts: list[str] = field(default_factory=lambda: ["Hello."])
+    uploads: list[Upload] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -100,6 +141,7 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -170,9 +212,10 @@ class FakeOpenAI:
         resp = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
         await resp.prepare(request)
         remaining = max(PCM_CHUNK_BYTES, len(speech.text) * PCM_BYTES_PER_CHARACTER)
+        chunk = tone_chunk(self.speech_tone_hz) if self.speech_tone_hz else bytes(PCM_CHUNK_BYTES)
         while remaining > 0:
             size = min(PCM_CHUNK_BYTES, remaining)
-            await resp.write(b"\x00" * size)
+            await resp.write(chunk[:size])
             remaining -= size
             if self.speech_chunk_seconds:
                 await asyncio.sleep(self.speech_chunk_seconds)
@@ -180,3 +223,29 @@ class FakeOpenAI:
         speech.body_sent = True
         speech.body_sent_at = time.monotonic()
         return resp
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form.get("file")
+        if not isinstance(upload, web.FileField):
+            return web.json_response({"error": {"message": "file is required"}}, status=400)
+        try:
+            with wave.open(io.BytesIO(upload.file.read())) as wav:
+                rate, channels = wav.getframerate(), wav.getnchannels()
+                width, frames = wav.getsampwidth(), wav.getnframes()
+        except (wave.Error, EOFError) as exc:
+            return web.json_response({"error": {"message": f"not a WAV: {exc}"}}, status=400)
+        n = len(self.uploads)
+        text = self.transcripts[min(n, len(self.transcripts) - 1)]
+        self.uploads.append(
+            Upload(
+                model=str(form.get("model", "")),
+                language=str(form.get("language", "")),
+                sample_rate=rate,
+                channels=channels,
+                sample_width=width,
+                frames=frames,
+                text=text,
+            )
+        )
+        return web.json_response({"text": text})
