@@ -50,9 +50,14 @@ class WebRTCOffer:
         for n, line in enumerate(lines, 1):
             if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
                 return f"not an SDP offer: line {n} is not a <type>=<value> line"
-        media = [line[2:].split(" ", 1)[0] for line in lines if line.startswith("m=")]
-        if "audio" not in media:
+        starts = [n for n, line in enumerate(lines) if line.startswith("m=")]
+        audio = [n for n in starts if lines[n].startswith("m=audio ")]
+        if not audio:
             return "the offer has no audio section (m=audio): the caller must send audio"
+        end = next((n for n in starts if n > audio[0]), len(lines))
+        for direction in ("a=recvonly", "a=inactive"):
+            if direction in lines[audio[0] : end]:
+                return f"the offer's audio section is {direction[2:]}: the caller must send audio"
         for attribute in ("ice-ufrag", "ice-pwd", "fingerprint"):
             if not any(line.startswith(f"a={attribute}:") for line in lines):
                 return f"the offer has no a={attribute} line"
