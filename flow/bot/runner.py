@@ -246,6 +246,8 @@ class BotRunner:
             )
             running.bot = bot
             self._watch(running, bot)
+            if running.peer is not None and running.peer.closed:
+                self._peer_failed(running)  # before the transport could hear of it
             meter.start()
             started_at = datetime.now(UTC)
             await self.writes.move(tid, CallStatus.RUNNING, bot_started_at=started_at.isoformat())
@@ -278,8 +280,7 @@ class BotRunner:
                 # Pipecat's runner absorbs the cancellation; it is still ours.
                 raise asyncio.CancelledError
             if running.peer is not None and not bot.caller_joined and running.end_reason is None:
-                running.end_reason, running.error_code = EndReason.ERROR, "webrtc_failed"
-                running.error = "the caller's WebRTC connection closed before it was established"
+                self._peer_failed(running)
             if running.error and running.end_reason is None:
                 running.end_reason = EndReason.ERROR
         except _EndedWhileStarting:
@@ -303,6 +304,10 @@ class BotRunner:
             self._calls.pop(tid, None)
         if cancelled:
             raise asyncio.CancelledError
+
+    def _peer_failed(self, running: RunningCall) -> None:
+        running.end_reason, running.error_code = EndReason.ERROR, "webrtc_failed"
+        running.error = "the caller's WebRTC connection closed before it was established"
 
     async def _unconnected(self, running: RunningCall) -> None:
         """The connect timeout: a caller whose peer is not up yet fails the call."""

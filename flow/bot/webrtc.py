@@ -81,6 +81,11 @@ class WebRTCPeer:
         self.connection = connection
         self.answer = answer
 
+    @property
+    def closed(self) -> bool:
+        """The connection failed or closed (it never reopens)."""
+        return self.connection.pc.connectionState in ("failed", "closed")
+
     async def add_candidates(self, candidates: list[IceCandidate]) -> None:
         """Add the caller's trickled candidates; raises :class:`InvalidIceCandidate`."""
         from aiortc.sdp import candidate_from_sdp

@@ -219,3 +219,39 @@ async def test_a_caller_who_never_connects_fails_the_call_and_is_billed_nothing(
     assert await ledger(sb, thread_id) == []
     assert not row["usage_stats"].get("events")
     assert openai_server.speech == [] and openai_server.served == [] == openai_server.uploads
+
+
+@pytest.mark.parametrize("when", ["answered", "running"])
+async def test_a_peer_that_closes_before_it_connects_fails_the_call(
+    when: str,
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    openai_server: FakeOpenAI,
+    caller: Caller,
+    tmp_path: Path,
+) -> None:
+    s = webrtc_settings(settings, openai_server.base_url, tmp_path)
+    async with flow_app(s) as (app, client):
+        res = await client.post(
+            "/api/bot/join",
+            json={"transport": "webrtc", "webrtc_offer": await caller.offer()},
+            headers=bearer(api_key),
+        )
+        assert res.status_code == 202, res.text
+        thread_id = res.json()["workflow_thread_id"]
+        # The connection fails before it is up (aiortc closes a failed one), as soon as
+        # it is answered or once the call runs.
+        running = app.state.runner._calls[thread_id]
+        for _ in range(1000 if when == "running" else 0):  # at most 10 s
+            if running.bot is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert when == "answered" or running.bot is not None
+        await running.peer.connection.pc.close()
+        await _settled(app, thread_id, wait_seconds=15)
+
+    row = await threads_repo.get_thread(sb, thread_id)
+    assert row is not None
+    assert (row["status"], row["error_code"]) == ("failed", "webrtc_failed"), row
+    assert await ledger(sb, thread_id) == []
