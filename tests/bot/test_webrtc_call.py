@@ -8,6 +8,7 @@ ledger holds exactly what the fake vendor received and served."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +30,8 @@ from tests.api.conftest import bearer, local_mode
 from tests.bot.helpers import ledger
 from tests.bot.webrtc_caller import Caller
 from tests.fakes.openai_server import PCM_BYTES_PER_CHARACTER, PCM_CHUNK_BYTES, PCM_RATE, FakeOpenAI
+from tests.fakes.recording_sink import RecordingSink
+from tests.workflows.support import GOOD_INSIGHTS, good_answer
 
 TRANSCRIPTS = ["Where is my order?", "Thanks, that is all."]
 # The seconds of speech in each recording the caller plays (tests/recordings/make.sh).
@@ -52,6 +55,7 @@ def webrtc_settings(settings: Settings, base_url: str, spool_dir: Path, **kw: An
             "flow_turn_stop": "timeout",
             "flow_webrtc_loopback": True,
             "flow_sync_enabled": False,
+            "flow_allow_private_urls": True,  # the webhook sink is on loopback
             "posthog_api_key": SecretStr(""),
             **kw,
         }
@@ -70,7 +74,12 @@ async def flow_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asy
 
 @pytest.fixture
 async def openai_server() -> AsyncIterator[FakeOpenAI]:
-    server = FakeOpenAI(replies=list(REPLIES), transcripts=list(TRANSCRIPTS), speech_tone_hz=400)
+    server = FakeOpenAI(
+        replies=list(REPLIES),
+        transcripts=list(TRANSCRIPTS),
+        speech_tone_hz=400,
+        json_answer=good_answer(),  # the post-call insights
+    )
     await server.start()
     yield server
     await server.stop()
@@ -103,6 +112,7 @@ async def test_a_webrtc_call_meters_exactly_what_the_vendors_received_and_served
 ) -> None:
     started = time.monotonic()
     s = webrtc_settings(settings, openai_server.base_url, tmp_path)
+    webhooks = await RecordingSink().start()
     async with flow_app(s) as (app, client):
         res = await client.post(
             "/api/bot/join",
@@ -110,7 +120,7 @@ async def test_a_webrtc_call_meters_exactly_what_the_vendors_received_and_served
                 "transport": "webrtc",
                 "webrtc_offer": await caller.offer(),
                 "end_user_id": "webrtc-caller",
-                "process_insights": False,
+                "webhook_url": f"{webhooks.url}/calls",
             },
             headers=bearer(api_key),
         )
@@ -126,6 +136,11 @@ async def test_a_webrtc_call_meters_exactly_what_the_vendors_received_and_served
         second = await caller.hear_reply()
         await caller.hang_up()  # the caller hangs up: the call ends gracefully
         await _settled(app, thread_id)
+        for _ in range(100):  # the webhook goes out in the background: at most 10 s
+            if webhooks.requests:
+                break
+            await asyncio.sleep(0.1)
+    await webhooks.stop()
     elapsed = time.monotonic() - started
 
     row = await threads_repo.get_thread(sb, thread_id)
@@ -133,7 +148,7 @@ async def test_a_webrtc_call_meters_exactly_what_the_vendors_received_and_served
     assert (row["status"], row["error_code"]) == ("completed", None), row
     rows = await ledger(sb, thread_id)
     stt = [r for r in rows if r["kind"] == "stt"]
-    llm = [r for r in rows if r["kind"] == "llm"]
+    llm = [r for r in rows if r["kind"] == "llm" and r["category"] == "bot"]
     tts = [r for r in rows if r["kind"] == "tts"]
 
     # STT: one metered event per WAV the vendor received, of exactly its duration (the
@@ -153,7 +168,7 @@ async def test_a_webrtc_call_meters_exactly_what_the_vendors_received_and_served
     assert all(u.seconds > spoken for u, spoken in zip(uploads, SPOKEN.values(), strict=True))
 
     # LLM tokens and TTS characters: exactly what the fake served.
-    served = openai_server.served
+    served = [x for x in openai_server.served if x.stream]
     assert len(served) == len(REPLIES) and all(x.usage_sent for x in served)
     assert sorted((r["input_tokens"], r["output_tokens"]) for r in llm) == sorted(
         (x.usage.prompt_tokens, x.usage.completion_tokens) for x in served
@@ -167,6 +182,18 @@ async def test_a_webrtc_call_meters_exactly_what_the_vendors_received_and_served
     turns = row["transcript"]
     assert [t["content"] for t in turns if t["role"] == "user"] == TRANSCRIPTS
     assert [t["content"] for t in turns if t["role"] == "assistant"] == REPLIES
+
+    # Processed as usual: insights (metered too), then the signed webhook.
+    assert row["insights"]["summary"] == GOOD_INSIGHTS["summary"]
+    [insights] = [r for r in rows if r["category"] == "insights"]
+    [asked] = [x for x in openai_server.served if not x.stream]
+    assert (insights["input_tokens"], insights["output_tokens"]) == (
+        asked.usage.prompt_tokens,
+        asked.usage.completion_tokens,
+    )
+    [delivery] = webhooks.requests
+    assert delivery["path"] == "/calls"
+    assert json.loads(delivery["body"])["type"] == "call.completed"
 
     # The caller heard the bot: its speech came back as sound, about as long as served.
     heard = first + second

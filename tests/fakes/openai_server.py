@@ -9,7 +9,9 @@ Every request is recorded with the usage it was answered with and whether that u
 chunk was actually sent (a client that hangs up mid-stream never receives it), so a
 test can compute exactly what the ledger must hold.
 
-``slow_word_seconds`` makes the stream slow, to let a test interrupt a reply.
+``slow_word_seconds`` makes the stream slow, to let a test interrupt a reply. A request
+that does not stream (the post-call insights step) is answered with ``json_answer`` as
+one ``chat.completion`` with usage, or refused when there is none.
 
 ``POST /v1/audio/speech`` answers like OpenAI's TTS with ``response_format: pcm``:
 headerless 16-bit mono PCM at 24 kHz (silence, as long as the text would take to say),
@@ -65,6 +67,7 @@ class Served:
     usage_sent: bool = False
     words_sent: int = 0
     usage_sent_at: float | None = None  # time.monotonic() when the usage chunk went out
+    stream: bool = True
 
 
 @dataclass
@@ -125,6 +128,7 @@ class FakeOpenAI:
     speech_chunk_seconds: float = 0.0
     speech_tone_hz: float = 0.0
     transcripts: list[str] = field(default_factory=lambda: ["Hello."])
+    json_answer: str | None = None
     uploads: list[Upload] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -168,7 +172,28 @@ class FakeOpenAI:
         )
         self.served.append(served)
         if not body.get("stream"):
-            return web.json_response({"error": {"message": "only streaming is served"}}, status=400)
+            served.stream = False
+            if self.json_answer is None:
+                message = {"error": {"message": "only streaming is served"}}
+                return web.json_response(message, status=400)
+            served.reply = self.json_answer
+            served.usage_sent = True
+            return web.json_response(
+                {
+                    "id": f"chatcmpl-{n}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": served.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": self.json_answer},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": served.usage.to_json(),
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         created = int(time.time())
