@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     flow_instance_stale_seconds: int = Field(default=30, ge=2, le=600)
     flow_max_script_turns: int = Field(default=50, ge=1)
     flow_max_prompt_chars: int = Field(default=8000, ge=1)
+    # Pipecat's defaults: Silero's stop_secs, the smart-turn model.
+    flow_vad_stop_secs: float = Field(default=0.2, gt=0, le=5)
+    flow_turn_stop: Literal["smart", "timeout"] = "smart"
+    flow_turn_stop_timeout_seconds: float = Field(default=0.6, gt=0, le=10)
+
+    # --- WebRTC ------------------------------------------------------------
+    flow_webrtc_connect_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    flow_webrtc_ice_servers: str = ""
+    flow_webrtc_loopback: bool = False
 
     # --- demo --------------------------------------------------------------
     flow_demo_daily_room_url: str = ""
@@ -133,6 +142,12 @@ class Settings(BaseSettings):
                     "FLOW_ALLOW_PRIVATE_URLS is for development only: it is refused when "
                     "FLOW_ENV=production"
                 )
+            if self.flow_webrtc_loopback:
+                raise ValueError(
+                    "FLOW_WEBRTC_LOOPBACK is for calls from the same machine: it is refused "
+                    "when FLOW_ENV=production"
+                )
+        self.webrtc_ice_servers()  # refuses a malformed list at start
         for name in ("flow_price_overrides", "flow_voice_prices"):
             raw = getattr(self, name)
             if raw:
@@ -153,6 +168,12 @@ class Settings(BaseSettings):
     @property
     def posthog_enabled(self) -> bool:
         return bool(self.posthog_api_key.get_secret_value())
+
+    def webrtc_ice_servers(self) -> list[dict[str, Any]]:
+        """The STUN/TURN servers of WebRTC calls: ``{"urls": [...], "username",
+        "credential"}`` each, from ``FLOW_WEBRTC_ICE_SERVERS`` (a JSON list of URLs or of
+        such objects)."""
+        return _ice_servers(self.flow_webrtc_ice_servers)
 
     def price_overrides(self) -> dict[str, dict[str, Decimal]]:
         """Per-model negotiated prices in USD per million tokens (``input``, ``output``,
@@ -179,6 +200,37 @@ def _check_llm_price_keys(raw: str) -> None:
                 f"FLOW_PRICE_OVERRIDES[{model!r}] has unknown rates {unknown}: "
                 f"the rates are {', '.join(LLM_PRICE_KEYS)}"
             )
+
+
+def _ice_servers(raw: str) -> list[dict[str, Any]]:
+    if not raw.strip():
+        return []
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"FLOW_WEBRTC_ICE_SERVERS is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, list):
+        raise ValueError("FLOW_WEBRTC_ICE_SERVERS must be a JSON list")
+    servers = []
+    for entry in parsed:
+        server = {"urls": entry} if isinstance(entry, str) else entry
+        if not isinstance(server, dict) or set(server) - {"urls", "username", "credential"}:
+            raise ValueError(
+                "FLOW_WEBRTC_ICE_SERVERS entries are URLs or objects with urls, username "
+                "and credential"
+            )
+        urls = server.get("urls")
+        urls = [urls] if isinstance(urls, str) else urls
+        if not urls or not all(
+            isinstance(u, str) and u.split(":", 1)[0] in ("stun", "stuns", "turn", "turns")
+            for u in urls
+        ):
+            raise ValueError("FLOW_WEBRTC_ICE_SERVERS urls must be stun:, stuns:, turn: or turns:")
+        for key in ("username", "credential"):
+            if key in server and not isinstance(server[key], str):
+                raise ValueError(f"FLOW_WEBRTC_ICE_SERVERS {key} must be a string")
+        servers.append({**server, "urls": urls})
+    return servers
 
 
 def _decimal_table(raw: str) -> dict[str, dict[str, Decimal]]:

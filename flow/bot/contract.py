@@ -4,6 +4,12 @@ The join route builds a :class:`CallRequest` (the thread row plus the secrets th
 never stored, like a Daily meeting token) and submits it to a :class:`CallRunner`.
 Keeping this contract in one small module lets the API be tested against any runner
 (tests observe submissions) while the real one lives in ``flow.bot.runner``.
+
+A WebRTC join takes two steps, so that an offer the runner cannot answer leaves no
+thread behind: :meth:`CallRunner.answer_webrtc` answers the caller's SDP offer for a
+thread id chosen by the route, then the thread is created and the call submitted under
+that id. The checks an offer must pass before any of that (:meth:`WebRTCOffer.problem`)
+are plain text checks, so the API needs no WebRTC library.
 """
 
 from __future__ import annotations
@@ -18,7 +24,69 @@ from pydantic import BaseModel, ConfigDict, Field
 from flow.db.call_state import EndReason
 from flow.metering.events import UsageEvent
 
-Transport = Literal["daily", "simulated"]
+Transport = Literal["daily", "simulated", "webrtc"]
+
+# The largest SDP offer a join may send (a browser's audio offer is 2-6 KB).
+MAX_OFFER_BYTES = 32 * 1024
+
+
+@dataclass(frozen=True)
+class WebRTCOffer:
+    """A caller's SDP offer (``{"sdp", "type": "offer"}`` as a browser makes it)."""
+
+    sdp: str
+    type: str = "offer"
+
+    def problem(self) -> str | None:
+        """Why this cannot be a WebRTC audio offer, or None when it may be one."""
+        if self.type != "offer":
+            return f"type must be 'offer', not {self.type[:20]!r}"
+        size = len(self.sdp.encode("utf-8", "replace"))
+        if size > MAX_OFFER_BYTES:
+            return f"the SDP is {size} bytes; at most {MAX_OFFER_BYTES} allowed"
+        lines = [line for line in self.sdp.replace("\r\n", "\n").split("\n") if line]
+        if not lines or lines[0] != "v=0":
+            return "not an SDP offer: it must start with v=0"
+        for n, line in enumerate(lines, 1):
+            if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
+                return f"not an SDP offer: line {n} is not a <type>=<value> line"
+        starts = [n for n, line in enumerate(lines) if line.startswith("m=")]
+        audio = [n for n in starts if lines[n].startswith("m=audio ")]
+        if not audio:
+            return "the offer has no audio section (m=audio): the caller must send audio"
+        end = next((n for n in starts if n > audio[0]), len(lines))
+        for direction in ("a=recvonly", "a=inactive"):
+            if direction in lines[audio[0] : end]:
+                return f"the offer's audio section is {direction[2:]}: the caller must send audio"
+        for attribute in ("ice-ufrag", "ice-pwd", "fingerprint"):
+            if not any(line.startswith(f"a={attribute}:") for line in lines):
+                return f"the offer has no a={attribute} line"
+        return None
+
+
+@dataclass(frozen=True)
+class WebRTCAnswer:
+    """The runner's SDP answer; it carries the runner's ICE candidates."""
+
+    sdp: str
+    type: str = "answer"
+
+
+@dataclass(frozen=True)
+class IceCandidate:
+    """One trickled ICE candidate (``candidate`` empty: the end of candidates)."""
+
+    candidate: str
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+
+
+class InvalidWebRTCOffer(ValueError):
+    """The offer cannot be answered (a 400 for the caller): the message says why."""
+
+
+class InvalidIceCandidate(ValueError):
+    """A trickled candidate cannot be read (a 400 for the caller)."""
 
 
 class BotConfig(BaseModel):
@@ -41,7 +109,9 @@ class BotConfig(BaseModel):
 
 @dataclass
 class CallRequest:
-    """One call to run. ``token`` (a Daily meeting token) lives in memory only."""
+    """One call to run. ``token`` (a Daily meeting token) lives in memory only; a
+    ``webrtc`` call's peer was answered by :meth:`CallRunner.answer_webrtc` under the
+    same ``workflow_thread_id``."""
 
     workflow_thread_id: str
     api_key_id: str
@@ -72,6 +142,17 @@ class CallRunner(Protocol):
 
     async def submit(self, call: CallRequest) -> None:
         """Start the call in the background; raises :class:`AtCapacity` when full."""
+
+    async def answer_webrtc(self, workflow_thread_id: str, offer: WebRTCOffer) -> WebRTCAnswer:
+        """Answer a caller's offer for the call that will be submitted under this id;
+        raises :class:`InvalidWebRTCOffer` or :class:`AtCapacity`. A peer whose call is
+        never submitted is closed after ``FLOW_WEBRTC_CONNECT_TIMEOUT_SECONDS``."""
+
+    async def add_ice_candidates(
+        self, workflow_thread_id: str, candidates: list[IceCandidate]
+    ) -> bool:
+        """Give a call's peer the caller's trickled candidates; False when this runner
+        holds no WebRTC peer for it. Raises :class:`InvalidIceCandidate`."""
 
     async def stop(self, workflow_thread_id: str) -> bool:
         """End a running call; False when this runner is not running it."""

@@ -7,8 +7,10 @@
 
 The services come from :mod:`flow.bot.services`. Usage metrics are on
 (``enable_usage_metrics``), the zero-valued start-up metrics are off. Transports:
-``daily`` (a Daily room, Silero VAD on the caller's audio) and ``simulated``
-(:mod:`flow.bot.simulated`).
+``daily`` (a Daily room), ``webrtc`` (a caller's peer connection, :mod:`flow.bot.webrtc`,
+built by the runner) and ``simulated`` (:mod:`flow.bot.simulated`). On real audio
+Silero VAD finds the caller's speech (``FLOW_VAD_STOP_SECS``) and the turn ends by
+Pipecat's smart-turn model or after a fixed silence (``FLOW_TURN_STOP``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
-from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies
+from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies, UserTurnStrategies
 
 from flow.bot.contract import CallRequest
 from flow.bot.inference_tracker import LLMInferenceTracker
@@ -54,9 +56,36 @@ def daily_transport(call: CallRequest) -> BaseTransport:
     )
 
 
+# The transport events by which a call follows its caller: (joined, left).
+CALLER_EVENTS = {
+    "daily": ("on_first_participant_joined", "on_participant_left"),
+    "webrtc": ("on_client_connected", "on_client_disconnected"),
+}
+
+
+def audio_turns(settings: Settings) -> LLMUserAggregatorParams:
+    """The user aggregator of a call on real audio: Silero VAD and the turn-stop
+    strategy from settings."""
+    from pipecat.audio.vad.silero import SileroVADAnalyzer
+    from pipecat.audio.vad.vad_analyzer import VADParams
+
+    vad = SileroVADAnalyzer(params=VADParams(stop_secs=settings.flow_vad_stop_secs))
+    if settings.flow_turn_stop == "timeout":
+        from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+
+        stop = SpeechTimeoutUserTurnStopStrategy(
+            user_speech_timeout=settings.flow_turn_stop_timeout_seconds
+        )
+        return LLMUserAggregatorParams(
+            vad_analyzer=vad, user_turn_strategies=UserTurnStrategies(stop=[stop])
+        )
+    return LLMUserAggregatorParams(vad_analyzer=vad)
+
+
 @dataclass
 class BotCall:
-    """One built call: the worker to run and what the runner reads afterwards."""
+    """One built call: the worker to run and what the runner reads afterwards.
+    ``caller_joined`` turns true when the caller joins a daily or webrtc call."""
 
     worker: PipelineWorker
     transport: BaseTransport
@@ -66,6 +95,7 @@ class BotCall:
     tracker: LLMInferenceTracker
     usage_processor: UsageMetricsProcessor
     greeting: str | None = None
+    caller_joined: bool = False
 
     async def greet(self) -> None:
         if self.greeting:
@@ -93,8 +123,10 @@ def build_call(
             params = simulated or SimulatedParams()
             params.expect_greeting = bool(greeting)
             transport = SimulatedTransport(call.script, params)
-        else:
+        elif call.transport == "daily":
             transport = daily_transport(call)
+        else:
+            raise ValueError(f"a {call.transport} call needs its transport")
 
     context = LLMContext()
     if call.transport == "simulated":
@@ -104,9 +136,7 @@ def build_call(
         strategies.stop = [stop]
         user_params = LLMUserAggregatorParams(user_turn_strategies=strategies)
     else:
-        from pipecat.audio.vad.silero import SileroVADAnalyzer
-
-        user_params = LLMUserAggregatorParams(vad_analyzer=SileroVADAnalyzer())
+        user_params = audio_turns(settings)
     user_agg, assistant_agg = LLMContextAggregatorPair(context, user_params=user_params)
 
     transcript = Transcript()
@@ -165,21 +195,23 @@ def build_call(
         usage_processor=usage,
         greeting=greeting,
     )
-    if call.transport == "daily":
-        _follow_the_caller(bot)
+    if call.transport in CALLER_EVENTS:
+        _follow_the_caller(bot, *CALLER_EVENTS[call.transport])
     return bot
 
 
-def _follow_the_caller(bot: BotCall) -> None:
-    """In a Daily room the bot greets the caller when they join (not an empty room) and
-    ends the call, gracefully so every usage metric is flushed, when they leave."""
+def _follow_the_caller(bot: BotCall, joined: str, left: str) -> None:
+    """In a Daily room or over WebRTC the bot greets the caller when they join (not an
+    empty room, not a peer still connecting) and ends the call, gracefully so every
+    usage metric is flushed, when they leave (hang up, or their connection fails)."""
     greeting, bot.greeting = bot.greeting, None
 
-    @bot.transport.event_handler("on_first_participant_joined")
-    async def _joined(_transport: Any, _participant: Any) -> None:
+    @bot.transport.event_handler(joined)
+    async def _joined(_transport: Any, *_args: Any) -> None:
+        bot.caller_joined = True
         if greeting:
             await bot.worker.queue_frame(TTSSpeakFrame(greeting))
 
-    @bot.transport.event_handler("on_participant_left")
-    async def _left(_transport: Any, _participant: Any, _reason: Any) -> None:
+    @bot.transport.event_handler(left)
+    async def _left(_transport: Any, *_args: Any) -> None:
         await bot.worker.queue_frame(EndFrame())

@@ -2,16 +2,21 @@
 
 Each call moves its thread ``starting`` -> ``running`` -> ``processing`` ->
 ``completed``, or to ``failed`` with ``error_stage``/``error_code``/``error_message``.
-At most ``FLOW_MAX_BOTS`` calls run at once (:class:`AtCapacity` beyond). A call ends
+At most ``FLOW_MAX_BOTS`` calls run at once (:class:`AtCapacity` beyond; a WebRTC peer
+answered for a call not yet submitted counts as one). A call ends
 when its transport ends it (the caller hangs up, the script is done), on
 :meth:`BotRunner.stop`, after ``FLOW_MAX_CALL_SECONDS``, after
 ``FLOW_IDLE_TIMEOUT_SECONDS`` without speech, on a fatal pipeline error, when its task
-is cancelled, or on :meth:`BotRunner.shutdown` (SIGTERM).
+is cancelled, or on :meth:`BotRunner.shutdown` (SIGTERM). A WebRTC call whose caller's
+peer is not connected within ``FLOW_WEBRTC_CONNECT_TIMEOUT_SECONDS`` fails
+(``webrtc_timeout``), as does one whose peer closes before it connects
+(``webrtc_failed``).
 
-However it ends, the call's meter is closed exactly once in the task's last step:
-everything buffered goes to the ledger (or the spool), then the transcript is saved,
-then the optional ``post_call`` hook runs while the thread is ``processing``. Status
-moves go through :mod:`flow.db.call_state`, which refuses to move a finished call.
+However it ends, the call's meter is closed exactly once in the task's last step
+(:mod:`flow.bot.call_end`): everything buffered goes to the ledger (or the spool), then
+the transcript is saved, then the optional ``post_call`` hook runs while the thread is
+``processing``. Status moves go through :mod:`flow.db.call_state`, which refuses to
+move a finished call.
 
 This module is one call's lifecycle; the work the instance does for all its calls
 (spool replay, abandoned threads, stop requests from other instances) is in
@@ -23,42 +28,41 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pipecat.workers.runner import WorkerRunner
 from supabase import AsyncClient
 
-from flow.bot.contract import AtCapacity, CallRequest, CallResult, OnFailed, PostCall
+from flow.bot.call_end import SHUT_DOWN, CallEnd, RunningCall
+from flow.bot.contract import (
+    AtCapacity,
+    CallRequest,
+    IceCandidate,
+    OnFailed,
+    PostCall,
+    WebRTCAnswer,
+    WebRTCOffer,
+)
 from flow.bot.instance import HOUSEKEEPING_SECONDS, STOP_POLL_SECONDS, InstanceJobs
 from flow.bot.pipeline import BotCall, build_call
 from flow.bot.services import ServicesFactory, default_services
 from flow.bot.simulated import SimulatedParams
 from flow.bot.thread_writes import ThreadWrites
+from flow.bot.webrtc import WaitingPeers, answer_offer, webrtc_transport
 from flow.config import Settings
 from flow.db.call_state import CallStatus, EndReason, ErrorStage
-from flow.metering.meter import Listener, Meter, Metering
+from flow.metering.meter import Listener, Metering
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
 # How long shutdown waits for cancelled calls to record their usage and finish.
 SHUTDOWN_WAIT_SECONDS = 10.0
-SHUT_DOWN = "the service shut down"
 
 
 class _EndedWhileStarting(Exception):
     """Stop or shutdown arrived before the pipeline ran."""
-
-
-@dataclass
-class _Running:
-    call: CallRequest
-    task: asyncio.Task[None] | None = None
-    bot: BotCall | None = None
-    end_reason: EndReason | None = None
-    error: str | None = None
 
 
 class BotRunner:
@@ -91,33 +95,62 @@ class BotRunner:
         self._settings = settings
         self._sb = sb
         self._metering = metering
-        self._post_call = post_call
-        self._on_failed = on_failed
         self._services_factory = services_factory or default_services
         self._simulated = simulated
-        self._calls: dict[str, _Running] = {}
+        self._calls: dict[str, RunningCall] = {}
+        self._waiting = WaitingPeers(settings.flow_webrtc_connect_timeout_seconds)
         self._shutting_down = False
         self.jobs = jobs
         self.writes = ThreadWrites(sb)
+        self.ending = CallEnd(self.writes, post_call, on_failed)
 
     # --- CallRunner ----------------------------------------------------------------
     def has_capacity(self) -> bool:
-        return not self._shutting_down and len(self._calls) < self._settings.flow_max_bots
+        held = len(self._calls) + len(self._waiting)
+        return not self._shutting_down and held < self._settings.flow_max_bots
 
     @property
     def active_calls(self) -> list[str]:
         return list(self._calls)
 
     async def submit(self, call: CallRequest) -> None:
-        if not self.has_capacity() or call.workflow_thread_id in self._calls:
+        peer = self._waiting.take(call.workflow_thread_id)
+        full = not self.has_capacity() or call.workflow_thread_id in self._calls
+        unanswered = (call.transport == "webrtc") != (peer is not None)
+        if full or unanswered:
+            if peer is not None:
+                await peer.close()
+            if unanswered:
+                raise ValueError("a webrtc call is submitted after answer_webrtc, and only it")
             raise AtCapacity(RETRY_AFTER_SECONDS)
-        running = _Running(call)
+        running = RunningCall(call, peer=peer)
         self._calls[call.workflow_thread_id] = running
         running.task = asyncio.create_task(
             self._run(running), name=f"call-{call.workflow_thread_id}"
         )
         # A task cancelled before its first step never runs its own cleanup.
         running.task.add_done_callback(lambda _t: self._calls.pop(call.workflow_thread_id, None))
+
+    async def answer_webrtc(self, workflow_thread_id: str, offer: WebRTCOffer) -> WebRTCAnswer:
+        tid = workflow_thread_id
+        if not self.has_capacity() or tid in self._calls or self._waiting.get(tid):
+            raise AtCapacity(RETRY_AFTER_SECONDS)
+        peer = await answer_offer(offer, self._settings)
+        if self._shutting_down:
+            await peer.close()
+            raise AtCapacity(RETRY_AFTER_SECONDS)
+        self._waiting.add(tid, peer)
+        return peer.answer
+
+    async def add_ice_candidates(
+        self, workflow_thread_id: str, candidates: list[IceCandidate]
+    ) -> bool:
+        running = self._calls.get(workflow_thread_id)
+        peer = running.peer if running else self._waiting.get(workflow_thread_id)
+        if peer is None:
+            return False
+        await peer.add_candidates(candidates)
+        return True
 
     async def stop(self, workflow_thread_id: str) -> bool:
         running = self._calls.get(workflow_thread_id)
@@ -129,6 +162,7 @@ class BotRunner:
     async def shutdown(self) -> None:
         """End every call, flush every meter, mark every unfinished thread failed."""
         self._shutting_down = True
+        await self._waiting.close()
         running = list(self._calls.values())
         for r in running:
             await self._end(r, EndReason.SHUTDOWN)
@@ -174,7 +208,7 @@ class BotRunner:
         return self.jobs.instance_id if self.jobs is not None else None
 
     # --- one call ----------------------------------------------------------------------
-    async def _end(self, running: _Running, reason: EndReason) -> None:
+    async def _end(self, running: RunningCall, reason: EndReason) -> None:
         """End a call now. Cancelling the pipeline loses no usage: the tracker estimates
         a reply cut off mid-stream, and every stage's metrics flush on the CancelFrame."""
         if running.end_reason is None:
@@ -187,7 +221,7 @@ class BotRunner:
             return
         await bot.worker.cancel(reason=reason)
 
-    async def _run(self, running: _Running) -> None:
+    async def _run(self, running: RunningCall) -> None:
         call = running.call
         tid = call.workflow_thread_id
         meter = self._metering.meter()
@@ -197,37 +231,56 @@ class BotRunner:
             await self.writes.move(tid, CallStatus.STARTING, instance_id=self.instance_id)
             services = self._services_factory(self._settings, call)
             simulated = SimulatedParams(**vars(self._simulated)) if self._simulated else None
+            transport = None
+            if running.peer is not None:
+                transport = webrtc_transport(running.peer)
             bot = build_call(
                 call,
                 self._settings,
                 services=services,
                 meter=meter,
                 price_book=self._metering.prices,
+                transport=transport,
                 simulated=simulated,
                 idle_timeout_seconds=self._settings.flow_idle_timeout_seconds,
             )
             running.bot = bot
             self._watch(running, bot)
+            if running.peer is not None and running.peer.closed:
+                self._peer_failed(running)  # before the transport could hear of it
             meter.start()
             started_at = datetime.now(UTC)
             await self.writes.move(tid, CallStatus.RUNNING, bot_started_at=started_at.isoformat())
             await bot.greet()
             runner = WorkerRunner(handle_sigint=False)
             await runner.add_workers(bot.worker)
-            limit = asyncio.get_running_loop().call_later(
-                self._settings.flow_max_call_seconds,
-                lambda: asyncio.ensure_future(self._end(running, EndReason.MAX_DURATION)),
-            )
+            loop = asyncio.get_running_loop()
+            limits = [
+                loop.call_later(
+                    self._settings.flow_max_call_seconds,
+                    lambda: asyncio.ensure_future(self._end(running, EndReason.MAX_DURATION)),
+                )
+            ]
+            if running.peer is not None:
+                limits.append(
+                    loop.call_later(
+                        self._settings.flow_webrtc_connect_timeout_seconds,
+                        lambda: asyncio.ensure_future(self._unconnected(running)),
+                    )
+                )
             try:
                 if running.end_reason is not None:  # stopped while starting
                     raise _EndedWhileStarting
                 await runner.run()
             finally:
-                limit.cancel()
+                for limit in limits:
+                    limit.cancel()
             this = asyncio.current_task()
             if this is not None and this.cancelling():
                 # Pipecat's runner absorbs the cancellation; it is still ours.
                 raise asyncio.CancelledError
+            if running.peer is not None and not bot.caller_joined and running.end_reason is None:
+                self._peer_failed(running)
             if running.error and running.end_reason is None:
                 running.end_reason = EndReason.ERROR
         except _EndedWhileStarting:
@@ -242,7 +295,7 @@ class BotRunner:
             running.error = running.error or f"{exc.__class__.__name__}: {exc}"
         finally:
             # The last step runs to its end even if this task is cancelled again.
-            finish = asyncio.ensure_future(self._finish(running, meter, started_at))
+            finish = asyncio.ensure_future(self.ending.finish(running, meter, started_at))
             try:
                 await asyncio.shield(finish)
             except asyncio.CancelledError:
@@ -252,7 +305,20 @@ class BotRunner:
         if cancelled:
             raise asyncio.CancelledError
 
-    def _watch(self, running: _Running, bot: BotCall) -> None:
+    def _peer_failed(self, running: RunningCall) -> None:
+        running.end_reason, running.error_code = EndReason.ERROR, "webrtc_failed"
+        running.error = "the caller's WebRTC connection closed before it was established"
+
+    async def _unconnected(self, running: RunningCall) -> None:
+        """The connect timeout: a caller whose peer is not up yet fails the call."""
+        if running.bot is None or running.bot.caller_joined or running.end_reason is not None:
+            return
+        seconds = self._settings.flow_webrtc_connect_timeout_seconds
+        running.error_code = "webrtc_timeout"
+        running.error = f"the caller's WebRTC connection was not up within {seconds:g} s"
+        await self._end(running, EndReason.ERROR)
+
+    def _watch(self, running: RunningCall, bot: BotCall) -> None:
         @bot.worker.event_handler("on_idle_timeout")
         async def _idle(_worker: Any) -> None:
             if running.end_reason is None:
@@ -268,63 +334,6 @@ class BotRunner:
                 if running.end_reason is None:
                     running.end_reason = EndReason.ERROR
                 await bot.worker.cancel(reason=str(EndReason.ERROR))
-
-    async def _finish(self, running: _Running, meter: Meter, started_at: datetime) -> None:
-        call = running.call
-        tid = call.workflow_thread_id
-        ended_at = datetime.now(UTC)
-        reason = running.end_reason or EndReason.COMPLETED
-        if running.bot is not None:
-            running.bot.recorder.finish()
-        try:
-            await meter.close()
-        except Exception:
-            log.exception("call %s: closing the meter failed", tid)
-        transcript = running.bot.transcript.to_json() if running.bot is not None else []
-        result = CallResult(
-            transcript=transcript,
-            started_at=started_at,
-            ended_at=ended_at,
-            end_reason=reason,
-            usage_events=meter.events,
-        )
-        end = {"transcript": transcript, "bot_ended_at": ended_at.isoformat()}
-        try:
-            await self._end_of(running, result, end)
-        finally:
-            self.writes.keep_if_unwritten(tid, end)
-
-    async def _end_of(self, running: _Running, result: CallResult, end: dict[str, Any]) -> None:
-        call = running.call
-        tid = call.workflow_thread_id
-        reason = result.end_reason
-        await self.writes.update(tid, **end)
-        if not reason.normal:
-            code = "pipeline_error" if reason is EndReason.ERROR else str(reason)
-            message = running.error or f"the call ended: {reason}"
-            await self.writes.fail(tid, ErrorStage.CALL, code, message)
-            if self._on_failed is not None:
-                try:
-                    await self._on_failed(call, result)
-                except Exception:
-                    log.exception("call %s: the failure hook failed", tid)
-            return
-        if not await self.writes.move(tid, CallStatus.PROCESSING):
-            return
-        if self._post_call is not None:
-            try:
-                await self._post_call(call, result)
-            except asyncio.CancelledError:
-                await self.writes.fail(tid, ErrorStage.POST_CALL, EndReason.SHUTDOWN, SHUT_DOWN)
-                raise
-            except Exception as exc:
-                log.exception("call %s: post-call step failed", tid)
-                message = f"{exc.__class__.__name__}: {exc}"
-                await self.writes.fail(tid, ErrorStage.POST_CALL, "post_call_failed", message)
-                return
-        # A post-call step usually settles the thread itself (completed, or failed at a
-        # named step); this move is then refused, as every move of a finished call is.
-        await self.writes.move(tid, CallStatus.COMPLETED)
 
 
 def create_runner(

@@ -68,6 +68,7 @@ def test_fuzzed_bot_usage_and_health_requests_never_get_a_5xx_and_conform_to_the
         "POST /api/bot/join",
         "GET /api/bot/{workflow_thread_id}",
         "POST /api/bot/{workflow_thread_id}/stop",
+        "PATCH /api/bot/{workflow_thread_id}/webrtc",
         "GET /api/usage",
         "GET /health",
     }

@@ -9,19 +9,32 @@ Every request is recorded with the usage it was answered with and whether that u
 chunk was actually sent (a client that hangs up mid-stream never receives it), so a
 test can compute exactly what the ledger must hold.
 
-``slow_word_seconds`` makes the stream slow, to let a test interrupt a reply.
+``slow_word_seconds`` makes the stream slow, to let a test interrupt a reply. A request
+that does not stream (the post-call insights step) is answered with ``json_answer`` as
+one ``chat.completion`` with usage, or refused when there is none.
 
 ``POST /v1/audio/speech`` answers like OpenAI's TTS with ``response_format: pcm``:
 headerless 16-bit mono PCM at 24 kHz (silence, as long as the text would take to say),
-sent in chunks; each request is recorded with whether its whole body went out.
+sent in chunks; each request is recorded with whether its whole body went out. With
+``speech_tone_hz`` the audio is a tone instead of silence, so a caller can hear it.
+
+``POST /v1/audio/transcriptions`` answers like OpenAI's segmented STT: a multipart
+upload (``file`` a WAV, ``model``, ``language``) answered with ``{"text": ...}``, the
+next of ``transcripts`` (the last one repeats). Each upload is recorded with the exact
+duration of its audio, read from the WAV's header and data size: what OpenAI bills.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import math
+import struct
 import time
+import wave
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
@@ -54,6 +67,7 @@ class Served:
     usage_sent: bool = False
     words_sent: int = 0
     usage_sent_at: float | None = None  # time.monotonic() when the usage chunk went out
+    stream: bool = True
 
 
 @dataclass
@@ -66,8 +80,35 @@ class Speech:
     body_sent_at: float | None = None  # time.monotonic() when the last byte went out
 
 
-PCM_BYTES_PER_CHARACTER = 24_000 * 2 // 15  # about 15 characters a second of speech
+@dataclass
+class Upload:
+    """One transcription request: the WAV's format, its exact duration, the answer."""
+
+    model: str
+    language: str
+    sample_rate: int
+    channels: int
+    sample_width: int
+    frames: int
+    text: str
+
+    @property
+    def seconds(self) -> Decimal:
+        return Decimal(self.frames) / Decimal(self.sample_rate)
+
+
+PCM_RATE = 24_000
+PCM_BYTES_PER_CHARACTER = PCM_RATE * 2 // 15  # about 15 characters a second of speech
 PCM_CHUNK_BYTES = 9_600  # 0.2 s
+
+
+def tone_chunk(hz: float) -> bytes:
+    """0.2 s of a sine at ``hz`` (a whole number of periods when 5*hz is whole)."""
+    samples = PCM_CHUNK_BYTES // 2
+    return struct.pack(
+        f"<{samples}h",
+        *(round(8000 * math.sin(2 * math.pi * hz * i / PCM_RATE)) for i in range(samples)),
+    )
 
 
 @dataclass
@@ -85,6 +126,10 @@ class FakeOpenAI:
     served: list[Served] = field(default_factory=list)
     speech: list[Speech] = field(default_factory=list)
     speech_chunk_seconds: float = 0.0
+    speech_tone_hz: float = 0.0
+    transcripts: list[str] = field(default_factory=lambda: ["Hello."])
+    json_answer: str | None = None
+    uploads: list[Upload] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -100,6 +145,7 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -126,7 +172,28 @@ class FakeOpenAI:
         )
         self.served.append(served)
         if not body.get("stream"):
-            return web.json_response({"error": {"message": "only streaming is served"}}, status=400)
+            served.stream = False
+            if self.json_answer is None:
+                message = {"error": {"message": "only streaming is served"}}
+                return web.json_response(message, status=400)
+            served.reply = self.json_answer
+            served.usage_sent = True
+            return web.json_response(
+                {
+                    "id": f"chatcmpl-{n}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": served.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": self.json_answer},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": served.usage.to_json(),
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         created = int(time.time())
@@ -170,9 +237,10 @@ class FakeOpenAI:
         resp = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
         await resp.prepare(request)
         remaining = max(PCM_CHUNK_BYTES, len(speech.text) * PCM_BYTES_PER_CHARACTER)
+        chunk = tone_chunk(self.speech_tone_hz) if self.speech_tone_hz else bytes(PCM_CHUNK_BYTES)
         while remaining > 0:
             size = min(PCM_CHUNK_BYTES, remaining)
-            await resp.write(b"\x00" * size)
+            await resp.write(chunk[:size])
             remaining -= size
             if self.speech_chunk_seconds:
                 await asyncio.sleep(self.speech_chunk_seconds)
@@ -180,3 +248,29 @@ class FakeOpenAI:
         speech.body_sent = True
         speech.body_sent_at = time.monotonic()
         return resp
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form.get("file")
+        if not isinstance(upload, web.FileField):
+            return web.json_response({"error": {"message": "file is required"}}, status=400)
+        try:
+            with wave.open(io.BytesIO(upload.file.read())) as wav:
+                rate, channels = wav.getframerate(), wav.getnchannels()
+                width, frames = wav.getsampwidth(), wav.getnframes()
+        except (wave.Error, EOFError) as exc:
+            return web.json_response({"error": {"message": f"not a WAV: {exc}"}}, status=400)
+        n = len(self.uploads)
+        text = self.transcripts[min(n, len(self.transcripts) - 1)]
+        self.uploads.append(
+            Upload(
+                model=str(form.get("model", "")),
+                language=str(form.get("language", "")),
+                sample_rate=rate,
+                channels=channels,
+                sample_width=width,
+                frames=frames,
+                text=text,
+            )
+        )
+        return web.json_response({"text": text})

@@ -1,4 +1,5 @@
-"""Bots: join a call, read a call's status, usage and results, stop a call.
+"""Bots: join a call, read a call's status, usage and results, stop a call, trickle a
+WebRTC caller's ICE candidates.
 
 A join creates the ``workflow_threads`` row (owned by the caller's key) and hands a
 :class:`CallRequest` to the runner. Capacity is checked before the row exists, so a
@@ -6,31 +7,42 @@ refused join leaves nothing behind; a runner that fills up in between marks the 
 failed (``join``/``at_capacity``) and the caller gets the same 503. The Daily meeting
 token travels in memory only, never to the database.
 
+A ``webrtc`` join carries the caller's SDP offer. It is checked, then answered by the
+runner, before the row exists: an offer that cannot be answered is a 400
+(``invalid_webrtc_offer``) that leaves nothing behind. The answer comes back in the
+202; the caller's media then goes to the instance that answered it.
+
 Another key's thread answers 404, exactly like a thread that does not exist.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Header
-from pydantic import (
-    AnyUrl,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    UrlConstraints,
-    field_validator,
-    model_validator,
-)
+from fastapi import APIRouter, Header, Response
 
 from flow.api.deps import ApiKeyDep, RunnerDep, SettingsDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
+from flow.api.routes.bot_models import (
+    CandidatesIn,
+    JoinRequest,
+    JoinResponse,
+    SessionDescription,
+    StopResponse,
+    ThreadError,
+    ThreadOut,
+)
 from flow.api.schemas import UsageStats
-from flow.bot.contract import AtCapacity, BotConfig, CallRequest
+from flow.bot.contract import (
+    AtCapacity,
+    CallRequest,
+    IceCandidate,
+    InvalidIceCandidate,
+    InvalidWebRTCOffer,
+    WebRTCAnswer,
+    WebRTCOffer,
+)
 from flow.bot.services import configuration_problem
 from flow.db import call_state
 from flow.db import threads as threads_repo
@@ -40,114 +52,7 @@ from flow.workflows.webhook import WebhookURLError, validate_webhook_url
 
 router = APIRouter(prefix="/api/bot", tags=["bots"], responses=ERROR_RESPONSES)
 
-METADATA_MAX_BYTES = 4096
 CAPACITY_RETRY_AFTER_SECONDS = 5
-
-HttpsUrl = Annotated[
-    AnyUrl, UrlConstraints(allowed_schemes=["https"], host_required=True, max_length=2048)
-]
-WebUrl = Annotated[
-    AnyUrl, UrlConstraints(allowed_schemes=["https", "http"], host_required=True, max_length=2048)
-]
-Utterance = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
-EndUserId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-
-
-class JoinRequest(BaseModel):
-    """A call to join.
-
-    Parameters:
-        transport: ``daily`` (needs ``room_url``) or ``simulated`` (needs ``script``;
-            refused when ``FLOW_ENV=production``).
-        room_url: the Daily room, an https URL.
-        token: the Daily meeting token; used for this call only, never stored.
-        script: the caller's utterances, for the simulated transport.
-        bot_config: prompt, greeting, model and voice; unset fields take the settings.
-        process_insights: extract insights from the transcript after the call.
-        end_user_id: who the bot talks to (also read from ``X-Flow-User``).
-        metadata: a small JSON object stored with the call (at most 4 KB).
-        analysis_prompt: instructions for the insights extraction.
-        webhook_url: where the result is posted when the call is processed.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    transport: Literal["daily", "simulated"] = "daily"
-    room_url: HttpsUrl | None = None
-    token: str | None = Field(default=None, min_length=1, max_length=4096)
-    script: list[Utterance] | None = Field(default=None, max_length=1000)
-    bot_config: BotConfig = Field(default_factory=BotConfig)
-    process_insights: bool = True
-    end_user_id: EndUserId | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    analysis_prompt: str | None = Field(default=None, min_length=1, max_length=20_000)
-    webhook_url: WebUrl | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _small_json(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            size = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode())
-        except ValueError as exc:
-            raise ValueError("metadata must be plain JSON (no NaN or Infinity)") from exc
-        if size > METADATA_MAX_BYTES:
-            raise ValueError(f"metadata is {size} bytes; at most {METADATA_MAX_BYTES} allowed")
-        return value
-
-    @model_validator(mode="after")
-    def _transport_needs(self) -> JoinRequest:
-        if self.transport == "daily":
-            if self.room_url is None:
-                raise ValueError("the daily transport needs room_url")
-            if self.script is not None:
-                raise ValueError("script is only for the simulated transport")
-        else:
-            if not self.script:
-                raise ValueError("the simulated transport needs a non-empty script")
-            if self.room_url is not None or self.token is not None:
-                raise ValueError("room_url and token are only for the daily transport")
-        return self
-
-
-class JoinResponse(BaseModel):
-    workflow_thread_id: UUID
-    status: Literal[CallStatus.PENDING]
-
-
-class StopResponse(BaseModel):
-    """``stopping``: the bot is ending the call (poll ``GET /api/bot/{id}``);
-    ``failed``: no live instance was running it, so it was ended at once."""
-
-    workflow_thread_id: UUID
-    status: Literal["stopping", "failed"]
-
-
-class ThreadError(BaseModel):
-    stage: str | None
-    code: str | None
-    message: str | None
-
-
-class ThreadOut(BaseModel):
-    """A call as its owner sees it. Amounts of money are decimal strings."""
-
-    workflow_thread_id: UUID
-    status: CallStatus
-    transport: str
-    room_url: str | None
-    end_user_id: str | None
-    process_insights: bool
-    bot_config: dict[str, Any]
-    metadata: dict[str, Any]
-    webhook_url: str | None
-    error: ThreadError | None
-    usage_stats: UsageStats
-    transcript: Any
-    insights: Any
-    created_at: str
-    updated_at: str
-    bot_started_at: str | None
-    bot_ended_at: str | None
 
 
 def _limit(field: str, message: str) -> ApiError:
@@ -185,10 +90,12 @@ def _at_capacity(retry_after_seconds: int) -> ApiError:
     "/join",
     status_code=202,
     response_model=JoinResponse,
+    response_model_exclude_none=True,
     responses={
         400: {
             "model": ErrorBody,
-            "description": "Transport not allowed here, or a webhook_url Flow will not call",
+            "description": "Transport not allowed here, a webhook_url Flow will not call, "
+            "or a WebRTC offer that cannot be answered",
         }
     },
 )
@@ -206,6 +113,11 @@ async def join(
             400, "transport_not_allowed", "the simulated transport is disabled in production"
         )
     _check_limits(body, settings.flow_max_script_turns, settings.flow_max_prompt_chars)
+    offer = None
+    if body.webrtc_offer is not None:
+        offer = WebRTCOffer(sdp=body.webrtc_offer.sdp, type=body.webrtc_offer.type)
+        if (problem := offer.problem()) is not None:
+            raise ApiError(400, "invalid_webrtc_offer", problem)
     problem = configuration_problem(settings)
     if problem is not None:
         # Refuse rather than accept a call that would fail as soon as it starts.
@@ -223,8 +135,11 @@ async def join(
             raise ApiError(400, "url_not_allowed", f"webhook_url: {exc}") from None
         except WebhookURLError as exc:
             raise ApiError(400, "invalid_webhook_url", str(exc)) from None
-    row = await threads_repo.create_thread(
+    thread_id = str(uuid4())
+    answer = await _answer(runner, thread_id, offer) if offer is not None else None
+    await threads_repo.create_thread(
         sb,
+        workflow_thread_id=thread_id,
         api_key_id=api_key.id,
         transport=body.transport,
         room_url=room_url,
@@ -236,7 +151,6 @@ async def join(
         webhook_url=webhook_url,
         metadata=body.metadata,
     )
-    thread_id = str(row["workflow_thread_id"])
     call = CallRequest(
         workflow_thread_id=thread_id,
         api_key_id=api_key.id,
@@ -267,7 +181,29 @@ async def join(
             message=exc.__class__.__name__,
         )
         raise
-    return JoinResponse(workflow_thread_id=UUID(thread_id), status=CallStatus.PENDING)
+    return JoinResponse(
+        workflow_thread_id=UUID(thread_id),
+        status=CallStatus.PENDING,
+        webrtc_answer=SessionDescription(sdp=answer.sdp, type=answer.type) if answer else None,
+    )
+
+
+async def _answer(runner: RunnerDep, thread_id: str, offer: WebRTCOffer) -> WebRTCAnswer:
+    """The runner's answer to a caller's offer, before the call's thread exists (a
+    peer whose call is then never submitted is closed by the runner)."""
+    try:
+        return await runner.answer_webrtc(thread_id, offer)
+    except InvalidWebRTCOffer as exc:
+        raise ApiError(400, "invalid_webrtc_offer", str(exc)) from None
+    except AtCapacity as exc:
+        raise _at_capacity(exc.retry_after_seconds) from None
+    except TimeoutError:
+        raise ApiError(
+            503,
+            "webrtc_unavailable",
+            "the offer could not be answered in time; retry after the Retry-After delay",
+            headers={"Retry-After": str(CAPACITY_RETRY_AFTER_SECONDS)},
+        ) from None
 
 
 async def _owned_thread(sb: Any, thread_id: UUID, api_key_id: str) -> dict[str, Any]:
@@ -346,3 +282,46 @@ async def stop_bot(
         raise ApiError(409, "not_running", f"the call is {row['status']}: no bot is running it")
     status: Literal["stopping", "failed"] = "failed" if outcome is StopOutcome.ENDED else "stopping"
     return StopResponse(workflow_thread_id=workflow_thread_id, status=status)
+
+
+@router.patch(
+    "/{workflow_thread_id}/webrtc",
+    status_code=204,
+    response_class=Response,
+    responses={
+        400: {"model": ErrorBody, "description": "A candidate that cannot be read"},
+        404: {"model": ErrorBody, "description": "No such call for this key"},
+        409: {"model": ErrorBody, "description": "Not a WebRTC call running on this instance"},
+    },
+)
+async def add_ice_candidates(
+    workflow_thread_id: UUID,
+    body: CandidatesIn,
+    api_key: ApiKeyDep,
+    sb: SupabaseDep,
+    runner: RunnerDep,
+) -> Response:
+    """Trickle the caller's ICE candidates to the bot's peer connection (the join's
+    answer already holds the bot's own). Only the instance that answered the join holds
+    the peer: another one answers 409 ``not_running_here``."""
+    row = await _owned_thread(sb, workflow_thread_id, api_key.id)
+    if row["transport"] != "webrtc":
+        raise ApiError(409, "not_webrtc", f"the call's transport is {row['transport']}")
+    if CallStatus(row["status"]).finished:
+        raise ApiError(409, "already_finished", f"the call is already {row['status']}")
+    candidates = [
+        IceCandidate(c.candidate, sdp_mid=c.sdp_mid, sdp_mline_index=c.sdp_mline_index)
+        for c in body.candidates
+    ]
+    try:
+        held = await runner.add_ice_candidates(str(workflow_thread_id), candidates)
+    except InvalidIceCandidate as exc:
+        raise ApiError(400, "invalid_ice_candidate", str(exc)) from None
+    if not held:
+        raise ApiError(
+            409,
+            "not_running_here",
+            "this instance holds no WebRTC connection of the call: send candidates to the "
+            "instance that answered the join, while the call runs",
+        )
+    return Response(status_code=204)

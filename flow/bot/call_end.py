@@ -1,0 +1,129 @@
+"""The last step of every call, however it ended: its usage, its thread, its post-call.
+
+:meth:`CallEnd.finish` runs once per call, in the call's task (the runner shields it
+from cancellation): the recorder's pending usage is recorded, the WebRTC peer (if any)
+closed, the meter closed (everything buffered goes to the ledger or the spool), then
+the transcript and end time are saved. A call that ended abnormally is ``failed``
+(``error_stage`` ``call``, its code and message) and the failure hook is told; one that
+ended normally moves to ``processing`` and its post-call step runs, then ``completed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flow.bot.contract import CallRequest, CallResult, OnFailed, PostCall
+from flow.bot.pipeline import BotCall
+from flow.bot.thread_writes import ThreadWrites
+from flow.bot.webrtc import WebRTCPeer
+from flow.db.call_state import CallStatus, EndReason, ErrorStage
+from flow.metering.meter import Meter
+
+log = logging.getLogger(__name__)
+
+SHUT_DOWN = "the service shut down"
+
+
+@dataclass
+class RunningCall:
+    """One call a runner holds, from its submission to the end of its last step.
+
+    Parameters:
+        call: what the API submitted.
+        task: the call's task.
+        bot: the built pipeline (None until built).
+        end_reason: why it ended, once something ended it.
+        error: the message of a failure.
+        error_code: the failure's ``error_code``, instead of the end reason's.
+        peer: the caller's WebRTC peer, for a webrtc call.
+    """
+
+    call: CallRequest
+    task: asyncio.Task[None] | None = None
+    bot: BotCall | None = None
+    end_reason: EndReason | None = None
+    error: str | None = None
+    error_code: str | None = None
+    peer: WebRTCPeer | None = None
+
+
+class CallEnd:
+    """The end of a runner's calls.
+
+    Parameters:
+        writes: the runner's thread writes.
+        post_call: run with the thread ``processing`` after a call that ended normally.
+        on_failed: told of a call that ended ``failed`` before its post-call step.
+    """
+
+    def __init__(
+        self, writes: ThreadWrites, post_call: PostCall | None, on_failed: OnFailed | None
+    ) -> None:
+        self.writes = writes
+        self._post_call = post_call
+        self._on_failed = on_failed
+
+    async def finish(self, running: RunningCall, meter: Meter, started_at: datetime) -> None:
+        call = running.call
+        tid = call.workflow_thread_id
+        ended_at = datetime.now(UTC)
+        reason = running.end_reason or EndReason.COMPLETED
+        if running.bot is not None:
+            running.bot.recorder.finish()
+        if running.peer is not None:
+            await running.peer.close()
+        try:
+            await meter.close()
+        except Exception:
+            log.exception("call %s: closing the meter failed", tid)
+        transcript = running.bot.transcript.to_json() if running.bot is not None else []
+        result = CallResult(
+            transcript=transcript,
+            started_at=started_at,
+            ended_at=ended_at,
+            end_reason=reason,
+            usage_events=meter.events,
+        )
+        end = {"transcript": transcript, "bot_ended_at": ended_at.isoformat()}
+        try:
+            await self._end_of(running, result, end)
+        finally:
+            self.writes.keep_if_unwritten(tid, end)
+
+    async def _end_of(self, running: RunningCall, result: CallResult, end: dict[str, Any]) -> None:
+        call = running.call
+        tid = call.workflow_thread_id
+        reason = result.end_reason
+        await self.writes.update(tid, **end)
+        if not reason.normal:
+            code = running.error_code or (
+                "pipeline_error" if reason is EndReason.ERROR else str(reason)
+            )
+            message = running.error or f"the call ended: {reason}"
+            await self.writes.fail(tid, ErrorStage.CALL, code, message)
+            if self._on_failed is not None:
+                try:
+                    await self._on_failed(call, result)
+                except Exception:
+                    log.exception("call %s: the failure hook failed", tid)
+            return
+        if not await self.writes.move(tid, CallStatus.PROCESSING):
+            return
+        if self._post_call is not None:
+            try:
+                await self._post_call(call, result)
+            except asyncio.CancelledError:
+                await self.writes.fail(tid, ErrorStage.POST_CALL, EndReason.SHUTDOWN, SHUT_DOWN)
+                raise
+            except Exception as exc:
+                log.exception("call %s: post-call step failed", tid)
+                message = f"{exc.__class__.__name__}: {exc}"
+                await self.writes.fail(tid, ErrorStage.POST_CALL, "post_call_failed", message)
+                return
+        # A post-call step usually settles the thread itself (completed, or failed at a
+        # named step); this move is then refused, as every move of a finished call is.
+        await self.writes.move(tid, CallStatus.COMPLETED)
