@@ -51,6 +51,7 @@ from flow.bot.simulated import SimulatedParams
 from flow.bot.thread_writes import ThreadWrites
 from flow.bot.webrtc import WaitingPeers, answer_offer, webrtc_transport
 from flow.config import Settings
+from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, EndReason, ErrorStage
 from flow.metering.meter import Listener, Metering
 
@@ -102,6 +103,7 @@ class BotRunner:
         self._shutting_down = False
         self.jobs = jobs
         self.writes = ThreadWrites(sb)
+        self._transcript_saves: set[str] = set()
         self.ending = CallEnd(self.writes, post_call, on_failed)
 
     # --- CallRunner ----------------------------------------------------------------
@@ -246,6 +248,7 @@ class BotRunner:
             )
             running.bot = bot
             self._watch(running, bot)
+            bot.transcript.on_turn = lambda: self._save_transcript_soon(tid, bot)
             if running.peer is not None and running.peer.closed:
                 self._peer_failed(running)  # before the transport could hear of it
             meter.start()
@@ -317,6 +320,24 @@ class BotRunner:
         running.error_code = "webrtc_timeout"
         running.error = f"the caller's WebRTC connection was not up within {seconds:g} s"
         await self._end(running, EndReason.ERROR)
+
+    def _save_transcript_soon(self, tid: str, bot: BotCall) -> None:
+        """Save the transcript so far, off the frame path; a save already in flight
+        takes the newest turns when it runs, so at most one waits."""
+        if tid in self._transcript_saves:
+            return
+        self._transcript_saves.add(tid)
+
+        async def save() -> None:
+            try:
+                await asyncio.sleep(0)  # the turns of one moment go in one write
+                await threads_repo.update_thread(self._sb, tid, transcript=bot.transcript.to_json())
+            except Exception:  # the end of the call saves it anyway
+                log.debug("call %s: live transcript not saved", tid, exc_info=True)
+            finally:
+                self._transcript_saves.discard(tid)
+
+        asyncio.get_running_loop().create_task(save(), name=f"transcript-{tid}")
 
     def _watch(self, running: RunningCall, bot: BotCall) -> None:
         @bot.worker.event_handler("on_idle_timeout")

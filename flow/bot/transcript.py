@@ -2,12 +2,14 @@
 
 ``on_user_turn_stopped`` (user aggregator) and ``on_assistant_turn_stopped``
 (assistant aggregator, which says whether the bot was interrupted) each add one turn.
-The runner saves the list on the thread (``workflow_threads.transcript``) at call end;
-nothing is written during the call.
+Each new turn calls ``on_turn`` (the runner saves the transcript so far on the thread,
+so ``GET /api/bot/{id}`` and the ``/talk`` page show it while the call runs); the
+runner saves the whole list again at call end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -44,6 +46,7 @@ class Transcript:
 
     def __init__(self) -> None:
         self.turns: list[Turn] = []
+        self.on_turn: Callable[[], None] | None = None
 
     def attach(self, user: LLMUserAggregator, assistant: LLMAssistantAggregator) -> None:
         @user.event_handler("on_user_turn_stopped")
@@ -73,6 +76,8 @@ class Transcript:
                 interrupted=interrupted,
             )
         )
+        if self.on_turn is not None:
+            self.on_turn()
 
     def to_json(self) -> list[dict[str, Any]]:
         return [asdict(t) for t in self.turns]

@@ -115,6 +115,9 @@ class Demo:
             "supabase_url": info.supabase_url,
             "supabase_service_role_key": info.service_role_key,
             "flow_env": "development",
+            # /talk from a browser on this machine, even one whose only interface is
+            # loopback; the caller's speech ends a turn after a short, fixed silence.
+            "flow_webrtc_loopback": True,
         }
         self.real_call = bool(
             base.openai_api_key.get_secret_value() and base.flow_demo_daily_room_url
@@ -177,6 +180,7 @@ class Demo:
                 return 0 if all(t["status"] == CallStatus.COMPLETED for t in finished) else 1
             _say(f"Dashboard: {base_url}/dashboard  (sign in with the demo key below)")
             _say(f"Demo key:  {key}")
+            _say(f"Talk to the bot from this machine's browser: {base_url}/talk")
             _say("Press Ctrl-C to stop everything the demo started.")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
