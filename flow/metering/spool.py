@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,30 @@ REPLAY_SUFFIX = ".replaying"
 # One lock for every meter in the process: appends from concurrent calls must not
 # interleave inside a line.
 _spool_lock = threading.Lock()
+_replay_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _files_to_replay(spool_dir: Path) -> list[Path]:
+    """Set the live spool file aside (meters append to a fresh one) and list every file
+    waiting for a replay."""
+    if not spool_dir.exists():
+        return []
+    live = spool_dir / SPOOL_FILE
+    with _spool_lock:
+        if live.exists() and live.stat().st_size > 0:
+            live.rename(spool_dir / f"usage.{time.time_ns()}.jsonl{REPLAY_SUFFIX}")
+    return sorted(spool_dir.glob(f"*{REPLAY_SUFFIX}"))
+
+
+def _replay_lock() -> asyncio.Lock:
+    """One replay at a time per event loop (asyncio locks belong to a loop)."""
+    loop = asyncio.get_running_loop()
+    lock = _replay_locks.get(loop)
+    if lock is None:
+        lock = _replay_locks[loop] = asyncio.Lock()
+    return lock
 
 
 def append_to_spool(spool_dir: Path, events: Sequence[UsageEvent]) -> None:
@@ -69,27 +94,33 @@ async def replay_spool(sb: AsyncClient, spool_dir: Path) -> int:
 
     The spool file is first renamed aside (so meters keep appending to a fresh one),
     then recorded; a file is deleted only once its events are in the ledger. A replay
-    that fails leaves it for the next replay.
+    that fails leaves it for the next replay. Replays in one process take turns; a file
+    another replay (another process on the same disk) took first is skipped, and one
+    recorded by both counts once (ids are fixed).
     """
-    spool_dir = Path(spool_dir)
-    if not spool_dir.exists():
-        return 0
-    live = spool_dir / SPOOL_FILE
-    with _spool_lock:
-        if live.exists() and live.stat().st_size > 0:
-            live.rename(spool_dir / f"usage.{time.time_ns()}.jsonl{REPLAY_SUFFIX}")
+    async with _replay_lock():
+        return await _replay(sb, Path(spool_dir))
+
+
+async def _replay(sb: AsyncClient, spool_dir: Path) -> int:
     new = 0
-    for path in sorted(spool_dir.glob(f"*{REPLAY_SUFFIX}")):
-        events = await asyncio.to_thread(_read_spool, path)
+    for path in await asyncio.to_thread(_files_to_replay, spool_dir):
+        try:
+            events = await asyncio.to_thread(_read_spool, path)
+        except FileNotFoundError:
+            continue  # replayed by another process meanwhile
         try:
             new += await record_usage_events(sb, events)
         except (DatabaseUnavailable, DatabaseError) as exc:
             log.warning("spool replay of %s failed (%s): kept for the next replay", path, exc)
             continue
-        path.unlink()
+        path.unlink(missing_ok=True)
         log.info("replayed %d spooled usage events from %s", len(events), path.name)
     for path in await asyncio.to_thread(dead_logs, spool_dir):
-        events = await asyncio.to_thread(read_log, path)
+        try:
+            events = await asyncio.to_thread(read_log, path)
+        except FileNotFoundError:
+            continue
         try:
             recorded = await record_usage_events(sb, events)
         except (DatabaseUnavailable, DatabaseError) as exc:

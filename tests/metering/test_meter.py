@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,15 @@ async def test_listeners_see_each_event_and_their_errors_are_swallowed(
     assert seen == events and meter.events == events
     await meter.close()
     assert meter.recorded == 2
+
+
+async def test_replays_running_at_once_record_each_event_once_and_never_fail(
+    sb: AsyncClient, thread: dict[str, Any], tmp_path: Path
+) -> None:
+    events = events_for(thread, 6)
+    append_to_spool(tmp_path, events[:3])
+    append_to_spool(tmp_path, events[3:])
+    counts = await asyncio.gather(*(replay_spool(sb, tmp_path) for _ in range(4)))
+    assert sum(counts) == 6
+    assert not files_in(tmp_path)
+    assert (await stats(sb, thread))["events"] == 6
