@@ -53,6 +53,7 @@ class _Inference:
     text: list[str]
     usage_reported: bool = False
     event_id: UUID = field(default_factory=uuid4)
+    prompt_tokens: int | None = None  # counted once, when first needed
 
 
 class LLMInferenceTracker(FrameProcessor):
@@ -118,10 +119,13 @@ class LLMInferenceTracker(FrameProcessor):
         await self.push_frame(frame, direction)
 
     def _prompt_tokens(self, inference: _Inference) -> int:
-        prompt = list(inference.messages)
-        if self._system:
-            prompt.insert(0, {"role": "system", "content": self._system})
-        return count_message_tokens([m for m in prompt if isinstance(m, dict)], self._model)
+        if inference.prompt_tokens is None:
+            prompt = list(inference.messages)
+            if self._system:
+                prompt.insert(0, {"role": "system", "content": self._system})
+            messages = [m for m in prompt if isinstance(m, dict)]
+            inference.prompt_tokens = count_message_tokens(messages, self._model)
+        return inference.prompt_tokens
 
     def _log_ahead(self, inference: _Inference) -> None:
         try:
