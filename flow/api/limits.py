@@ -22,7 +22,7 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flow.api.errors import ApiError
+from flow.api.errors import ApiError, error_response
 
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_BYTES = 16 * 1024
@@ -50,7 +50,7 @@ class BodySizeLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
 
         received = 0
@@ -75,10 +75,11 @@ class BodySizeLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
 
-    async def _refuse(self, send: Send) -> None:
-        await _answer(send, 413, "payload_too_large", _message(self.max_body_bytes))
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = _message(self.max_body_bytes)
+        await _answer(scope, receive, send, 413, "payload_too_large", message)
 
 
 class HeaderLimitMiddleware:
@@ -99,30 +100,23 @@ class HeaderLimitMiddleware:
             headers: Any = scope.get("headers") or []
             if len(headers) > self.max_fields:
                 message = f"more than {self.max_fields} header fields"
-                await _answer(send, 431, "request_header_fields_too_large", message)
+                await _answer(scope, receive, send, 431, "request_header_fields_too_large", message)
                 return
             size = sum(len(name) + len(value) + 4 for name, value in headers)
             if size > self.max_bytes:
                 message = f"the request headers are larger than {self.max_bytes} bytes"
-                await _answer(send, 431, "request_header_fields_too_large", message)
+                await _answer(scope, receive, send, 431, "request_header_fields_too_large", message)
                 return
         await self.app(scope, receive, send)
 
 
-async def _answer(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": code, "message": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _answer(
+    scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str
+) -> None:
+    """The API's error body, sent before the app has seen the request; the connection
+    closes after it (the rest of the request is not read)."""
+    response = error_response(status, code, message, headers={"Connection": "close"})
+    await response(scope, receive, send)
 
 
 # A JSON escape of a UTF-16 surrogate: the only way a lone one can be written in JSON.
