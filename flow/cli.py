@@ -154,6 +154,58 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return _run(go())
 
 
+def cmd_prices(args: argparse.Namespace) -> int:
+    """Where every price comes from: the voice table with its sources, dates and tiers,
+    the overrides in effect, or (``--check MODEL``) how one model would be priced."""
+    from flow.metering import provenance
+    from flow.metering.pricing import GENAI_PRICES_SOURCE, PriceBook
+
+    book = PriceBook.from_settings(get_settings())
+    if args.check:
+        found = provenance.check(book, args.check, args.provider)
+        priced = bool(found["llm"] or found["voice"])
+        if args.json:
+            print(json.dumps(found, indent=2))
+            return 0 if priced else 1
+        named = f"{found['provider']}/{found['model']}" if found["provider"] else found["model"]
+        print(named)
+        llm = found["llm"]
+        print(
+            f"  LLM tokens: {llm['price_source']}: {llm['rate']}"
+            if llm
+            else "  LLM tokens: no price"
+        )
+        for row in found["voice"]:
+            print(f"  voice: {row['price_source']}: {row['rate']} ({row['tier']})")
+            if not row["override"]:
+                print(f"    checked {row['checked']} against {row['source_url']}")
+        if not found["voice"]:
+            print("  TTS characters / STT audio: no voice price")
+        if not priced:
+            print("  unpriced: its usage is recorded with cost NULL (never zero)")
+        return 0 if priced else 1
+    table, overrides = provenance.voice_table(book), provenance.llm_overrides(book)
+    if args.json:
+        llm_prices = {"source": GENAI_PRICES_SOURCE, "overrides": overrides}
+        print(json.dumps({"llm": llm_prices, "voice": table}, indent=2))
+        return 0
+    print(f"LLM tokens: {GENAI_PRICES_SOURCE} (historical prices per model)")
+    if overrides:
+        print("overrides (FLOW_PRICE_OVERRIDES), USD per 1M tokens:")
+        for model, rates in overrides.items():
+            print(f"  {model}: " + ", ".join(f"{name} {rate}" for name, rate in rates.items()))
+    else:
+        print("no overrides (FLOW_PRICE_OVERRIDES is empty)")
+    print("\nvoice prices (TTS characters, STT audio), USD:")
+    print(f"  {'provider/model':<30}{'rate':<28}{'tier':<40}{'checked':<12}source")
+    for row in table:
+        source = "override (FLOW_VOICE_PRICES)" if row["override"] else row["source_url"]
+        print(f"  {row['key']:<30}{row['rate']:<28}{row['tier']:<40}{row['checked']:<12}{source}")
+        if row["note"]:
+            print(f"  {'':<30}note: {row['note']}")
+    return 0
+
+
 def _ident(row: dict[str, Any]) -> str:
     """How a key is shown: its printed prefix, its Unkey id, or the start of its id."""
     return str(row["key_prefix"] or row["unkey_key_id"] or str(row["id"])[:8])
@@ -265,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     stack_arguments(stack)
     stack.set_defaults(func=cmd_stack)
 
+    prices = sub.add_parser("prices", help="where every price comes from: sources, dates, tiers")
+    prices.add_argument("--check", metavar="MODEL", help="how MODEL (or provider/model) is priced")
+    prices.add_argument("--provider", default=None, help="the vendor of --check MODEL")
+    prices.add_argument("--json", action="store_true", help="print JSON")
+    prices.set_defaults(func=cmd_prices)
+
     sub.add_parser("config", help="print effective settings (secrets masked)").set_defaults(
         func=cmd_config
     )
@@ -272,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flow.exporters.commands import register as register_exports
 
     register_exports(sub)
+    from flow.reconcile.commands import register as register_reconcile
+
+    register_reconcile(sub)
     return parser
 
 

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
     flow_price_overrides: str = ""
     flow_voice_prices: str = ""
 
+    # --- reconciliation with vendor usage -----------------------------------
+    openai_admin_key: SecretStr = SecretStr("")
+    openai_admin_base_url: str = ""
+    openai_admin_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+
     # --- post-call ---------------------------------------------------------
     flow_insights_model: str = "gpt-4o-mini"
     flow_webhook_secret: SecretStr = SecretStr("")
@@ -125,7 +130,9 @@ class Settings(BaseSettings):
     flow_sync_tick_seconds: float = Field(default=15.0, gt=0)
     flow_export_source_id: str = "prism-gateway"
 
-    @field_validator("supabase_url", "openai_base_url", "unkey_base_url", "posthog_host")
+    @field_validator(
+        "supabase_url", "openai_base_url", "openai_admin_base_url", "unkey_base_url", "posthog_host"
+    )
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")

@@ -13,6 +13,11 @@ processors that share one :class:`UsageRecorder`:
   usage (a reply cut off by the caller, or by the process dying) is still billed, as
   an estimate.
 
+A ``MetricsFrame`` that reaches the processor twice (the same frame id: a processor
+that pushes a frame it already pushed, a frame re-queued after an interruption) counts
+once: the processor remembers the ids of the last :data:`RECENT_FRAME_IDS` metrics
+frames it consumed. Every other road of usage is keyed by event id already.
+
 Both pass every frame on unchanged and run in Pipecat's direct mode (no queue, no
 task of their own), so they see frames in exactly the order they were pushed. Events
 go to the meter (its write-ahead log and in-memory buffer); nothing here waits.
@@ -55,6 +60,8 @@ from flow.metering.pricing import PriceBook, cost_fields, gross_input_tokens
 log = logging.getLogger(__name__)
 
 UNKNOWN_MODEL = "unknown"
+# Metrics frames remembered to count each once; a repeat arrives right behind its first.
+RECENT_FRAME_IDS = 1024
 
 
 @dataclass(frozen=True)
@@ -322,14 +329,29 @@ class UsageMetricsProcessor(FrameProcessor):
     def __init__(self, recorder: UsageRecorder, **kwargs: Any) -> None:
         super().__init__(enable_direct_mode=True, **kwargs)
         self._recorder = recorder
+        self._recent: deque[int] = deque()
+        self._recent_ids: set[int] = set()
+
+    def _first_time(self, frame: Frame) -> bool:
+        """Whether this frame's id is new (remembered among the last few)."""
+        if frame.id in self._recent_ids:
+            return False
+        if len(self._recent) >= RECENT_FRAME_IDS:
+            self._recent_ids.discard(self._recent.popleft())
+        self._recent.append(frame.id)
+        self._recent_ids.add(frame.id)
+        return True
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, MetricsFrame):
-            try:
-                self._recorder.on_metrics(frame.data)
-            except Exception:  # metering must never break the call
-                log.exception("usage metrics could not be recorded")
+            if self._first_time(frame):
+                try:
+                    self._recorder.on_metrics(frame.data)
+                except Exception:  # metering must never break the call
+                    log.exception("usage metrics could not be recorded")
+            else:
+                log.warning("metrics frame %s arrived again: counted once", frame.name)
         elif isinstance(frame, (EndFrame, CancelFrame)):
             self._recorder.finish()
         await self.push_frame(frame, direction)

@@ -72,15 +72,29 @@ async def _report(
     return data
 
 
+async def ledger_daily_usage(
+    sb: AsyncClient, provider: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """The ``usage_reconcile_daily`` SQL function: one vendor's usage over [start, end)
+    per UTC day (``YYYY-MM-DD``), kind and model, every key's together: ``requests``
+    (one event each), token, ``characters`` and ``audio_seconds`` sums, ``cost_usd`` and
+    ``unpriced_events``; decimals as strings."""
+    args = {"p_provider": provider, "p_start": start.isoformat(), "p_end": end.isoformat()}
+    res: Any = await call(sb.rpc("usage_reconcile_daily", args).execute)
+    rows: list[dict[str, Any]] = res.data
+    return rows
+
+
 THREAD_EVENT_COLUMNS = (
     "id,category,kind,model,input_tokens,output_tokens,cache_read_tokens,characters,"
-    "audio_seconds::text,cost_usd::text,estimated"
+    "audio_seconds::text,cost_usd::text,price_source,estimated"
 )
 
 
 async def thread_usage_events(sb: AsyncClient, thread_id: str) -> list[dict[str, Any]]:
     """One call's ledger rows, oldest first; ``audio_seconds`` and ``cost_usd`` are
-    decimal strings (``cost_usd`` None when the event is unpriced)."""
+    decimal strings (``cost_usd`` None when the event is unpriced), ``price_source`` says
+    what priced each."""
     res = await call(
         sb.table("usage_events")
         .select(THREAD_EVENT_COLUMNS)

@@ -110,6 +110,10 @@ class UsageEvent(BaseModel):
         cost_usd: the total, derived from the split when the split is given; ``None``
             means unpriced (unknown model), never zero. (Events recorded before the split
             existed, and read back from an old spool, carry only the total.)
+        price_source: where the price came from, short and stable (``genai-prices 0.2.3
+            openai/gpt-4o-mini``, ``voice-table 2026-11-28 deepgram/nova-3 streaming``,
+            ``override``); ``None`` when unpriced (and for events priced before sources
+            were recorded).
         estimated: counts estimated by Flow (an interrupted completion reported none).
     """
 
@@ -138,6 +142,7 @@ class UsageEvent(BaseModel):
     input_cost_usd: Decimal | None = Field(default=None, ge=0)
     output_cost_usd: Decimal | None = Field(default=None, ge=0)
     cost_usd: Decimal | None = Field(default=None, ge=0)
+    price_source: str | None = Field(default=None, min_length=1, max_length=200)
     latency_ms: Decimal | None = Field(default=None, ge=0)
     status_code: int | None = None
     is_error: bool = False
@@ -177,6 +182,8 @@ class UsageEvent(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> UsageEvent:
+        if self.price_source is not None and self.cost_usd is None:
+            raise ValueError("price_source names the source of a price: an unpriced event has none")
         if self.cache_read_tokens > self.input_tokens:
             raise ValueError("cache_read_tokens cannot exceed input_tokens (gross convention)")
         for part, whole in (

@@ -8,6 +8,12 @@
   (genai-prices does not cover Deepgram or Cartesia), overridable per ``provider/model``
   with ``FLOW_VOICE_PRICES``.
 
+Every price says where it came from (``price_source`` on the usage event): the
+genai-prices version and the model id it matched (``genai-prices 0.2.3
+openai/gpt-4o-mini``), the voice-table row with the date it was checked against its
+source and the tier it assumes (``voice-table 2026-11-28 deepgram/nova-3 streaming``), or
+``override`` for a negotiated price from the settings.
+
 Token counts arrive here in the gross convention (``input_tokens`` includes cached
 tokens); :func:`gross_input_tokens` converts the net counts some providers report.
 Audio counts are parts of the totals (see :mod:`flow.metering.events`): text is what is
@@ -20,11 +26,12 @@ another model's price.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from genai_prices import Usage, calc_price
+from genai_prices import __version__ as GENAI_PRICES_VERSION
 
 from flow.config import Settings
 from flow.metering.events import quantize_cost
@@ -37,22 +44,96 @@ MTOK = Decimal(1_000_000)
 # the vendor's numbers through): Anthropic's Messages API and Bedrock's Converse API.
 NET_PROMPT_PROVIDERS = frozenset({"anthropic", "aws", "bedrock", "aws_bedrock"})
 
-# USD per character (TTS) and per second (STT), as published by each vendor.
-# Keys are ``provider/model``; ``provider/*`` applies to any model of that vendor.
-DEFAULT_VOICE_PRICES: dict[str, dict[str, Decimal]] = {
-    # OpenAI TTS: $15 / $30 per 1M characters.
-    "openai/tts-1": {"per_character": Decimal("0.000015")},
-    "openai/tts-1-hd": {"per_character": Decimal("0.00003")},
-    # OpenAI transcription: $0.006 / $0.003 per minute.
-    "openai/whisper-1": {"per_second": Decimal("0.0001")},
-    "openai/gpt-4o-transcribe": {"per_second": Decimal("0.0001")},
-    "openai/gpt-4o-mini-transcribe": {"per_second": Decimal("0.00005")},
-    # Deepgram: Aura $0.015 / Aura-2 $0.030 per 1K characters;
-    # Nova-3 streaming $0.0077/min, Nova-2 streaming $0.0058/min.
-    "deepgram/aura": {"per_character": Decimal("0.000015")},
-    "deepgram/aura-2": {"per_character": Decimal("0.00003")},
-    "deepgram/nova-3": {"per_minute": Decimal("0.0077")},
-    "deepgram/nova-2": {"per_minute": Decimal("0.0058")},
+OVERRIDE_SOURCE = "override"
+GENAI_PRICES_SOURCE = f"genai-prices {GENAI_PRICES_VERSION}"
+
+
+@dataclass(frozen=True)
+class VoiceRate:
+    """One row of the voice table: a vendor's published rate and where it comes from.
+
+    Parameters:
+        rates: USD ``per_character`` (TTS), ``per_second`` or ``per_minute`` (STT).
+        source_url: the vendor's page the rate was read from.
+        checked: the day (``YYYY-MM-DD``) the rate was last compared with that page.
+        tier: the plan and mode the rate assumes, most telling first ("streaming, pay as
+            you go"); its first part names the row in ``price_source``.
+        note: what a reader should know (sources that disagree, and which was chosen).
+        override: a negotiated rate from ``FLOW_VOICE_PRICES`` (no source of ours).
+    """
+
+    rates: dict[str, Decimal] = field(hash=False)
+    source_url: str = ""
+    checked: str = ""
+    tier: str = ""
+    note: str = ""
+    override: bool = False
+
+    def price_source(self, key: str) -> str:
+        if self.override:
+            return OVERRIDE_SOURCE
+        return f"voice-table {self.checked} {key} {self.tier.split(',')[0].strip()}"
+
+
+OPENAI_PRICING = "https://platform.openai.com/docs/pricing"
+DEEPGRAM_PRICING = "https://deepgram.com/pricing"
+
+# Keys are ``provider/model``; ``provider/*`` applies to any model of that vendor. A row
+# is checked against its vendor's page on the date it gives; `flow prices` lists them.
+DEFAULT_VOICE_PRICES: dict[str, VoiceRate] = {
+    # OpenAI TTS: $15 / $30 per 1M characters. (gpt-4o-mini-tts bills tokens, not
+    # characters, so it has no row: its characters are recorded unpriced.)
+    "openai/tts-1": VoiceRate(
+        {"per_character": Decimal("0.000015")}, OPENAI_PRICING, "2026-11-28", "standard"
+    ),
+    "openai/tts-1-hd": VoiceRate(
+        {"per_character": Decimal("0.00003")}, OPENAI_PRICING, "2026-11-28", "standard"
+    ),
+    # OpenAI transcription: whisper-1 $0.006/min; the gpt-4o transcribe models at the
+    # per-minute estimates OpenAI publishes beside their token prices.
+    "openai/whisper-1": VoiceRate(
+        {"per_second": Decimal("0.0001")}, OPENAI_PRICING, "2026-11-28", "standard"
+    ),
+    "openai/gpt-4o-transcribe": VoiceRate(
+        {"per_second": Decimal("0.0001")},
+        OPENAI_PRICING,
+        "2026-11-28",
+        "estimate, $0.006/min",
+        note="billed by OpenAI in audio and text tokens; the per-minute figure is its estimate",
+    ),
+    "openai/gpt-4o-mini-transcribe": VoiceRate(
+        {"per_second": Decimal("0.00005")},
+        OPENAI_PRICING,
+        "2026-11-28",
+        "estimate, $0.003/min",
+        note="billed by OpenAI in audio and text tokens; the per-minute figure is its estimate",
+    ),
+    # Deepgram TTS: Aura $0.015 / Aura-2 $0.030 per 1K characters.
+    "deepgram/aura": VoiceRate(
+        {"per_character": Decimal("0.000015")}, DEEPGRAM_PRICING, "2026-11-28", "pay as you go"
+    ),
+    "deepgram/aura-2": VoiceRate(
+        {"per_character": Decimal("0.00003")}, DEEPGRAM_PRICING, "2026-11-28", "pay as you go"
+    ),
+    # Deepgram STT, streaming (a bot transcribes live).
+    "deepgram/nova-3": VoiceRate(
+        {"per_minute": Decimal("0.0048")},
+        DEEPGRAM_PRICING,
+        "2026-11-28",
+        "streaming, pay as you go, monolingual",
+        note=(
+            "$0.0077/min was the 2025 streaming list price; the 2026 page lists $0.0048 "
+            "streaming and $0.0043 pre-recorded on pay as you go (Growth: $0.0042 "
+            "streaming); multilingual streaming is $0.0058"
+        ),
+    ),
+    "deepgram/nova-2": VoiceRate(
+        {"per_minute": Decimal("0.0058")},
+        DEEPGRAM_PRICING,
+        "2026-11-28",
+        "streaming, pay as you go",
+        note="no longer on the pricing page; its last published streaming rate",
+    ),
 }
 
 
@@ -67,24 +148,43 @@ def gross_input_tokens(
 
 @dataclass(frozen=True)
 class LLMPrice:
-    """A price split the way vendors bill it: input (prompt) and output (completion)."""
+    """A price split the way vendors bill it: input (prompt) and output (completion),
+    with where it came from (``None`` only for a price built by hand)."""
 
     input_cost_usd: Decimal
     output_cost_usd: Decimal
+    source: str | None = None
 
     @property
     def total_cost_usd(self) -> Decimal:
         return self.input_cost_usd + self.output_cost_usd
 
 
-def cost_fields(price: LLMPrice | Decimal | None) -> dict[str, Decimal | None]:
-    """A price as the usage event's cost fields. A voice price (a Decimal) is all input:
-    TTS bills the characters it is given, STT the audio it is sent."""
+@dataclass(frozen=True)
+class VoicePrice:
+    """What TTS characters or STT audio cost, and the voice-table row (or override) that
+    priced them."""
+
+    cost_usd: Decimal
+    source: str
+
+
+def cost_fields(price: LLMPrice | VoicePrice | None) -> dict[str, Decimal | str | None]:
+    """A price as the usage event's cost fields and ``price_source``. A voice price is
+    all input: TTS bills the characters it is given, STT the audio it is sent."""
     if price is None:
-        return {"input_cost_usd": None, "output_cost_usd": None}
+        return {"input_cost_usd": None, "output_cost_usd": None, "price_source": None}
     if isinstance(price, LLMPrice):
-        return {"input_cost_usd": price.input_cost_usd, "output_cost_usd": price.output_cost_usd}
-    return {"input_cost_usd": price, "output_cost_usd": Decimal(0)}
+        return {
+            "input_cost_usd": price.input_cost_usd,
+            "output_cost_usd": price.output_cost_usd,
+            "price_source": price.source,
+        }
+    return {
+        "input_cost_usd": price.cost_usd,
+        "output_cost_usd": Decimal(0),
+        "price_source": price.source,
+    }
 
 
 class PriceBook:
@@ -98,7 +198,19 @@ class PriceBook:
     ) -> None:
         self._llm_overrides = {k.lower(): v for k, v in (llm_overrides or {}).items()}
         self._voice = {**DEFAULT_VOICE_PRICES}
-        self._voice.update({k.lower(): v for k, v in (voice_prices or {}).items()})
+        self._voice.update(
+            {k.lower(): VoiceRate(v, override=True) for k, v in (voice_prices or {}).items()}
+        )
+
+    @property
+    def llm_overrides(self) -> dict[str, dict[str, Decimal]]:
+        """The negotiated LLM rates in effect, USD per million tokens, by model."""
+        return dict(self._llm_overrides)
+
+    @property
+    def voice_rates(self) -> dict[str, VoiceRate]:
+        """Every voice row in effect (the table, with overrides in their place)."""
+        return dict(self._voice)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PriceBook:
@@ -142,40 +254,50 @@ class PriceBook:
         except Exception:  # a malformed price entry must not lose the usage
             log.exception("pricing failed for %s/%s: recorded as unpriced", provider, model)
             return None
-        return LLMPrice(quantize_cost(calc[0]), quantize_cost(calc[1]))
+        return LLMPrice(quantize_cost(calc[0]), quantize_cost(calc[1]), calc[2])
 
     # --- voice ---------------------------------------------------------------
-    def _voice_rate(self, provider: str, model: str) -> dict[str, Decimal] | None:
-        """Exact ``provider/model``, else the longest model family (Deepgram voices are
-        named ``aura-2-thalia-en``), else ``provider/*``."""
+    def voice_rate(self, provider: str, model: str) -> tuple[str, VoiceRate] | None:
+        """The row that prices ``provider/model``, with its key: exact, else the longest
+        model family (Deepgram voices are named ``aura-2-thalia-en``), else
+        ``provider/*``."""
         provider, model = provider.lower(), model.lower()
-        exact = self._voice.get(f"{provider}/{model}")
-        if exact is not None:
-            return exact
+        key = f"{provider}/{model}"
+        if key in self._voice:
+            return key, self._voice[key]
         families = [
             key
             for key in self._voice
             if key.startswith(provider + "/") and model.startswith(key.split("/", 1)[1] + "-")
         ]
-        if families:
-            return self._voice[max(families, key=len)]
-        return self._voice.get(f"{provider}/*")
+        key = max(families, key=len) if families else f"{provider}/*"
+        return (key, self._voice[key]) if key in self._voice else None
 
-    def tts(self, provider: str, model: str, characters: int) -> Decimal | None:
-        rate = self._voice_rate(provider, model)
-        if rate is None or "per_character" not in rate:
+    def tts(self, provider: str, model: str, characters: int) -> VoicePrice | None:
+        found = self.voice_rate(provider, model)
+        if found is None or "per_character" not in found[1].rates:
             log.warning("no TTS price for %s/%s: recorded as unpriced", provider, model)
             return None
-        return quantize_cost(characters * rate["per_character"])
+        key, row = found
+        cost = quantize_cost(characters * row.rates["per_character"])
+        return VoicePrice(cost, row.price_source(key))
 
-    def stt(self, provider: str, model: str, audio_seconds: Decimal) -> Decimal | None:
-        rate = self._voice_rate(provider, model)
-        if rate is not None and "per_second" in rate:
-            return quantize_cost(audio_seconds * rate["per_second"])
-        if rate is not None and "per_minute" in rate:
-            return quantize_cost(audio_seconds * rate["per_minute"] / 60)
-        log.warning("no STT price for %s/%s: recorded as unpriced", provider, model)
-        return None
+    def stt(self, provider: str, model: str, audio_seconds: Decimal) -> VoicePrice | None:
+        found = self.voice_rate(provider, model)
+        cost = _audio_cost(found[1].rates, audio_seconds) if found else None
+        if found is None or cost is None:
+            log.warning("no STT price for %s/%s: recorded as unpriced", provider, model)
+            return None
+        key, row = found
+        return VoicePrice(quantize_cost(cost), row.price_source(key))
+
+
+def _audio_cost(rates: dict[str, Decimal], audio_seconds: Decimal) -> Decimal | None:
+    if "per_second" in rates:
+        return audio_seconds * rates["per_second"]
+    if "per_minute" in rates:
+        return audio_seconds * rates["per_minute"] / 60
+    return None
 
 
 @dataclass(frozen=True)
@@ -212,12 +334,16 @@ def _override_price(rates: dict[str, Decimal], t: _Tokens) -> LLMPrice:
         + t.cache_read_audio * audio_cache_rate
     )
     output_cost = (t.output - t.output_audio) * output_rate + t.output_audio * audio_out_rate
-    return LLMPrice(quantize_cost(input_cost / MTOK), quantize_cost(output_cost / MTOK))
+    return LLMPrice(
+        quantize_cost(input_cost / MTOK), quantize_cost(output_cost / MTOK), OVERRIDE_SOURCE
+    )
 
 
 def _calc(
     provider: str | None, model: str, t: _Tokens, at: datetime | None
-) -> tuple[Decimal, Decimal]:
+) -> tuple[Decimal, Decimal, str]:
+    """Input and output prices, and the source: the package version and the provider
+    and model ids it matched."""
     # genai-prices takes the same nesting: input_tokens holds cache reads and audio,
     # cache_audio_read_tokens lies in both.
     result = calc_price(
@@ -234,4 +360,5 @@ def _calc(
         provider_id=provider,
         genai_request_timestamp=at,
     )
-    return result.input_price, result.output_price
+    source = f"{GENAI_PRICES_SOURCE} {result.provider.id}/{result.model.id}"
+    return result.input_price, result.output_price, source

@@ -1,6 +1,6 @@
 """The tree tells the story: imports point one way, and the API starts without Pipecat.
 
-api, cli -> workflows, bot, auth, exporters -> analytics -> metering -> db, net -> config
+api, cli -> workflows, bot, auth, exporters, reconcile -> analytics -> metering -> db, net -> config
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ LAYERS = {
     "bot": 4,
     "exporters": 4,
     "workflows": 4,
+    "reconcile": 4,
     "api": 5,
     "cli": 5,
     "main": 5,
