@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from flow.config import MAX_REPORT_DAYS, get_settings
-from flow.reconcile.compare import Diagnosis, Line, Tolerance, reconcile
+from flow.reconcile.compare import Diagnosis, Line, Tolerance, plain, reconcile
 from flow.reconcile.openai import VendorError, fetch_pages, load_files, read_pages
 
 PROVIDERS = ("openai",)
@@ -133,11 +133,11 @@ def _print(
     print(f"{'day':<12}{'model (ledger = vendor)':<44}{'unit':<20}", end="")
     print(f"{'ledger':>16}{'vendor':>16}{'difference':>14}  diagnosis")
     for line in lines:
-        vendor = "-" if line.vendor is None else str(line.vendor)
-        diff = line.difference
-        shown = "-" if diff is None else str(diff)
+        ledger, vendor, diff = (
+            plain(v) or "-" for v in (line.ledger, line.vendor, line.difference)
+        )
         print(f"{line.day:<12}{_model(line)[:43]:<44}{line.unit:<20}", end="")
-        print(f"{line.ledger!s:>16}{vendor:>16}{shown:>14}  {line.diagnosis.value}")
+        print(f"{ledger:>16}{vendor:>16}{diff:>14}  {line.diagnosis.value}")
     parts = ", ".join(f"{summary.get(d.value, 0)} {d.value}" for d in Diagnosis if d != "ok")
     verdict = "everything agrees" if not summary["differences"] else "differences found"
     print(f"{summary['lines']} lines, {summary['differences']} differ ({parts}): {verdict}")

@@ -54,6 +54,14 @@ COSTS = "costs"
 COST_UNIT = "cost_usd"
 
 
+def plain(value: Decimal | None) -> str | None:
+    """A figure as people write it: no exponent, no trailing zeros (``0.00435``, ``51``)."""
+    if value is None:
+        return None
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def family(model: str) -> str:
     """The name a ledger model and a vendor snapshot share: no trailing date."""
     return DATED_SNAPSHOT.sub("", model.strip().lower())
@@ -112,7 +120,6 @@ class Line:
         return None if self.vendor is None else self.ledger - self.vendor
 
     def to_json(self) -> dict[str, Any]:
-        diff = self.difference
         return {
             "day": self.day,
             "model": self.model,
@@ -120,9 +127,9 @@ class Line:
             "vendor_models": self.vendor_models,
             "endpoint": self.endpoint,
             "unit": self.unit,
-            "ledger": str(self.ledger),
-            "vendor": None if self.vendor is None else str(self.vendor),
-            "difference": None if diff is None else str(diff),
+            "ledger": plain(self.ledger),
+            "vendor": plain(self.vendor),
+            "difference": plain(self.difference),
             "diagnosis": self.diagnosis.value,
         }
 

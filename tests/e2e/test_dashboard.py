@@ -23,7 +23,7 @@ from flow.db.usage import record_usage_events
 from flow.localstack import free_port
 from flow.main import create_app
 from flow.metering.events import UsageCategory, UsageEvent, UsageKind
-from flow.metering.pricing import PriceBook
+from flow.metering.pricing import PriceBook, cost_fields
 from tests.api.conftest import bearer, local_mode, serve
 from tests.api.recording_runner import RecordingRunner
 
@@ -73,7 +73,7 @@ async def seed(sb: AsyncClient, api_key: dict[str, Any]) -> list[UsageEvent]:
                 provider="openai",
                 model="tts-1",
                 characters=chars,
-                cost_usd=BOOK.tts("openai", "tts-1", chars),
+                **cost_fields(BOOK.tts("openai", "tts-1", chars)),
             )
         )
     await record_usage_events(sb, events)

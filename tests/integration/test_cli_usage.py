@@ -23,10 +23,13 @@ from tests.integration.test_ledger import llm_event, tts_event
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def flow_cli(stack: localstack.StackInfo, *args: str) -> subprocess.CompletedProcess[str]:
-    """``flow ARGS`` on the test stack, running this checkout's ``flow`` package."""
+def flow_cli(
+    stack: localstack.StackInfo, *args: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """``flow ARGS`` on the test stack, running this checkout's ``flow`` package, with
+    more ``settings`` in its environment."""
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, **stack.env(), "PYTHONPATH": pythonpath}
+    env = {**os.environ, **stack.env(), "PYTHONPATH": pythonpath, **settings}
     return subprocess.run(
         [sys.executable, "-m", "flow.cli", *args],
         env=env,

@@ -4,7 +4,11 @@ from decimal import Decimal
 
 import pytest
 
-from flow.metering.pricing import PriceBook, gross_input_tokens
+from flow.metering.pricing import PriceBook, VoicePrice, gross_input_tokens
+
+
+def _cost(price: VoicePrice | None) -> Decimal | None:
+    return None if price is None else price.cost_usd
 
 
 def test_gpt_4o_mini_prices_cached_tokens_at_the_cached_rate() -> None:
@@ -44,16 +48,16 @@ def test_openai_prompt_is_already_gross() -> None:
 
 def test_tts_is_priced_per_character() -> None:
     # OpenAI tts-1: $15 per 1M characters -> 120 characters = 0.0018
-    assert PriceBook().tts("openai", "tts-1", 120) == Decimal("0.0018")
+    assert _cost(PriceBook().tts("openai", "tts-1", 120)) == Decimal("0.0018")
     # Deepgram Aura-2 voices by family: $0.030 per 1K characters -> 100 chars = 0.003
-    assert PriceBook().tts("deepgram", "aura-2-thalia-en", 100) == Decimal("0.003")
+    assert _cost(PriceBook().tts("deepgram", "aura-2-thalia-en", 100)) == Decimal("0.003")
 
 
 def test_stt_is_priced_per_second() -> None:
-    # Deepgram Nova-3 streaming: $0.0077/min -> 30 s = 0.00385
-    assert PriceBook().stt("deepgram", "nova-3", Decimal("30")) == Decimal("0.00385")
+    # Deepgram Nova-3 streaming, pay as you go: $0.0048/min -> 30 s = 0.0024
+    assert _cost(PriceBook().stt("deepgram", "nova-3", Decimal("30"))) == Decimal("0.0024")
     # OpenAI whisper-1: $0.006/min -> 12.5 s = 0.00125
-    assert PriceBook().stt("openai", "whisper-1", Decimal("12.5")) == Decimal("0.00125")
+    assert _cost(PriceBook().stt("openai", "whisper-1", Decimal("12.5"))) == Decimal("0.00125")
 
 
 def test_unknown_models_are_unpriced_not_zero() -> None:
@@ -84,7 +88,7 @@ def test_negotiated_override_wins_over_list_price() -> None:
 
 def test_voice_price_overrides_apply_per_provider_model() -> None:
     book = PriceBook(voice_prices={"cartesia/sonic-2": {"per_character": Decimal("0.00004")}})
-    assert book.tts("cartesia", "sonic-2", 1000) == Decimal("0.04")
+    assert _cost(book.tts("cartesia", "sonic-2", 1000)) == Decimal("0.04")
 
 
 # gpt-realtime as OpenAI publishes it (and genai-prices holds it), USD per 1M tokens:
