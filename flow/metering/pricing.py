@@ -122,9 +122,9 @@ DEFAULT_VOICE_PRICES: dict[str, VoiceRate] = {
         "2026-11-28",
         "streaming, pay as you go, monolingual",
         note=(
-            "$0.0077/min was the 2025 streaming list price; the 2026 page lists $0.0048 "
-            "streaming and $0.0043 pre-recorded on pay as you go (Growth: $0.0042 "
-            "streaming); multilingual streaming is $0.0058"
+            "as quoted from this page in May and August 2026: $0.0048 streaming, $0.0043 "
+            "pre-recorded (Growth $0.0042 streaming; multilingual $0.0058 streaming); "
+            "$0.0077/min was the 2025 streaming price"
         ),
     ),
     "deepgram/nova-2": VoiceRate(
@@ -132,7 +132,7 @@ DEFAULT_VOICE_PRICES: dict[str, VoiceRate] = {
         DEEPGRAM_PRICING,
         "2026-11-28",
         "streaming, pay as you go",
-        note="no longer on the pricing page; its last published streaming rate",
+        note="not confirmed against the 2026 price list: the streaming rate published before",
     ),
 }
 

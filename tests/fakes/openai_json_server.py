@@ -13,8 +13,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.threaded_http import ThreadedServer, send_json
 
 
 @dataclass
@@ -26,15 +28,13 @@ class ScriptedAnswer:
     status: int = 200
 
 
-class OpenAIJSONServer:
+class OpenAIJSONServer(ThreadedServer):
     def __init__(self, answers: list[ScriptedAnswer] | None = None) -> None:
         self.answers: list[ScriptedAnswer] = list(answers or [])
         self.requests: list[dict[str, Any]] = []
         self.response_ids: list[str] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self.port = 0
 
     def script(self, *answers: ScriptedAnswer) -> None:
         with self._lock:
@@ -95,24 +95,10 @@ class OpenAIJSONServer:
                 )
 
             def _answer(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     @property
     def base_url(self) -> str:

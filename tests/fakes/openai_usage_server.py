@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.threaded_http import ThreadedServer, send_json
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "recordings" / "openai_usage"
 ENDPOINTS = {
@@ -73,7 +74,7 @@ def regroup(results: list[dict[str, Any]], group_by: list[str]) -> list[dict[str
     return list(groups.values())
 
 
-class FakeOpenAIUsage:
+class FakeOpenAIUsage(ThreadedServer):
     def __init__(
         self,
         pages: dict[str, list[dict[str, Any]]] | None = None,
@@ -89,8 +90,6 @@ class FakeOpenAIUsage:
         self.admin_key = admin_key
         self.page_size = page_size
         self.requests: list[tuple[str, dict[str, list[str]]]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self.port = 0
 
     @property
     def base_url(self) -> str:
@@ -144,27 +143,11 @@ class FakeOpenAIUsage:
 
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
-                status, body = fake.answer(
-                    url.path, parse_qs(url.query), self.headers.get("Authorization", "")
-                )
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                auth = self.headers.get("Authorization", "")
+                send_json(self, *fake.answer(url.path, parse_qs(url.query), auth))
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 def _error(message: str, code: str) -> dict[str, Any]:

@@ -14,24 +14,10 @@ from supabase import AsyncClient
 
 from flow.db.client import DatabaseError, call, rows_of
 from flow.db.usage import record_usage_events
-from flow.metering.events import UsageEvent, UsageKind
-from flow.metering.pricing import PriceBook, cost_fields
+from flow.metering.events import UsageEvent
 from flow.metering.spool import SPOOL_FILE, append_to_spool, replay_spool
 from flow.metering.wal import WriteAheadLog, read_log
-
-BOOK = PriceBook()
-
-
-def tts_event(thread: dict[str, Any], characters: int) -> UsageEvent:
-    return UsageEvent(
-        workflow_thread_id=thread["workflow_thread_id"],
-        api_key_id=thread["api_key_id"],
-        kind=UsageKind.TTS,
-        provider="openai",
-        model="tts-1",
-        characters=characters,
-        **cost_fields(BOOK.tts("openai", "tts-1", characters)),
-    )
+from tests.integration.test_ledger import tts_event
 
 
 async def ledger_rows(sb: AsyncClient, events: list[UsageEvent]) -> dict[str, dict[str, Any]]:
