@@ -92,6 +92,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
     lines = reconcile(rows, vendor, tolerance)
     differing = [line for line in lines if line.diagnosis != Diagnosis.OK]
     counts = Counter(line.diagnosis.value for line in differing)
+    unpriced = sum(int(row.get("unpriced_events") or 0) for row in rows)
     summary = {"lines": len(lines), "differences": len(differing), **counts}
     if args.json:
         report = {
@@ -103,6 +104,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
             "tolerance": tolerance.to_json(),
             "agrees": not differing,
             "summary": summary,
+            "ledger_unpriced_events": unpriced,
             "unattributed_vendor_cost_usd": str(vendor.unattributed_cost_usd),
             "lines": [line.to_json() for line in lines],
         }
@@ -112,6 +114,8 @@ async def _reconcile(args: argparse.Namespace) -> int:
         print(scope(args.project, vendor.projects))
         if not vendor.has_costs:
             print("OpenAI gave no costs: rates were not compared")
+        if unpriced:
+            print(f"{unpriced} ledger events are unpriced (cost NULL): `flow prices --check`")
     return 1 if differing else 0
 
 

@@ -177,12 +177,14 @@ def reconcile(
         ours, other = ledger.get(key, _Side()), theirs.get(key)
         group = _group(day, endpoint, model, ours, other, tolerance)
         lines += group
-        found = {line.diagnosis for line in group}
-        for diagnosis in (Diagnosis.COVERAGE, Diagnosis.UNITS):
-            if diagnosis in found and worst.get((day, model)) != Diagnosis.COVERAGE:
-                worst[(day, model)] = diagnosis
+        for line in group:  # what explains a cost difference: coverage, else units
+            if line.diagnosis == Diagnosis.COVERAGE or (
+                line.diagnosis == Diagnosis.UNITS and (day, model) not in worst
+            ):
+                worst[(day, model)] = line.diagnosis
     if vendor.has_costs:
-        lines += _costs(vendor, ledger_cost, worst, tolerance)
+        both = {(d, m) for d, _, m in ledger} & {(d, m) for d, _, m in theirs}
+        lines += _costs(vendor, ledger_cost, worst, both, tolerance)
     lines.sort(key=lambda line: (line.day, line.model))
     return lines
 
@@ -235,8 +237,12 @@ def _costs(
     vendor: VendorUsage,
     ledger_cost: dict[tuple[str, str], _Side],
     worst: dict[tuple[str, str], Diagnosis],
+    both: set[tuple[str, str]],
     tolerance: Tolerance,
 ) -> list[Line]:
+    """Cost per day and model. A difference is the coverage or units difference of the
+    same day and model when there is one; a cost for usage only one side reports (a
+    line item Flow never meters) is coverage; else it is the rate."""
     theirs: dict[tuple[str, str], _Side] = {}
     for (day, name), value in vendor.costs.items():
         side = theirs.setdefault((day, family(name)), _Side())
@@ -250,7 +256,8 @@ def _costs(
         if key not in theirs and mine == 0:
             continue  # nothing billed on either side
         agrees = abs(mine - vendor_figure) <= tolerance.cost_usd
-        diagnosis = Diagnosis.OK if agrees else worst.get(key, Diagnosis.RATE)
+        explained = worst.get(key) or (Diagnosis.RATE if key in both else Diagnosis.COVERAGE)
+        diagnosis = Diagnosis.OK if agrees else explained
         lines.append(
             Line(
                 key[0],
