@@ -87,14 +87,13 @@ async def ledger_daily_usage(
 
 THREAD_EVENT_COLUMNS = (
     "id,category,kind,model,input_tokens,output_tokens,cache_read_tokens,characters,"
-    "audio_seconds::text,cost_usd::text,price_source,estimated"
+    "audio_seconds::text,cost_usd::text,estimated"
 )
 
 
 async def thread_usage_events(sb: AsyncClient, thread_id: str) -> list[dict[str, Any]]:
     """One call's ledger rows, oldest first; ``audio_seconds`` and ``cost_usd`` are
-    decimal strings (``cost_usd`` None when the event is unpriced), ``price_source`` says
-    what priced each."""
+    decimal strings (``cost_usd`` None when the event is unpriced)."""
     res = await call(
         sb.table("usage_events")
         .select(THREAD_EVENT_COLUMNS)
