@@ -168,6 +168,7 @@ class PostHogAnalytics:
             "flow_usage_event_id": str(event.id),
             CATEGORY_PROPERTY: str(event.category),
             "flow_estimated": event.estimated,
+            "flow_price_source": event.price_source,
         }
 
     def _capture_generation(self, event: UsageEvent) -> None:

@@ -335,6 +335,7 @@ async def test_a_realtime_inference_reaches_posthog_with_its_audio_parts(
     ) == (9_216, 1_536, 6_400)
     assert money(p["$ai_input_cost_usd"]) == price.input_cost_usd
     assert money(p["$ai_output_cost_usd"]) == price.output_cost_usd
+    assert p["flow_price_source"] == price.source == event.price_source
     [trace] = [e for e in received if e["event"] == "$ai_trace"]
     t = props(trace)
     assert (t["input_audio_tokens"], t["output_audio_tokens"], t["cache_read_audio_tokens"]) == (
