@@ -68,6 +68,9 @@ async def test_simulated_call_records_every_unit_exactly_once(
     assert not any(r["estimated"] for r in rows)
     assert all(r["latency_ms"] is not None and r["cost_usd"] is not None for r in llm)
     assert all(r["end_user_id"] == "end-user-1" and r["provider"] for r in rows)
+    # Every price says where it came from (or the row is unpriced and says nothing).
+    assert all((r["price_source"] is None) == (r["cost_usd"] is None) for r in rows)
+    assert {r["price_source"].split()[0] for r in llm} == {"genai-prices"}
     assert sum(r["characters"] for r in tts) == voices.characters > 0
     assert len(tts) == sum(len(t.reported_characters) for t in voices.ttss)
     assert sum(Decimal(r["audio_seconds_text"]) for r in stt) == voices.seconds
