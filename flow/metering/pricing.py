@@ -7,6 +7,8 @@
 - TTS characters and STT seconds: a small table of our own for voice vendors
   (genai-prices does not cover Deepgram or Cartesia), overridable per ``provider/model``
   with ``FLOW_VOICE_PRICES``.
+- STT that reports tokens (OpenAI's ``gpt-4o-transcribe`` and ``gpt-4o-mini-transcribe``
+  are sold by the token) is priced by its tokens, like an LLM.
 
 Token counts arrive here in the gross convention (``input_tokens`` includes cached
 tokens); :func:`gross_input_tokens` converts the net counts some providers report.
@@ -168,7 +170,27 @@ class PriceBook:
             return None
         return quantize_cost(characters * rate["per_character"])
 
-    def stt(self, provider: str, model: str, audio_seconds: Decimal) -> Decimal | None:
+    def stt(
+        self,
+        provider: str,
+        model: str,
+        audio_seconds: Decimal,
+        *,
+        input_tokens: int = 0,
+        input_audio_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> LLMPrice | Decimal | None:
+        """Price one transcription the way it is sold: by its tokens when the vendor
+        reported them (OpenAI's ``gpt-4o-transcribe`` family: audio and text in, text
+        out, each at its rate), else by its seconds (``whisper-1``, Deepgram)."""
+        if input_tokens or output_tokens:
+            return self.llm(
+                provider,
+                model,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                input_audio_tokens=input_audio_tokens,
+            )
         rate = self._voice_rate(provider, model)
         if rate is not None and "per_second" in rate:
             return quantize_cost(audio_seconds * rate["per_second"])
@@ -219,16 +241,17 @@ def _calc(
     provider: str | None, model: str, t: _Tokens, at: datetime | None
 ) -> tuple[Decimal, Decimal]:
     # genai-prices takes the same nesting: input_tokens holds cache reads and audio,
-    # cache_audio_read_tokens lies in both.
+    # cache_audio_read_tokens lies in both. Every count is given, zeros included: it
+    # refuses to guess the cached audio of usage with both cache reads and audio.
     result = calc_price(
         Usage(
             input_tokens=t.input,
             output_tokens=t.output,
-            cache_read_tokens=t.cache_read or None,
-            cache_write_tokens=t.cache_write or None,
-            input_audio_tokens=t.input_audio or None,
-            output_audio_tokens=t.output_audio or None,
-            cache_audio_read_tokens=t.cache_read_audio or None,
+            cache_read_tokens=t.cache_read,
+            cache_write_tokens=t.cache_write,
+            input_audio_tokens=t.input_audio,
+            output_audio_tokens=t.output_audio,
+            cache_audio_read_tokens=t.cache_read_audio,
         ),
         model,
         provider_id=provider,
