@@ -152,7 +152,7 @@ class UsageRecorder:
         provider = self._provider(item.processor)
         claimed = self._claimed.get(item.processor)
         if isinstance(usage, SourcedTokenUsage):
-            event_id: UUID | None = event_id_from(f"{provider}-llm", usage.source_id)
+            event_id: UUID | None = self.source_event_id(provider, "llm", usage.source_id)
         else:
             event_id = claimed.popleft() if claimed else None
         self._pending[item.processor] = _PendingLLM(
@@ -301,7 +301,7 @@ class UsageRecorder:
                 "output_tokens": tokens.output_tokens,
             }
             if tokens.source_id:
-                source["id"] = event_id_from(f"{provider}-stt", tokens.source_id)
+                source["id"] = self.source_event_id(provider, "stt", tokens.source_id)
         self._add(
             kind=UsageKind.STT,
             processor=item.processor,
@@ -312,6 +312,13 @@ class UsageRecorder:
             **cost_fields(self._prices.stt(provider, model, seconds, **counts)),
             **source,
         )
+
+    def source_event_id(self, provider: str, kind: str, source_id: str) -> UUID:
+        """The id of the event for the vendor's unit of work ``source_id`` in this call:
+        the same report seen twice is one event. The call is part of the key, so a
+        server whose ids are unique only within a session still never collides."""
+        key = f"{self._who.workflow_thread_id}/{source_id}"
+        return event_id_from(f"{provider}-{kind}", key)
 
     def _event(self, **fields: Any) -> UsageEvent:
         return UsageEvent(
