@@ -21,7 +21,9 @@ transcript and its cost is known. There is no STT or TTS service: the model does
   server's speech start and stop) beside its tokens.
 
 It also tells ``on_user_transcript(service, text, started_at)`` each caller turn the
-model transcribed: the call's transcript takes the caller's words from there.
+model transcribed: the call's transcript takes the caller's words from there. And when
+the caller speaks first (no greeting), the first context the aggregators hand it is
+adopted as it is: the session already holds those turns.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import Any
 
 from pipecat.frames.frames import MetricsFrame
 from pipecat.metrics.metrics import LLMTokenUsage, STTUsageMetricsData
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pipecat.utils.time import time_now_iso8601
@@ -97,6 +101,7 @@ class RealtimeLLMService(OpenAIRealtimeLLMService):
         self._speech_ms: dict[str, tuple[Any, Any]] = {}
         self._spoken_at: dict[str, str] = {}
         self._done_response_id: str | None = None
+        self._caller_spoke = False
         self._register_event_handler("on_user_transcript", sync=True)
 
     async def _receive_task_handler(self) -> None:
@@ -104,6 +109,17 @@ class RealtimeLLMService(OpenAIRealtimeLLMService):
         if websocket is not None and not isinstance(websocket, _ServerEventTap):
             self._websocket = _ServerEventTap(websocket, self._on_server_event)
         await super()._receive_task_handler()
+
+    async def _handle_context(self, context: LLMContext, direction: FrameDirection) -> None:
+        if self._context is None and self._caller_spoke:
+            # No greeting, and the caller spoke first: the session's conversation already
+            # holds every turn of this first context. Pipecat would replay it as a saved
+            # conversation and ask for a response of its own: a duplicate, and billed.
+            self._context = context
+            self._llm_needs_conversation_setup = False
+            await self._process_completed_function_calls(send_new_results=False)
+            return
+        await super()._handle_context(context, direction)
 
     async def handle_evt_input_audio_transcription_completed(self, evt: Any) -> None:
         await super().handle_evt_input_audio_transcription_completed(evt)
@@ -127,6 +143,7 @@ class RealtimeLLMService(OpenAIRealtimeLLMService):
         if not isinstance(item_id, str):
             return
         if kind == SPEECH_STARTED:
+            self._caller_spoke = True
             self._speech_ms[item_id] = (event.get("audio_start_ms"), None)
             self._spoken_at[item_id] = time_now_iso8601()
         elif kind == SPEECH_STOPPED:

@@ -41,6 +41,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.loopback import serve_on_loopback
+
 RATE = 24_000
 WINDOW_BYTES = 2 * RATE // 100  # 10 ms of PCM16 mono
 WORD_AUDIO = struct.pack(
@@ -169,13 +171,7 @@ class FakeRealtime:
     async def start(self) -> FakeRealtime:
         app = web.Application()
         app.router.add_get("/v1/realtime", self._session)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_on_loopback(app)
         return self
 
     async def stop(self) -> None:
