@@ -18,7 +18,10 @@ transcript and its cost is known. There is no STT or TTS service: the model does
   and dropped by Pipecat's event model. The service reads that server event raw and
   reports a :class:`flow.bot.reported_usage.TranscriptionUsage` under the ``stt`` name
   and the transcription model, named by the item id, with the item's seconds (from the
-  server's speech start and stop) beside its tokens.
+  server's speech start and stop) beside its tokens;
+- a call that ends while the model answers (the caller hangs up, the call is stopped)
+  cancels the answer and waits briefly for its ``response.done`` before the socket
+  closes, so that answer is billed too.
 
 It also tells ``on_user_transcript(service, text, started_at)`` each caller turn the
 model transcribed: the call's transcript takes the caller's words from there. And when
@@ -28,12 +31,13 @@ adopted as it is: the session already holds those turns.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from pipecat.frames.frames import MetricsFrame
+from pipecat.frames.frames import CancelFrame, EndFrame, MetricsFrame
 from pipecat.metrics.metrics import LLMTokenUsage, STTUsageMetricsData
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
@@ -55,6 +59,8 @@ from flow.config import Settings
 log = logging.getLogger(__name__)
 
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+# How long a call that ends mid-answer waits for that answer's usage.
+SETTLE_SECONDS = 2.0
 SPEECH_STARTED = "input_audio_buffer.speech_started"
 SPEECH_STOPPED = "input_audio_buffer.speech_stopped"
 TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
@@ -102,6 +108,7 @@ class RealtimeLLMService(OpenAIRealtimeLLMService):
         self._spoken_at: dict[str, str] = {}
         self._done_response_id: str | None = None
         self._caller_spoke = False
+        self._response_settled = asyncio.Event()
         self._register_event_handler("on_user_transcript", sync=True)
 
     async def _receive_task_handler(self) -> None:
@@ -132,6 +139,27 @@ class RealtimeLLMService(OpenAIRealtimeLLMService):
             await super()._handle_evt_response_done(evt)
         finally:
             self._done_response_id = None
+            self._response_settled.set()
+
+    async def stop(self, frame: EndFrame) -> None:
+        await self._settle_response()
+        await super().stop(frame)
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        await self._settle_response()
+        await super().cancel(frame)
+
+    async def _settle_response(self) -> None:
+        """A call that ends while the model answers: cancel the answer and wait (briefly)
+        for its ``response.done``, whose usage OpenAI bills, before the socket closes."""
+        self._response_settled.clear()
+        if not self._response_active or self._websocket is None:
+            return
+        await self.send_client_event(events.ResponseCancelEvent())
+        try:
+            await asyncio.wait_for(self._response_settled.wait(), SETTLE_SECONDS)
+        except TimeoutError:
+            log.warning("the last response's usage did not arrive: it is not metered")
 
     async def start_llm_usage_metrics(self, tokens: LLMTokenUsage) -> None:
         if self._done_response_id:

@@ -10,6 +10,7 @@ PostHog's live events and both exports must agree with it to the token and to 1e
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +22,7 @@ from supabase import AsyncClient
 
 from flow.analytics.posthog import PostHogAnalytics
 from flow.bot.contract import BotConfig, CallRequest
+from flow.bot.runner import create_runner
 from flow.bot.simulated import SimulatedParams
 from flow.config import Settings
 from flow.db import threads as threads_repo
@@ -360,3 +362,42 @@ async def test_a_realtime_call_is_billed_everywhere_as_openai_bills_it(
             assert sent["output_audio_tokens"] == ledger_row["output_audio_tokens"]
             assert sent["cache_read_audio_tokens"] == ledger_row["cache_read_audio_tokens"]
     analytics.shutdown()
+
+
+async def test_a_realtime_call_stopped_while_the_model_answers_bills_that_answer(
+    settings: Settings, sb: AsyncClient, thread: dict[str, Any], tmp_path: Path
+) -> None:
+    realtime = await FakeRealtime(replies=[LONG_ANSWER], slow_replies={0}).start()
+    try:
+        s = realtime_settings(
+            settings, openai_realtime_base_url=realtime.url, flow_spool_dir=tmp_path
+        )
+        caller = SimulatedParams(**{**vars(CALLER), "reply_patience_seconds": None})
+        runner = create_runner(s, sb, simulated=caller)
+        tid = str(thread["workflow_thread_id"])
+        await runner.submit(
+            CallRequest(
+                workflow_thread_id=tid,
+                api_key_id=str(thread["api_key_id"]),
+                transport="simulated",
+                bot_config=BotConfig(mode="realtime"),  # no greeting: the caller speaks first
+                script=["Tell me a long story."],
+            )
+        )
+        for _ in range(500):  # at most 10 s
+            if realtime.responses and realtime.responses[0].words_sent >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert await runner.stop(tid)
+        await asyncio.wait_for(runner.wait(tid), 15)
+        await runner.shutdown()
+    finally:
+        await realtime.stop()
+
+    [answer] = realtime.responses  # no other response: none was asked for twice
+    assert answer.status == "cancelled" and answer.usage is not None
+    rows = {r["id"]: r for r in await ledger(sb, tid)}
+    row = rows[llm_id(tid, answer.id)]
+    assert (row["output_tokens"], row["output_audio_tokens"]) == (29, 25)
+    assert row["cost_usd"] == sum(response_bill(answer.usage)) and not row["estimated"]
+    assert set(rows) == {llm_id(tid, answer.id), stt_id(tid, realtime.transcriptions[0].item_id)}
