@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     flow_turn_stop: Literal["smart", "timeout"] = "smart"
     flow_turn_stop_timeout_seconds: float = Field(default=0.6, gt=0, le=10)
 
+    # --- speech-to-speech (bot_config.mode "realtime") ---------------------
+    flow_realtime_model: str = "gpt-realtime"
+    flow_realtime_voice: str = "alloy"
+    flow_realtime_transcription_model: str = "gpt-4o-mini-transcribe"
+    openai_realtime_base_url: str = ""
+
     # --- WebRTC ------------------------------------------------------------
     flow_webrtc_connect_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     flow_webrtc_ice_servers: str = ""
@@ -131,7 +137,12 @@ class Settings(BaseSettings):
     flow_export_source_id: str = "prism-gateway"
 
     @field_validator(
-        "supabase_url", "openai_base_url", "openai_admin_base_url", "unkey_base_url", "posthog_host"
+        "supabase_url",
+        "openai_base_url",
+        "openai_admin_base_url",
+        "openai_realtime_base_url",
+        "unkey_base_url",
+        "posthog_host",
     )
     @classmethod
     def _strip_slash(cls, v: str) -> str:

@@ -8,7 +8,8 @@ turns ledger events into PostHog's LLM-analytics events:
   ledger row) so PostHog shows exactly the ledger's cost instead of pricing the model,
   and the audio parts of its tokens under the names PostHog's LLM analytics reads
   (``$ai_audio_input_tokens``, ``$ai_audio_output_tokens``, ``$ai_cache_read_audio_tokens``);
-- STT and TTS usage -> ``$ai_span`` with its cost (PostHog does not price voice);
+- STT and TTS usage -> ``$ai_span`` with its cost (PostHog does not price voice), and
+  the tokens of a transcription sold by the token;
 - the post-call insights completion -> the ``$ai_generation`` of PostHog's wrapped
   OpenAI client, priced here (in ``before_send``) by the process's :class:`PriceBook`
   from the same provider, model and counts as its ledger row, so both agree;
@@ -216,6 +217,17 @@ class PostHogAnalytics:
             properties["tts_characters"] = event.characters
         else:
             properties["stt_audio_seconds"] = event.audio_seconds
+        if event.input_tokens or event.output_tokens:
+            # A transcription sold by the token: its counts and its cost split, as on
+            # a generation.
+            properties.update(
+                {
+                    "$ai_input_tokens": event.input_tokens,
+                    "$ai_output_tokens": event.output_tokens,
+                    "$ai_audio_input_tokens": event.input_audio_tokens,
+                    **cost_properties(event.input_cost_usd, event.output_cost_usd),
+                }
+            )
         if event.latency_ms is not None:
             properties["$ai_latency"] = float(event.latency_ms / 1000)
         self._capture("$ai_span", event, properties)

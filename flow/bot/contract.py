@@ -19,12 +19,34 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flow.db.call_state import EndReason
 from flow.metering.events import UsageEvent
 
 Transport = Literal["daily", "simulated", "webrtc"]
+# pipeline: STT -> LLM -> TTS; realtime: one speech-to-speech model hears and speaks.
+BotMode = Literal["pipeline", "realtime"]
+# The voices OpenAI's speech-to-speech models speak with.
+REALTIME_VOICES = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
+)
+
+
+def is_realtime_model(model: str) -> bool:
+    """OpenAI names its speech-to-speech models ``gpt-realtime``, ``gpt-realtime-mini``,
+    ``gpt-4o-realtime-preview``, ...; no other model can take a realtime session."""
+    return "realtime" in model.lower()
+
 
 # The largest SDP offer a join may send (a browser's audio offer is 2-6 KB).
 MAX_OFFER_BYTES = 32 * 1024
@@ -93,18 +115,40 @@ class BotConfig(BaseModel):
     """How the bot behaves on one call; unset fields take the defaults from settings.
 
     Parameters:
+        mode: ``pipeline`` (STT -> LLM -> TTS) or ``realtime`` (one speech-to-speech
+            model, OpenAI Realtime).
         system_prompt: the LLM's system instruction.
         greeting: what the bot says first (empty: it waits for the caller).
-        llm_model: the OpenAI model name.
-        voice: the TTS voice.
+        llm_model: the OpenAI model name (a Realtime model in realtime mode).
+        voice: the TTS voice (one of :data:`REALTIME_VOICES` in realtime mode).
     """
 
     model_config = ConfigDict(extra="forbid")
 
+    mode: BotMode = "pipeline"
     system_prompt: str | None = Field(default=None, max_length=20_000)
     greeting: str | None = Field(default=None, max_length=2_000)
     llm_model: str | None = Field(default=None, max_length=200)
     voice: str | None = Field(default=None, max_length=100)
+
+    @model_validator(mode="after")
+    def _fits_the_mode(self) -> BotConfig:
+        realtime = self.mode == "realtime"
+        if self.llm_model is not None and is_realtime_model(self.llm_model) != realtime:
+            if realtime:
+                raise ValueError(
+                    f"llm_model {self.llm_model!r} is not a speech-to-speech model: realtime "
+                    "mode needs an OpenAI Realtime model (gpt-realtime, gpt-realtime-mini, ...)"
+                )
+            raise ValueError(
+                f"llm_model {self.llm_model!r} is a speech-to-speech model: it needs "
+                "mode 'realtime'"
+            )
+        if realtime and self.voice is not None and self.voice not in REALTIME_VOICES:
+            raise ValueError(
+                f"voice {self.voice!r} is not a realtime voice: one of {', '.join(REALTIME_VOICES)}"
+            )
+        return self
 
 
 @dataclass

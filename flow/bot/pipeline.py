@@ -2,9 +2,14 @@
 
 ::
 
-    transport.in -> [stt] -> user aggregator -> llm -> LLMInferenceTracker -> tts
-        -> transport.out -> assistant aggregator -> UsageMetricsProcessor
+    pipeline: transport.in -> [stt] -> user aggregator -> llm -> LLMInferenceTracker
+                  -> tts -> transport.out -> assistant aggregator -> UsageMetricsProcessor
+    realtime: transport.in -> user aggregator -> speech-to-speech llm
+                  -> transport.out -> assistant aggregator -> UsageMetricsProcessor
 
+A realtime call has no tracker: the vendor reports the usage of every response, cut
+off or not, so nothing is estimated; its turns are the server's (its voice activity
+detection), its greeting a response the model is asked for.
 The services come from :mod:`flow.bot.services`. Usage metrics are on
 (``enable_usage_metrics``), the zero-valued start-up metrics are off. Transports:
 ``daily`` (a Daily room), ``webrtc`` (a caller's peer connection, :mod:`flow.bot.webrtc`,
@@ -16,13 +21,13 @@ Pipecat's smart-turn model or after a fixed silence (``FLOW_TURN_STOP``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
-from pipecat.frames.frames import EndFrame, TTSSpeakFrame
+from pipecat.frames.frames import EndFrame, LLMRunFrame, TTSSpeakFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_context import LLMContext, LLMContextMessage
 from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
@@ -82,24 +87,39 @@ def audio_turns(settings: Settings) -> LLMUserAggregatorParams:
     return LLMUserAggregatorParams(vad_analyzer=vad)
 
 
+# How a speech-to-speech model is asked to say the greeting.
+REALTIME_GREETING = "The call has just connected. Greet the caller with these words: {greeting}"
+
+
 @dataclass
 class BotCall:
     """One built call: the worker to run and what the runner reads afterwards.
-    ``caller_joined`` turns true when the caller joins a daily or webrtc call."""
+    ``caller_joined`` turns true when the caller joins a daily or webrtc call;
+    ``tracker`` is None in a realtime call (nothing is estimated there)."""
 
     worker: PipelineWorker
     transport: BaseTransport
     context: LLMContext
     transcript: Transcript
     recorder: UsageRecorder
-    tracker: LLMInferenceTracker
+    tracker: LLMInferenceTracker | None
     usage_processor: UsageMetricsProcessor
     greeting: str | None = None
     caller_joined: bool = False
+    realtime: bool = False
 
     async def greet(self) -> None:
-        if self.greeting:
-            await self.worker.queue_frame(TTSSpeakFrame(self.greeting))
+        """Say the greeting, once: through the TTS, or (realtime) as a response the
+        model is asked for."""
+        greeting, self.greeting = self.greeting, None
+        if not greeting:
+            return
+        if self.realtime:
+            message = {"role": "user", "content": REALTIME_GREETING.format(greeting=greeting)}
+            self.context.add_message(cast(LLMContextMessage, message))
+            await self.worker.queue_frame(LLMRunFrame())
+        else:
+            await self.worker.queue_frame(TTSSpeakFrame(greeting))
 
 
 def build_call(
@@ -117,11 +137,15 @@ def build_call(
     # An empty greeting in the call's config silences FLOW_GREETING: the bot waits.
     configured = call.bot_config.greeting
     greeting = (configured if configured is not None else settings.flow_greeting) or None
+    realtime = services.realtime
 
     if transport is None:
         if call.transport == "simulated":
             params = simulated or SimulatedParams()
             params.expect_greeting = bool(greeting)
+            params.speaks_text = not realtime
+            if realtime and params.caller_audio_seconds <= 0:
+                raise ValueError("a realtime call needs the simulated caller to send audio")
             transport = SimulatedTransport(call.script, params)
         elif call.transport == "daily":
             transport = daily_transport(call)
@@ -129,7 +153,10 @@ def build_call(
             raise ValueError(f"a {call.transport} call needs its transport")
 
     context = LLMContext()
-    if call.transport == "simulated":
+    if realtime:
+        # The model's server hears the turns; the service proposes them.
+        user_params = LLMUserAggregatorParams()
+    elif call.transport == "simulated":
         # Turns are decided by the scripted caller: no audio to detect speech in.
         stop = ExternalUserTurnStopStrategy(timeout=0.05)
         strategies = ExternalUserTurnStrategies()
@@ -140,7 +167,10 @@ def build_call(
     user_agg, assistant_agg = LLMContextAggregatorPair(context, user_params=user_params)
 
     transcript = Transcript()
-    transcript.attach(user_agg, assistant_agg)
+    if realtime:
+        transcript.attach_realtime(services.llm, assistant_agg)
+    else:
+        transcript.attach(user_agg, assistant_agg)
 
     attribution = Attribution(
         workflow_thread_id=UUID(call.workflow_thread_id),
@@ -150,29 +180,25 @@ def build_call(
     recorder = UsageRecorder(
         attribution, meter, price_book, providers=services.providers, models=services.models
     )
-    tracker = LLMInferenceTracker(
-        recorder,
-        context,
-        llm_name=services.llm.name,
-        provider=services.providers.get(services.llm.name, "openai"),
-        model=services.models.get(services.llm.name) or llm_model_for(settings, call),
-        system_instruction=services.system_instruction,
-        name="llm-usage-tracker",
-    )
+    tracker = None
+    if not realtime:
+        tracker = LLMInferenceTracker(
+            recorder,
+            context,
+            llm_name=services.llm.name,
+            provider=services.providers.get(services.llm.name, "openai"),
+            model=services.models.get(services.llm.name) or llm_model_for(settings, call),
+            system_instruction=services.system_instruction,
+            name="llm-usage-tracker",
+        )
     usage = UsageMetricsProcessor(recorder, name="usage-metrics")
 
     processors: list[FrameProcessor] = [transport.input()]
     if services.stt is not None:
         processors.append(services.stt)
-    processors += [
-        user_agg,
-        services.llm,
-        tracker,
-        services.tts,
-        transport.output(),
-        assistant_agg,
-        usage,
-    ]
+    processors += [user_agg, services.llm]
+    processors += [p for p in (tracker, services.tts) if p is not None]
+    processors += [transport.output(), assistant_agg, usage]
     worker = PipelineWorker(
         Pipeline(processors),
         params=PipelineParams(
@@ -194,6 +220,7 @@ def build_call(
         tracker=tracker,
         usage_processor=usage,
         greeting=greeting,
+        realtime=realtime,
     )
     if call.transport in CALLER_EVENTS:
         _follow_the_caller(bot, *CALLER_EVENTS[call.transport])
@@ -209,8 +236,8 @@ def _follow_the_caller(bot: BotCall, joined: str, left: str) -> None:
     @bot.transport.event_handler(joined)
     async def _joined(_transport: Any, *_args: Any) -> None:
         bot.caller_joined = True
-        if greeting:
-            await bot.worker.queue_frame(TTSSpeakFrame(greeting))
+        bot.greeting = greeting
+        await bot.greet()
 
     @bot.transport.event_handler(left)
     async def _left(_transport: Any, *_args: Any) -> None:

@@ -1,9 +1,12 @@
 """Which vendors a call talks to: STT, LLM and TTS services chosen from settings.
 
-:func:`default_services` builds the services of one call: OpenAI's LLM; OpenAI's or
-Deepgram's TTS (``FLOW_TTS_PROVIDER``); Deepgram's STT when ``DEEPGRAM_API_KEY`` is set,
-else OpenAI's (a simulated call has no audio, so no STT). Tests pass their own
-:data:`ServicesFactory` (fake STT/TTS, the real OpenAI LLM pointed at a local server).
+:func:`default_services` builds the services of one call. In ``pipeline`` mode: OpenAI's
+LLM; OpenAI's or Deepgram's TTS (``FLOW_TTS_PROVIDER``); Deepgram's STT when
+``DEEPGRAM_API_KEY`` is set, else OpenAI's, metered by what each transcription reports
+(:mod:`flow.bot.transcription`); a simulated call has no audio, so no STT. In
+``realtime`` mode: one speech-to-speech model (:mod:`flow.bot.realtime`). Tests pass
+their own :data:`ServicesFactory` (fake STT/TTS, the real OpenAI LLM pointed at a local
+server).
 
 Services get stable names (``stt``, ``llm``, ``tts``): a metric's ``processor`` is the
 service's name, which is how usage is attributed to a vendor and a model.
@@ -35,19 +38,21 @@ class CallServices:
 
     Parameters:
         llm: the LLM service (named ``llm``).
-        tts: the TTS service (named ``tts``).
+        tts: the TTS service (named ``tts``); None when the LLM speaks (realtime).
         stt: the STT service (named ``stt``), or None when nothing needs transcribing.
         providers: vendor per service name, e.g. ``{"llm": "openai"}``.
         models: model per service name, for metrics that carry none.
         system_instruction: the system prompt the LLM was configured with.
+        realtime: the LLM is a speech-to-speech model: it hears and speaks itself.
     """
 
     llm: LLMService[Any]
-    tts: TTSService
+    tts: TTSService | None
     stt: STTService | None = None
     providers: dict[str, str] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     system_instruction: str | None = None
+    realtime: bool = False
 
 
 ServicesFactory = Callable[[Settings, CallRequest], CallServices]
@@ -58,7 +63,11 @@ def system_prompt_for(settings: Settings, call: CallRequest) -> str:
 
 
 def llm_model_for(settings: Settings, call: CallRequest) -> str:
-    return call.bot_config.llm_model or settings.flow_llm_model
+    if call.bot_config.llm_model:
+        return call.bot_config.llm_model
+    if call.bot_config.mode == "realtime":
+        return settings.flow_realtime_model
+    return settings.flow_llm_model
 
 
 def openai_llm(settings: Settings, call: CallRequest) -> LLMService[Any]:
@@ -93,7 +102,12 @@ def configuration_problem(settings: Settings) -> str | None:
 
 def default_services(settings: Settings, call: CallRequest) -> CallServices:
     """Services from settings: OpenAI LLM; OpenAI or Deepgram TTS; Deepgram STT when
-    ``DEEPGRAM_API_KEY`` is set, else OpenAI's (no STT for a simulated call)."""
+    ``DEEPGRAM_API_KEY`` is set, else OpenAI's (no STT for a simulated call). A realtime
+    call's: the speech-to-speech model alone."""
+    if call.bot_config.mode == "realtime":
+        from flow.bot.realtime import realtime_services
+
+        return realtime_services(settings, call)
     openai_key = settings.openai_api_key.get_secret_value() or None
     base_url = settings.openai_base_url or None
     deepgram_key = settings.deepgram_api_key.get_secret_value()
@@ -139,14 +153,14 @@ def default_services(settings: Settings, call: CallRequest) -> CallServices:
             )
             providers[STT_NAME] = "deepgram"
         else:
-            from pipecat.services.openai.stt import OpenAISTTService
+            from flow.bot.transcription import MeteredOpenAISTTService
 
             stt_model = settings.flow_stt_model or "gpt-4o-transcribe"
-            stt = OpenAISTTService(
+            stt = MeteredOpenAISTTService(
                 name=STT_NAME,
                 api_key=openai_key,
                 base_url=base_url,
-                settings=OpenAISTTService.Settings(model=stt_model),
+                settings=MeteredOpenAISTTService.Settings(model=stt_model),
             )
             providers[STT_NAME] = "openai"
         models[STT_NAME] = stt_model

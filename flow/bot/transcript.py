@@ -2,6 +2,10 @@
 
 ``on_user_turn_stopped`` (user aggregator) and ``on_assistant_turn_stopped``
 (assistant aggregator, which says whether the bot was interrupted) each add one turn.
+With a speech-to-speech model (realtime) the caller's words are the model's own
+transcription of each turn: the service's ``on_user_transcript`` brings them, one turn
+per transcribed item (the user aggregator writes them to the context only when a
+response starts, and merges a turn that interrupted a response with the next one).
 Each new turn calls ``on_turn`` (the runner saves the transcript so far on the thread,
 so ``GET /api/bot/{id}`` and the ``/talk`` page show it while the call runs); the
 runner saves the whole list again at call end.
@@ -20,6 +24,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregator,
     UserTurnStoppedMessage,
 )
+from pipecat.processors.frame_processor import FrameProcessor
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,21 @@ class Transcript:
         async def _user_turn(_agg: Any, _strategy: Any, message: UserTurnStoppedMessage) -> None:
             if message.content:
                 self.add("user", message.content, message.timestamp)
+
+        self._attach_assistant(assistant)
+
+    def attach_realtime(self, llm: FrameProcessor, assistant: LLMAssistantAggregator) -> None:
+        """A speech-to-speech call: the caller's turns from the model's transcription
+        (:class:`flow.bot.realtime.RealtimeLLMService`'s ``on_user_transcript``)."""
+
+        @llm.event_handler("on_user_transcript")
+        async def _user_words(_llm: Any, text: str, started_at: str) -> None:
+            if text.strip():
+                self.add("user", text.strip(), started_at)
+
+        self._attach_assistant(assistant)
+
+    def _attach_assistant(self, assistant: LLMAssistantAggregator) -> None:
 
         @assistant.event_handler("on_assistant_turn_stopped")
         async def _assistant_turn(_agg: Any, message: AssistantTurnStoppedMessage) -> None:

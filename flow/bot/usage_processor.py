@@ -24,6 +24,12 @@ go to the meter (its write-ahead log and in-memory buffer); nothing here waits.
 
 An LLM usage event waits for the processing-time metric of the same inference (pushed
 just after the usage) to fill ``latency_ms``; TTFB is the fallback.
+
+Usage that the vendor names (a Realtime response, a transcribed conversation item)
+arrives as :class:`SourcedTokenUsage` or :class:`TranscriptionUsage` carrying that name,
+and its event's id derives from it. Transcription sold by the token (OpenAI's
+``gpt-4o-transcribe`` family) arrives as a :class:`TranscriptionUsage` with its tokens
+beside its seconds, and is priced by the tokens.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ from pipecat.metrics.metrics import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from flow.metering.events import UsageCategory, UsageEvent, UsageKind, audio_parts
+from flow.bot.reported_usage import SourcedTokenUsage, TranscriptionUsage
+from flow.metering.events import UsageCategory, UsageEvent, UsageKind, audio_parts, event_id_from
 from flow.metering.meter import Meter
 from flow.metering.pricing import PriceBook, cost_fields, gross_input_tokens
 
@@ -149,14 +156,19 @@ class UsageRecorder:
             return
         # A usage still waiting for its latency is complete as it is: record it first.
         self._finish_llm(item.processor, latency_s=None)
+        provider = self._provider(item.processor)
         claimed = self._claimed.get(item.processor)
+        if isinstance(usage, SourcedTokenUsage):
+            event_id: UUID | None = self.source_event_id(provider, "llm", usage.source_id)
+        else:
+            event_id = claimed.popleft() if claimed else None
         self._pending[item.processor] = _PendingLLM(
             processor=item.processor,
-            provider=self._provider(item.processor),
+            provider=provider,
             model=self._model(item),
             usage=usage,
             ttfb_s=self._ttfb_s.pop(item.processor, None),
-            event_id=claimed.popleft() if claimed else None,
+            event_id=event_id,
         )
 
     # --- inferences in progress ----------------------------------------------------
@@ -281,18 +293,39 @@ class UsageRecorder:
         )
 
     def _on_stt(self, item: STTUsageMetricsData) -> None:
-        if item.value.audio_seconds <= 0:
+        usage = item.value
+        tokens = usage if isinstance(usage, TranscriptionUsage) else None
+        if usage.audio_seconds <= 0 and not (tokens and tokens.has_tokens):
             return
         provider, model = self._provider(item.processor), self._model(item)
-        seconds = Decimal(repr(item.value.audio_seconds))
+        seconds = Decimal(repr(max(usage.audio_seconds, 0.0)))
+        counts = {"input_tokens": 0, "input_audio_tokens": 0, "output_tokens": 0}
+        source: dict[str, UUID] = {}
+        if tokens is not None:
+            counts = {
+                "input_tokens": tokens.input_tokens,
+                "input_audio_tokens": min(tokens.input_audio_tokens, tokens.input_tokens),
+                "output_tokens": tokens.output_tokens,
+            }
+            if tokens.source_id:
+                source["id"] = self.source_event_id(provider, "stt", tokens.source_id)
         self._add(
             kind=UsageKind.STT,
             processor=item.processor,
             provider=provider,
             model=model,
             audio_seconds=seconds,
-            **cost_fields(self._prices.stt(provider, model, seconds)),
+            **counts,
+            **cost_fields(self._prices.stt(provider, model, seconds, **counts)),
+            **source,
         )
+
+    def source_event_id(self, provider: str, kind: str, source_id: str) -> UUID:
+        """The id of the event for the vendor's unit of work ``source_id`` in this call:
+        the same report seen twice is one event. The call is part of the key, so a
+        server whose ids are unique only within a session still never collides."""
+        key = f"{self._who.workflow_thread_id}/{source_id}"
+        return event_id_from(f"{provider}-{kind}", key)
 
     def _event(self, **fields: Any) -> UsageEvent:
         return UsageEvent(

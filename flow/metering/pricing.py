@@ -7,6 +7,8 @@
 - TTS characters and STT seconds: a small table of our own for voice vendors
   (genai-prices does not cover Deepgram or Cartesia), overridable per ``provider/model``
   with ``FLOW_VOICE_PRICES``.
+- STT that reports tokens (OpenAI's ``gpt-4o-transcribe`` and ``gpt-4o-mini-transcribe``
+  are sold by the token) is priced by its tokens, like an LLM.
 
 Every price says where it came from (``price_source`` on the usage event): the
 genai-prices version and the model id it matched (``genai-prices 0.2.3
@@ -89,8 +91,9 @@ DEFAULT_VOICE_PRICES: dict[str, VoiceRate] = {
     "openai/tts-1-hd": VoiceRate(
         {"per_character": Decimal("0.00003")}, OPENAI_PRICING, "2026-11-28", "standard"
     ),
-    # OpenAI transcription: whisper-1 $0.006/min; the gpt-4o transcribe models at the
-    # per-minute estimates OpenAI publishes beside their token prices.
+    # OpenAI transcription: whisper-1 $0.006/min. The gpt-4o transcribe models are sold
+    # by the token and priced by their tokens when an answer reports usage; these rows
+    # (OpenAI's per-minute estimates) price only an answer that reports none.
     "openai/whisper-1": VoiceRate(
         {"per_second": Decimal("0.0001")}, OPENAI_PRICING, "2026-11-28", "standard"
     ),
@@ -282,7 +285,27 @@ class PriceBook:
         cost = quantize_cost(characters * row.rates["per_character"])
         return VoicePrice(cost, row.price_source(key))
 
-    def stt(self, provider: str, model: str, audio_seconds: Decimal) -> VoicePrice | None:
+    def stt(
+        self,
+        provider: str,
+        model: str,
+        audio_seconds: Decimal,
+        *,
+        input_tokens: int = 0,
+        input_audio_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> LLMPrice | VoicePrice | None:
+        """Price one transcription the way it is sold: by its tokens when the vendor
+        reported them (OpenAI's ``gpt-4o-transcribe`` family: audio and text in, text
+        out, each at its rate), else by its seconds (``whisper-1``, Deepgram)."""
+        if input_tokens or output_tokens:
+            return self.llm(
+                provider,
+                model,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                input_audio_tokens=input_audio_tokens,
+            )
         found = self.voice_rate(provider, model)
         cost = _audio_cost(found[1].rates, audio_seconds) if found else None
         if found is None or cost is None:
@@ -345,16 +368,17 @@ def _calc(
     """Input and output prices, and the source: the package version and the provider
     and model ids it matched."""
     # genai-prices takes the same nesting: input_tokens holds cache reads and audio,
-    # cache_audio_read_tokens lies in both.
+    # cache_audio_read_tokens lies in both. Every count is given, zeros included: it
+    # refuses to guess the cached audio of usage with both cache reads and audio.
     result = calc_price(
         Usage(
             input_tokens=t.input,
             output_tokens=t.output,
-            cache_read_tokens=t.cache_read or None,
-            cache_write_tokens=t.cache_write or None,
-            input_audio_tokens=t.input_audio or None,
-            output_audio_tokens=t.output_audio or None,
-            cache_audio_read_tokens=t.cache_read_audio or None,
+            cache_read_tokens=t.cache_read,
+            cache_write_tokens=t.cache_write,
+            input_audio_tokens=t.input_audio,
+            output_audio_tokens=t.output_audio,
+            cache_audio_read_tokens=t.cache_read_audio,
         ),
         model,
         provider_id=provider,

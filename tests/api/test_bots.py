@@ -61,7 +61,11 @@ async def test_join_creates_a_thread_owned_by_the_key_and_submits_the_call(
     assert row["room_url"] == "https://example.daily.co/standup"
     assert row["end_user_id"] == "user-42"
     assert row["metadata"] == {"plan": "pro", "seats": 3}
-    assert row["bot_config"] == {"system_prompt": "Be brief.", "llm_model": "gpt-4o-mini"}
+    assert row["bot_config"] == {
+        "mode": "pipeline",  # the default, stored as the mode the call runs in
+        "system_prompt": "Be brief.",
+        "llm_model": "gpt-4o-mini",
+    }
     assert row["webhook_url"] == "https://hooks.example.com/flow"
     # The meeting token goes to the runner, never to the database.
     assert "daily-meeting-token-secret-123" not in json.dumps(row, default=str)

@@ -32,7 +32,7 @@ def settings(**kw: object) -> Settings:
 def test_openai_by_default_and_every_default_is_priced() -> None:
     services = default_services(settings(), daily_call())
     assert type(services.tts).__name__ == "OpenAITTSService"
-    assert type(services.stt).__name__ == "OpenAISTTService"
+    assert type(services.stt).__name__ == "MeteredOpenAISTTService"  # OpenAISTTService
     assert services.providers[TTS_NAME] == services.providers[STT_NAME] == "openai"
     book = PriceBook()
     assert book.tts("openai", services.models[TTS_NAME], 100) is not None
@@ -67,3 +67,40 @@ def test_configuration_problems_are_named() -> None:
     bare = Settings(_env_file=None)  # type: ignore[call-arg]
     assert configuration_problem(bare) == "OPENAI_API_KEY is not set"
     assert "DEEPGRAM_API_KEY" in str(configuration_problem(settings(flow_tts_provider="deepgram")))
+
+
+def test_a_realtime_call_gets_one_speech_to_speech_service_configured_from_settings() -> None:
+    call = daily_call()
+    call.bot_config = BotConfig(mode="realtime")
+    s = settings(openai_realtime_base_url="ws://127.0.0.1:9/v1/realtime")
+    services = default_services(s, call)
+    assert services.realtime and services.tts is None and services.stt is None
+    assert type(services.llm).__name__ == "RealtimeLLMService"
+    assert services.llm.base_url == "ws://127.0.0.1:9/v1/realtime?model=gpt-realtime"  # type: ignore[attr-defined]
+    assert services.models == {"llm": "gpt-realtime", STT_NAME: "gpt-4o-mini-transcribe"}
+    session = services.llm._settings.session_properties  # type: ignore[attr-defined]
+    assert session.audio.input.transcription.model == "gpt-4o-mini-transcribe"
+    assert session.audio.output.voice == "alloy"
+    # The transcription is priced by its tokens, the model per modality.
+    book = PriceBook()
+    price = book.stt(
+        "openai", "gpt-4o-mini-transcribe", Decimal(3), input_tokens=40, output_tokens=9
+    )
+    assert price is not None and not isinstance(price, Decimal)
+    assert book.llm("openai", "gpt-realtime", input_tokens=100, output_tokens=10) is not None
+
+
+def test_a_realtime_call_takes_its_model_and_voice_from_the_join_or_the_settings() -> None:
+    call = daily_call()
+    call.bot_config = BotConfig(mode="realtime", llm_model="gpt-realtime-mini", voice="cedar")
+    s = settings(flow_realtime_transcription_model="whisper-1", flow_realtime_voice="ash")
+    services = default_services(s, call)
+    assert services.llm.base_url == "wss://api.openai.com/v1/realtime?model=gpt-realtime-mini"  # type: ignore[attr-defined]
+    session = services.llm._settings.session_properties  # type: ignore[attr-defined]
+    assert (session.audio.input.transcription.model, session.audio.output.voice) == (
+        "whisper-1",
+        "cedar",
+    )
+    call.bot_config = BotConfig(mode="realtime")
+    session = default_services(s, call).llm._settings.session_properties  # type: ignore[attr-defined]
+    assert session.audio.output.voice == "ash"

@@ -163,6 +163,20 @@ async def test_a_webrtc_call_meters_exactly_what_the_vendors_received_and_served
     assert sum(metered) == sum(received)
     assert Decimal(str(row["usage_stats"]["stt_seconds"])) == sum(received)
     assert all(r["provider"] == "openai" and r["model"] == "gpt-4o-transcribe" for r in stt)
+    # gpt-4o-transcribe is sold by the token: each answer's tokens are on its event.
+    assert sorted(
+        (r["input_tokens"], r["input_audio_tokens"], r["output_tokens"]) for r in stt
+    ) == (
+        sorted(
+            (
+                u.usage["input_tokens"],
+                u.usage["input_token_details"]["audio_tokens"],
+                u.usage["output_tokens"],
+            )
+            for u in uploads
+            if u.usage is not None
+        )
+    )
     # What the vendor bills exceeds the speech: the lead-in the STT buffer keeps, the
     # silence that ends the segment, the padding appended to it.
     assert all(u.seconds > spoken for u, spoken in zip(uploads, SPOKEN.values(), strict=True))

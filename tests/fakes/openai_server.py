@@ -19,9 +19,13 @@ sent in chunks; each request is recorded with whether its whole body went out. W
 ``speech_tone_hz`` the audio is a tone instead of silence, so a caller can hear it.
 
 ``POST /v1/audio/transcriptions`` answers like OpenAI's segmented STT: a multipart
-upload (``file`` a WAV, ``model``, ``language``) answered with ``{"text": ...}``, the
-next of ``transcripts`` (the last one repeats). Each upload is recorded with the exact
-duration of its audio, read from the WAV's header and data size: what OpenAI bills.
+upload (``file`` a WAV, ``model``, ``language``) answered with ``{"text": ..., "usage"}``,
+the next of ``transcripts`` (the last one repeats). Each upload is recorded with the
+exact duration of its audio, read from the WAV's header and data size, and the usage it
+was answered with, the way OpenAI bills the model: ``whisper-1`` by the second
+(``{"type": "duration", "seconds"}``, whole seconds rounded up), the ``gpt-4o-transcribe``
+family by the token (``{"type": "tokens", ...}``: audio tokens in, text tokens out).
+``transcription_status`` other than 200 fails every upload with that status.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.loopback import serve_on_loopback
 
 
 @dataclass
@@ -91,10 +97,26 @@ class Upload:
     sample_width: int
     frames: int
     text: str
+    usage: dict[str, Any] | None = None
 
     @property
     def seconds(self) -> Decimal:
         return Decimal(self.frames) / Decimal(self.sample_rate)
+
+
+def transcription_usage(model: str, seconds: Decimal, text: str) -> dict[str, Any]:
+    """What OpenAI's transcription answers report: seconds for whisper-1, tokens for
+    the gpt-4o-transcribe family (about 10 audio tokens a second, a word a token)."""
+    if model == "whisper-1":
+        return {"type": "duration", "seconds": math.ceil(seconds)}
+    audio, out = max(1, round(seconds * 10)), len(text.split()) + 1
+    return {
+        "type": "tokens",
+        "input_tokens": audio,
+        "input_token_details": {"text_tokens": 0, "audio_tokens": audio},
+        "output_tokens": out,
+        "total_tokens": audio + out,
+    }
 
 
 PCM_RATE = 24_000
@@ -130,6 +152,7 @@ class FakeOpenAI:
     transcripts: list[str] = field(default_factory=lambda: ["Hello."])
     json_answer: str | None = None
     uploads: list[Upload] = field(default_factory=list)
+    transcription_status: int = 200
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -146,13 +169,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_on_loopback(app)
         return self
 
     async def stop(self) -> None:
@@ -262,15 +279,18 @@ class FakeOpenAI:
             return web.json_response({"error": {"message": f"not a WAV: {exc}"}}, status=400)
         n = len(self.uploads)
         text = self.transcripts[min(n, len(self.transcripts) - 1)]
-        self.uploads.append(
-            Upload(
-                model=str(form.get("model", "")),
-                language=str(form.get("language", "")),
-                sample_rate=rate,
-                channels=channels,
-                sample_width=width,
-                frames=frames,
-                text=text,
-            )
+        upload = Upload(
+            model=str(form.get("model", "")),
+            language=str(form.get("language", "")),
+            sample_rate=rate,
+            channels=channels,
+            sample_width=width,
+            frames=frames,
+            text=text,
         )
-        return web.json_response({"text": text})
+        self.uploads.append(upload)
+        if self.transcription_status != 200:
+            message = {"error": {"message": "the transcription failed"}}
+            return web.json_response(message, status=self.transcription_status)
+        upload.usage = transcription_usage(upload.model, upload.seconds, text)
+        return web.json_response({"text": text, "usage": upload.usage})

@@ -1,13 +1,19 @@
 """Speech-to-speech usage as Pipecat reports it (``LLMTokenUsage`` with audio counts)
-becomes one ledger event with its audio parts, priced per modality."""
+becomes one ledger event with its audio parts, priced per modality; usage the vendor
+names (a response, a transcribed item) keeps one id; a transcription is recorded by its
+tokens or its seconds, as it was billed."""
 
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-from pipecat.metrics.metrics import LLMTokenUsage, LLMUsageMetricsData
+import pytest
+from pipecat.metrics.metrics import LLMTokenUsage, LLMUsageMetricsData, STTUsageMetricsData
 
+from flow.bot.reported_usage import SourcedTokenUsage, TranscriptionUsage
 from flow.bot.usage_processor import Attribution, UsageRecorder
 from flow.metering.meter import Meter
 from flow.metering.pricing import PriceBook
@@ -97,3 +103,48 @@ def test_a_report_whose_audio_exceeds_its_totals_is_still_recorded(tmp_path: Pat
         event.output_audio_tokens,
     ) == (12_480, 8_064, 1_905)
     assert event.cost_usd is not None
+
+
+def test_a_named_response_reported_twice_is_one_event(tmp_path: Path) -> None:
+    rec, meter = recorder(tmp_path)
+    usage = realtime_usage().value
+    named = SourcedTokenUsage(**usage.model_dump(), source_id="resp_abc")
+    for _ in range(2):
+        rec.on_metrics([LLMUsageMetricsData(processor="llm", model="gpt-realtime", value=named)])
+    rec.finish()
+    first, again = meter.events
+    assert first.id == again.id == rec.source_event_id("openai", "llm", "resp_abc")
+    assert first.model_dump(exclude={"occurred_at"}) == again.model_dump(exclude={"occurred_at"})
+
+
+@pytest.mark.parametrize(
+    ("usage", "counts", "seconds"),
+    [
+        (
+            {
+                "type": "tokens",
+                "input_tokens": 52,
+                "input_token_details": {"text_tokens": 4, "audio_tokens": 48},
+                "output_tokens": 9,
+            },
+            (52, 48, 9),
+            0.8,
+        ),
+        ({"type": "duration", "seconds": 2.0}, (0, 0, 0), 2.0),
+    ],
+)
+def test_a_transcription_is_recorded_as_it_was_billed(
+    tmp_path: Path, usage: dict[str, Any], counts: tuple[int, int, int], seconds: float
+) -> None:
+    meter = Meter(None, spool_dir=tmp_path)  # type: ignore[arg-type]  # never flushed
+    who = Attribution(workflow_thread_id=uuid.uuid4(), api_key_id=uuid.uuid4())
+    rec = UsageRecorder(who, meter, PriceBook(), providers={"stt": "openai"})
+    reported = TranscriptionUsage.from_openai(usage, audio_seconds=0.8, source_id="item_1")
+    model = "whisper-1" if usage["type"] == "duration" else "gpt-4o-mini-transcribe"
+    rec.on_metrics([STTUsageMetricsData(processor="stt", model=model, value=reported)])
+    [event] = meter.events
+    assert (event.kind, event.model) == ("stt", model)
+    assert (event.input_tokens, event.input_audio_tokens, event.output_tokens) == counts
+    assert event.audio_seconds == Decimal(str(seconds))
+    assert event.id == rec.source_event_id("openai", "stt", "item_1")
+    assert event.cost_usd is not None and event.cost_usd > 0

@@ -4,10 +4,12 @@ from decimal import Decimal
 
 import pytest
 
-from flow.metering.pricing import PriceBook, VoicePrice, gross_input_tokens
+from flow.metering.pricing import LLMPrice, PriceBook, VoicePrice, gross_input_tokens
 
 
-def _cost(price: VoicePrice | None) -> Decimal | None:
+def _cost(price: LLMPrice | VoicePrice | None) -> Decimal | None:
+    if isinstance(price, LLMPrice):
+        return price.total_cost_usd
     return None if price is None else price.cost_usd
 
 
@@ -182,3 +184,44 @@ def test_audio_overrides_are_read_from_the_environment_and_misspelt_rates_refuse
     )
     with pytest.raises(ValueError, match=r"unknown rates \['audio_input'\]"):
         Settings(flow_price_overrides='{"gpt-realtime": {"audio_input": "24"}}')
+
+
+def test_cached_text_beside_uncached_audio_is_priced_by_hand() -> None:
+    # A cut-off gpt-realtime response: cached text, uncached audio, no cached audio.
+    price = PriceBook().llm(
+        "openai",
+        "gpt-realtime",
+        input_tokens=310,
+        cache_read_tokens=64,
+        input_audio_tokens=100,
+        cache_read_audio_tokens=0,
+        output_tokens=29,
+        output_audio_tokens=25,
+    )
+    assert price is not None
+    # (146 text * $4 + 64 cached * $0.40 + 100 audio * $32) / 1M; (4 * $16 + 25 * $64) / 1M
+    assert (price.input_cost_usd, price.output_cost_usd) == (
+        Decimal("0.0038096"),
+        Decimal("0.001664"),
+    )
+
+
+def test_transcription_is_priced_by_its_tokens_when_it_has_them_else_by_its_seconds() -> None:
+    book = PriceBook()
+    by_tokens = book.stt(
+        "openai",
+        "gpt-4o-transcribe",
+        Decimal("2.5"),
+        input_tokens=31,
+        input_audio_tokens=25,
+        output_tokens=7,
+    )
+    # 6 text * $2.50 + 25 audio * $6 in, 7 * $10 out, per 1M tokens.
+    assert isinstance(by_tokens, LLMPrice)
+    assert (by_tokens.input_cost_usd, by_tokens.output_cost_usd) == (
+        Decimal("0.000165"),
+        Decimal("0.00007"),
+    )
+    assert by_tokens.source is not None and by_tokens.source.startswith("genai-prices ")
+    assert _cost(book.stt("openai", "gpt-4o-transcribe", Decimal("2.5"))) == Decimal("0.00025")
+    assert book.stt("openai", "made-up-transcribe", Decimal(1), input_tokens=5) is None

@@ -54,7 +54,8 @@ class JoinRequest(BaseModel):
         token: the Daily meeting token; used for this call only, never stored.
         script: the caller's utterances, for the simulated transport.
         webrtc_offer: the caller's SDP offer (``{"sdp", "type": "offer"}``), for webrtc.
-        bot_config: prompt, greeting, model and voice; unset fields take the settings.
+        bot_config: mode (``pipeline`` or ``realtime``), prompt, greeting, model and
+            voice; unset fields take the settings.
         process_insights: extract insights from the transcript after the call.
         end_user_id: who the bot talks to (also read from ``X-Flow-User``).
         metadata: a small JSON object stored with the call (at most 4 KB).
@@ -101,6 +102,11 @@ class JoinRequest(BaseModel):
             raise ValueError("script is only for the simulated transport")
         if self.transport != "webrtc" and self.webrtc_offer is not None:
             raise ValueError("webrtc_offer is only for the webrtc transport")
+        if self.bot_config.mode == "realtime" and self.transport == "simulated":
+            raise ValueError(
+                "realtime mode needs a transport that carries the caller's voice (daily or "
+                "webrtc): the simulated caller's script is text"
+            )
         return self
 
 
