@@ -327,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_config
     )
 
+    from flow.auth.commands import register as register_admin_token
+
+    register_admin_token(sub)
     from flow.exporters.commands import register as register_exports
 
     register_exports(sub)

@@ -2,7 +2,8 @@
 
 ``SettingsDep``, ``SupabaseDep`` and ``RunnerDep`` come from ``app.state`` (set up by the
 lifespan in ``flow.main``); ``ApiKeyDep`` authenticates the request and resolves the
-caller's ``api_keys.id``.
+caller's ``api_keys.id``. ``OperatorDep`` (``require_operator``) admits operator tokens
+only: a customer key is 403, no credential 401; ``CallerDep`` admits either.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from supabase import AsyncClient
 
-from flow.auth import ApiKey, Authenticator
+from flow.auth import ApiKey, Authenticator, Operator, OperatorAuthenticator
 from flow.bot.contract import CallRunner
 from flow.config import Settings
 
 # Declares the scheme in OpenAPI; parsing and refusals are ours (auto_error=False), so a
 # missing or malformed header gets our JSON 401 with a Bearer challenge.
 bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Bearer <key>`")
+operator_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="OperatorToken",
+    description="An operator token (`flow admin-token create`): `Bearer flow_op_...`",
+)
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -51,7 +57,38 @@ async def get_api_key(
     return api_key
 
 
+def get_operator_authenticator(request: Request) -> OperatorAuthenticator:
+    operators: OperatorAuthenticator | None = getattr(request.app.state, "operator_auth", None)
+    if operators is None:
+        operators = OperatorAuthenticator(get_supabase(request), get_authenticator(request))
+        request.app.state.operator_auth = operators
+    return operators
+
+
+async def require_operator(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(operator_scheme)],
+) -> Operator:
+    """An operator token, or 403 (a customer key) / 401 (anything else)."""
+    operators = get_operator_authenticator(request)
+    return await operators.operator(request.headers.get("authorization"))
+
+
+async def get_caller(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    __: Annotated[HTTPAuthorizationCredentials | None, Depends(operator_scheme)],
+) -> Operator | ApiKey:
+    """An operator token or an API key, whichever the request holds."""
+    caller = await get_operator_authenticator(request).caller(request.headers.get("authorization"))
+    if isinstance(caller, ApiKey):
+        request.state.api_key_id = caller.id
+    return caller
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SupabaseDep = Annotated[AsyncClient, Depends(get_supabase)]
 RunnerDep = Annotated[CallRunner, Depends(get_runner)]
 ApiKeyDep = Annotated[ApiKey, Depends(get_api_key)]
+OperatorDep = Annotated[Operator, Depends(require_operator)]
+CallerDep = Annotated[Operator | ApiKey, Depends(get_caller)]

@@ -9,9 +9,12 @@ Two modes, chosen by configuration:
 
 No mode accepts a token it has not verified. :class:`Authenticator` is the one entry
 point the API uses; it owns the verification cache and the ``last_used_at`` throttle.
+Operator tokens (``flow admin-token create``) are a separate credential for
+``/api/admin/``: :mod:`flow.auth.operators`.
 """
 
 from flow.auth.authenticator import Authenticator
 from flow.auth.models import ApiKey, AuthFailure
+from flow.auth.operators import Operator, OperatorAuthenticator
 
-__all__ = ["ApiKey", "AuthFailure", "Authenticator"]
+__all__ = ["ApiKey", "AuthFailure", "Authenticator", "Operator", "OperatorAuthenticator"]

@@ -86,19 +86,26 @@ async def ledger_daily_usage(
 
 
 THREAD_EVENT_COLUMNS = (
-    "id,category,kind,model,input_tokens,output_tokens,cache_read_tokens,characters,"
-    "audio_seconds::text,cost_usd::text,estimated"
+    "id,occurred_at,kind,category,provider,model,input_tokens,output_tokens,"
+    "cache_read_tokens,cache_write_tokens,reasoning_tokens,input_audio_tokens,"
+    "output_audio_tokens,cache_read_audio_tokens,characters,audio_seconds::text,"
+    "cost_usd::text,input_cost_usd::text,output_cost_usd::text,price_source,"
+    "latency_ms::text,status_code,is_error,estimated"
 )
+MAX_THREAD_EVENTS = 10_000
 
 
 async def thread_usage_events(sb: AsyncClient, thread_id: str) -> list[dict[str, Any]]:
-    """One call's ledger rows, oldest first; ``audio_seconds`` and ``cost_usd`` are
-    decimal strings (``cost_usd`` None when the event is unpriced)."""
+    """One call's ledger rows (at most :data:`MAX_THREAD_EVENTS`), oldest first; every
+    count, and ``audio_seconds``, ``latency_ms`` and the costs as decimal strings
+    (``cost_usd`` None when the event is unpriced)."""
     res = await call(
         sb.table("usage_events")
         .select(THREAD_EVENT_COLUMNS)
         .eq("workflow_thread_id", str(thread_id))
         .order("occurred_at")
+        .order("seq")
+        .limit(MAX_THREAD_EVENTS)
         .execute
     )
     return rows_of(res)

@@ -1,6 +1,7 @@
 """The tree tells the story: imports point one way, and the API starts without Pipecat.
 
-api, cli -> workflows, bot, auth, exporters, reconcile -> analytics -> metering -> db, net -> config
+api, cli -> workflows, bot, auth, exporters, reconcile, billing -> analytics -> metering
+-> db, net -> config
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ LAYERS = {
     "exporters": 4,
     "workflows": 4,
     "reconcile": 4,
+    "billing": 4,
     "api": 5,
     "cli": 5,
     "main": 5,

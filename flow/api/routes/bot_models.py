@@ -173,3 +173,33 @@ class ThreadOut(BaseModel):
     updated_at: str
     bot_started_at: str | None
     bot_ended_at: str | None
+
+
+def thread_out(row: dict[str, Any]) -> ThreadOut:
+    """A ``workflow_threads`` row as the API shows it."""
+    has_error = any(row.get(k) for k in ("error_stage", "error_code", "error_message"))
+    return ThreadOut(
+        workflow_thread_id=row["workflow_thread_id"],
+        status=row["status"],
+        transport=row["transport"],
+        room_url=row.get("room_url"),
+        end_user_id=row.get("end_user_id"),
+        process_insights=row["process_insights"],
+        bot_config=row.get("bot_config") or {},
+        metadata=row.get("metadata") or {},
+        webhook_url=row.get("webhook_url"),
+        error=ThreadError(
+            stage=row.get("error_stage"),
+            code=row.get("error_code"),
+            message=row.get("error_message"),
+        )
+        if has_error
+        else None,
+        usage_stats=UsageStats.from_row(row.get("usage_stats") or {}),
+        transcript=row.get("transcript"),
+        insights=row.get("insights"),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        bot_started_at=row.get("bot_started_at"),
+        bot_ended_at=row.get("bot_ended_at"),
+    )

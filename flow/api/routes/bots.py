@@ -30,10 +30,9 @@ from flow.api.routes.bot_models import (
     JoinResponse,
     SessionDescription,
     StopResponse,
-    ThreadError,
     ThreadOut,
+    thread_out,
 )
-from flow.api.schemas import UsageStats
 from flow.bot.contract import (
     AtCapacity,
     CallRequest,
@@ -220,33 +219,7 @@ async def _owned_thread(sb: Any, thread_id: UUID, api_key_id: str) -> dict[str, 
 )
 async def get_bot(workflow_thread_id: UUID, api_key: ApiKeyDep, sb: SupabaseDep) -> ThreadOut:
     """A call's status, timestamps, error, usage, transcript and insights."""
-    row = await _owned_thread(sb, workflow_thread_id, api_key.id)
-    has_error = any(row.get(k) for k in ("error_stage", "error_code", "error_message"))
-    return ThreadOut(
-        workflow_thread_id=row["workflow_thread_id"],
-        status=row["status"],
-        transport=row["transport"],
-        room_url=row.get("room_url"),
-        end_user_id=row.get("end_user_id"),
-        process_insights=row["process_insights"],
-        bot_config=row.get("bot_config") or {},
-        metadata=row.get("metadata") or {},
-        webhook_url=row.get("webhook_url"),
-        error=ThreadError(
-            stage=row.get("error_stage"),
-            code=row.get("error_code"),
-            message=row.get("error_message"),
-        )
-        if has_error
-        else None,
-        usage_stats=UsageStats.from_row(row.get("usage_stats") or {}),
-        transcript=row.get("transcript"),
-        insights=row.get("insights"),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        bot_started_at=row.get("bot_started_at"),
-        bot_ended_at=row.get("bot_ended_at"),
-    )
+    return thread_out(await _owned_thread(sb, workflow_thread_id, api_key.id))
 
 
 @router.post(

@@ -7,21 +7,19 @@ seconds, averages, error rate) are strings so no digit is lost on the way.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from flow.api.deps import ApiKeyDep, SupabaseDep
-from flow.api.errors import ERROR_RESPONSES, ApiError
-from flow.config import MAX_REPORT_DAYS
+from flow.api.errors import ERROR_RESPONSES
+from flow.api.ranges import report_range
 from flow.db import usage as usage_repo
 
 router = APIRouter(prefix="/api/usage", tags=["usage"], responses=ERROR_RESPONSES)
 
-DEFAULT_RANGE = timedelta(days=30)
-MAX_RANGE = timedelta(days=MAX_REPORT_DAYS)
 GroupBy = Literal["day", "model", "category", "kind", "end_user"]
 
 
@@ -77,14 +75,6 @@ class UsageReport(BaseModel):
     groups: list[UsageGroup]
 
 
-def _utc(value: datetime, field: str) -> datetime:
-    """The time in UTC; a time that has no UTC equivalent (year 1 at +14:00) is a 422."""
-    try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError:
-        raise _invalid(field, f"{field} is out of range once converted to UTC") from None
-
-
 @router.get("", response_model=UsageReport)
 async def usage_report(
     api_key: ApiKeyDep,
@@ -94,15 +84,7 @@ async def usage_report(
     group_by: GroupBy | None = None,
 ) -> UsageReport:
     """Usage and cost of the calling key. Times without a zone are UTC."""
-    end_at = _utc(end, "end") if end else datetime.now(UTC)
-    try:
-        start_at = _utc(start, "start") if start else end_at - DEFAULT_RANGE
-    except OverflowError:  # end near year 1: the default start would be before it
-        raise _invalid("end", "end is too early for the default range") from None
-    if start_at >= end_at:
-        raise _invalid("start", "start must be before end")
-    if end_at - start_at > MAX_RANGE:
-        raise _invalid("end", f"the range may span at most {MAX_RANGE.days} days")
+    start_at, end_at = report_range(start, end)
     data = await usage_repo.usage_report(sb, api_key.id, start_at, end_at, group_by)
     return UsageReport(
         api_key_id=api_key.id,
@@ -111,13 +93,4 @@ async def usage_report(
         group_by=group_by,
         totals=UsageFigures(**data["totals"]),
         groups=[UsageGroup(**g) for g in data["groups"]],
-    )
-
-
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(
-        422,
-        "validation_error",
-        message,
-        details=[{"loc": ["query", field], "msg": message, "type": "value_error"}],
     )
