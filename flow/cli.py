@@ -103,6 +103,14 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
     from flow.db import keys, usage
 
+    if args.csv:
+        from flow.billing.commands import usage_csv
+
+        return usage_csv(args)
+    if args.group_by == "month" or args.start or args.end:
+        print("error: --group-by month, --start and --end go with --csv", file=sys.stderr)
+        return 2
+
     async def go() -> int:
         sb = await _client()
         end = datetime.now(UTC)
@@ -276,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key", help="the key's id, printed prefix or name (a unique one)")
     revoke.set_defaults(func=cmd_keys_revoke)
     keys_sub.add_parser("list", help="list keys").set_defaults(func=cmd_keys_list)
+    from flow.billing.commands import register_keys
+
+    register_keys(keys_sub)
 
     demo = sub.add_parser("demo", help="run Flow end to end on this machine, no keys needed")
     demo.add_argument("--calls", type=_calls, default=3, help="simulated calls to run (1-3)")
@@ -299,11 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     usage_cmd.add_argument(
         "--group-by",
-        choices=["day", "model", "category", "kind", "end_user"],
+        choices=["day", "model", "category", "kind", "end_user", "month"],
         default=None,
-        help="break each key's usage down",
+        help="break each key's usage down (with --csv: day or month)",
     )
     usage_cmd.add_argument("--json", action="store_true", help="print JSON")
+    usage_cmd.add_argument(
+        "--csv", action="store_true", help="print the billing CSV (as GET /api/usage/export.csv)"
+    )
+    usage_cmd.add_argument("--start", help="with --csv: from this UTC time (ISO 8601, inclusive)")
+    usage_cmd.add_argument("--end", help="with --csv: to this UTC time (exclusive; default now)")
     usage_cmd.set_defaults(func=cmd_usage)
 
     from flow.localstack.__main__ import add_arguments as stack_arguments

@@ -59,6 +59,19 @@ async def cost_by_kind(
     return rows_of(await call(sb.rpc("usage_cost_by_kind", params).execute))
 
 
+async def key_page(
+    sb: AsyncClient, *, after: str | None, limit: int, only: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` keys (``id``, ``name``) ordered by id, after the id ``after``;
+    only those in ``only`` when given."""
+    query = sb.table("api_keys").select("id,name")
+    if after is not None:
+        query = query.gt("id", after)
+    if only is not None:
+        query = query.in_("id", [str(k) for k in only])
+    return rows_of(await call(lambda: query.order("id").limit(limit).execute()))
+
+
 @dataclass(frozen=True)
 class CallFilter:
     """Which calls a listing shows.

@@ -1,0 +1,102 @@
+"""The operator's billing commands: ``flow usage --csv`` (the billing CSV, the same as
+``GET /api/usage/export.csv``) and ``flow keys stripe-customer KEY cus_...`` (who a key
+is billed as in Stripe).
+
+Failure behaviour: a key that matches none (or, for ``stripe-customer``, several)
+prints ``error: ...`` and exits 1; a bad option value exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flow.config import get_settings
+
+CUSTOMER_ID = re.compile(r"^cus_[A-Za-z0-9]{1,250}$")
+
+
+async def _client() -> Any:
+    from flow.db.client import create_client
+
+    return await create_client(get_settings())
+
+
+def _utc(text: str) -> datetime:
+    at = datetime.fromisoformat(text)
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def usage_csv(args: argparse.Namespace) -> int:
+    """Print the billing CSV of every key (or of the keys ``--key`` names)."""
+    from flow.billing.csv_export import csv_lines
+    from flow.db import keys
+
+    if args.group_by not in (None, "day", "month"):
+        print("error: --csv groups by day or month only", file=sys.stderr)
+        return 2
+    try:
+        end = _utc(args.end) if args.end else datetime.now(UTC)
+        start = _utc(args.start) if args.start else end - timedelta(days=args.days)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if start >= end:
+        print("error: start must be before end", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        sb = await _client()
+        key_ids = None
+        if args.key:
+            found = await keys.find_keys(sb, args.key)
+            if not found:
+                print(f"no key matches {args.key!r} (give its id, prefix or name)", file=sys.stderr)
+                return 1
+            key_ids = [str(r["id"]) for r in found]
+        async for line in csv_lines(sb, start, end, args.group_by, key_ids=key_ids):
+            sys.stdout.write(line)
+        sys.stdout.flush()
+        return 0
+
+    return asyncio.run(go())
+
+
+def cmd_stripe_customer(args: argparse.Namespace) -> int:
+    from flow.db import billing
+    from flow.db.keys import resolve_key
+
+    customer = None if args.customer in ("none", "-") else args.customer
+    if customer is not None and not CUSTOMER_ID.match(customer):
+        print("error: a Stripe customer id is cus_ followed by letters and digits", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        sb = await _client()
+        try:
+            key = await resolve_key(sb, args.key)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        await billing.set_stripe_customer(sb, str(key["id"]), customer)
+        if customer is None:
+            print(f"key {key['id']} ({key['name']}) is no longer billed in Stripe")
+        else:
+            print(f"key {key['id']} ({key['name']}) is billed as Stripe customer {customer}")
+        return 0
+
+    return asyncio.run(go())
+
+
+def register_keys(keys_sub: Any) -> None:
+    """Adds ``stripe-customer`` to ``flow keys``."""
+    cmd = keys_sub.add_parser(
+        "stripe-customer", help="bill a key's usage to a Stripe customer (the stripe export)"
+    )
+    cmd.add_argument("key", help="the key's id, printed prefix or name (a unique one)")
+    cmd.add_argument("customer", help="the Stripe customer id (cus_...), or none to unset")
+    cmd.set_defaults(func=cmd_stripe_customer)
