@@ -8,7 +8,7 @@ export of a large ledger holds no more memory than a small one.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
@@ -21,7 +21,7 @@ from flow.billing.csv_export import COLUMNS, csv_lines
 
 router = APIRouter(prefix="/api/usage", tags=["usage"], responses=ERROR_RESPONSES)
 
-_CSV = {
+_CSV: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"text/csv": {"example": ",".join(COLUMNS) + "\n"}},
         "description": "One row per key (and per UTC day or month when grouped)",
