@@ -158,6 +158,7 @@ class DashboardSummary(BaseModel):
         cost_by_day_model: cost per UTC day and model.
         volume_by_day: tokens, TTS characters and STT seconds per UTC day.
         cost_by_category: cost per category (``bot``, ``insights``).
+        cost_by_kind: cost per kind (``llm``, ``tts``, ``stt``, and any kind added later).
         top_calls: the most expensive calls, costliest first.
     """
 
@@ -167,4 +168,5 @@ class DashboardSummary(BaseModel):
     cost_by_day_model: list[DayModelCost]
     volume_by_day: list[DayVolume]
     cost_by_category: dict[str, DecimalText]
+    cost_by_kind: dict[str, DecimalText] = Field(default_factory=dict)
     top_calls: list[CostlyCall]

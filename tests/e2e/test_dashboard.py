@@ -115,6 +115,10 @@ async def test_dashboard_data_matches_independent_sums(
     assert got == per_model
     insights = sum((e.cost_usd or 0 for e in events if e.category == "insights"), Decimal(0))
     assert Decimal(data["cost_by_category"]["insights"]) == insights
+    by_kind: dict[str, Decimal] = {}
+    for e in events:
+        by_kind[str(e.kind)] = by_kind.get(str(e.kind), Decimal(0)) + (e.cost_usd or 0)
+    assert {k: Decimal(v) for k, v in data["cost_by_kind"].items()} == by_kind
     latencies = sorted(e.latency_ms for e in events if e.latency_ms is not None)
 
     def percentile(q: Decimal) -> Decimal:  # percentile_cont: linear interpolation
@@ -211,7 +215,7 @@ async def test_dashboard_renders_seeded_totals_in_headless_chromium(
             for label, value in charted:
                 assert abs(Decimal(str(value)) - per_model[label]) < Decimal("1e-9")
             painted = await page.evaluate(
-                """() => ['chart-cost', 'chart-volume', 'chart-category'].map(id => {
+                """() => ['chart-cost', 'chart-volume', 'chart-kind'].map(id => {
                   const cv = document.getElementById(id);
                   const px = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
                   let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++;
@@ -221,12 +225,31 @@ async def test_dashboard_renders_seeded_totals_in_headless_chromium(
             assert all(n > 500 for n in painted), painted
             rows = await page.locator("#top-calls tbody tr").count()
             assert rows == 3
-            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
-            # A thread's detail opens from the table with the same key.
+            # The donut splits the cost by kind, one colour per kind.
+            donut = await page.evaluate(
+                """() => { const c = Chart.getChart('chart-kind');
+                  return [c.data.labels, c.data.datasets[0].data]; }"""
+            )
+            kinds = {"LLM": "llm", "TTS": "tts"}
+            for label, value in zip(*donut, strict=True):
+                cost = sum(e.cost_usd or 0 for e in events if e.kind == kinds[label])
+                assert abs(Decimal(str(value)) - cost) < Decimal("1e-9")
+
+            # Every call is listed (paged), and a call opens its ledger rows.
+            await page.wait_for_selector("#calls[data-loaded=true]", timeout=10_000)
+            assert await page.locator("#calls table.calls tbody tr").count() == 3
+            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            first = await page.locator("#top-calls tbody tr a").first.get_attribute("title")
             await page.locator("#top-calls tbody tr a").first.click()
             await page.wait_for_selector("#detail:not([hidden])", timeout=10_000)
-            assert "usage_stats" in await page.inner_text("#detail-body")
+            mine = [e for e in events if str(e.workflow_thread_id) == first]
+            ledger = page.locator("#detail-body table.ledger tbody tr")
+            await ledger.first.wait_for(timeout=10_000)
+            assert await ledger.count() == len(mine)
+            shown_cost = await page.get_attribute("#detail-body .call-cost", "data-value")
+            assert Decimal(str(shown_cost)) == sum(e.cost_usd or 0 for e in mine)
+            assert await page.locator("#detail-body ol.timeline li").count() >= len(mine)
 
             # A wrong key sees no data.
             wrong = await browser.new_page()

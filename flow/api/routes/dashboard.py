@@ -8,6 +8,7 @@ computed in SQL (``dashboard_summary``) over the ledger.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ from flow.api.deps import ApiKeyDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES
 from flow.api.schemas import DashboardSummary
 from flow.config import MAX_REPORT_DAYS
+from flow.db import reports
 from flow.db import usage as usage_repo
 
 STATIC = Path(__file__).resolve().parents[2] / "dashboard" / "static"
@@ -41,9 +43,13 @@ async def dashboard_data(
     ] = 30,
     top: Annotated[int, Query(ge=1, le=100, description="How many costly calls")] = 10,
 ) -> DashboardSummary:
-    """Cost per day by model, volume per day, cost by category, averages, LLM latency
-    percentiles, error rate and the most expensive calls of the calling key."""
+    """Cost per day by model, volume per day, cost by category and by kind, averages,
+    LLM latency percentiles, error rate and the most expensive calls of the calling key."""
     end = datetime.now(UTC)
     start = (end - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
-    data = await usage_repo.dashboard_summary(sb, api_key.id, start, end, top)
+    data, kinds = await asyncio.gather(
+        usage_repo.dashboard_summary(sb, api_key.id, start, end, top),
+        reports.cost_by_kind(sb, [api_key.id], start, end),
+    )
+    data["cost_by_kind"] = {r["kind"]: r["cost_usd"] for r in kinds}
     return DashboardSummary.model_validate(data)

@@ -1,15 +1,14 @@
 // Flow usage dashboard: signs in with an API key (kept in this tab only) and draws the
-// figures of GET /api/dashboard with Chart.js (served locally, no CDN).
+// figures of GET /api/dashboard with Chart.js (served locally, no CDN); every call of
+// the key, paged and filtered, opens its drill-down (calls.js). Times are UTC.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const charts = {};
-const palette = ["#3157d5", "#e0793a", "#2a9d8f", "#c0392b", "#8e5bd1", "#7f8c8d", "#d4a017", "#16a085"];
-const usd = (v) => {
-  const n = Number(v || 0);
-  return "$" + (n >= 1 ? n.toFixed(2) : n.toFixed(n >= 0.01 ? 4 : 6));
-};
-const int = (v) => Number(v || 0).toLocaleString("en-US");
+// Models get these colours in the cost chart; kinds have their own (FlowCalls.kindColour).
+const palette = ["#1f3b8f", "#b5651d", "#1b6f65", "#a2273c", "#5d3a9b", "#4d5656", "#9a7d0a", "#0e6655"];
+const { usd, int, utc } = FlowCalls;
+let callList = null;
 
 function showError(message) {
   $("error").textContent = message;
@@ -71,12 +70,17 @@ function render(data) {
     },
     options: { responsive: true, animation: false, scales: { y: { position: "left" }, y1: { position: "right", grid: { drawOnChartArea: false } } } },
   });
-  const cats = Object.keys(data.cost_by_category);
-  draw("chart-category", {
+  const kinds = FlowCalls.sortKinds(Object.keys(data.cost_by_kind));
+  draw("chart-kind", {
     type: "doughnut",
-    data: { labels: cats, datasets: [{ data: cats.map((c) => Number(data.cost_by_category[c])), backgroundColor: palette }] },
+    data: {
+      labels: kinds.map(FlowCalls.kindLabel),
+      datasets: [{ data: kinds.map((k) => Number(data.cost_by_kind[k])), backgroundColor: kinds.map(FlowCalls.kindColour) }],
+    },
     options: { responsive: true, animation: false },
   });
+  $("category-split").textContent = Object.entries(data.cost_by_category)
+    .map(([c, v]) => `${c} ${usd(v)}`).join(" · ");
 
   const tbody = $("top-calls").querySelector("tbody");
   tbody.replaceChildren();
@@ -86,7 +90,7 @@ function render(data) {
     link.href = "#call/" + call.workflow_thread_id;
     link.textContent = call.workflow_thread_id.slice(0, 8);
     link.title = call.workflow_thread_id;
-    const cells = [link, new Date(call.created_at).toLocaleString(), call.end_user_id || "—", call.status, int(call.tokens), usd(call.cost_usd)];
+    const cells = [link, utc(call.created_at), call.end_user_id || "—", call.status, int(call.tokens), usd(call.cost_usd)];
     for (const c of cells) {
       const td = document.createElement("td");
       if (c instanceof Node) td.appendChild(c); else td.textContent = c;
@@ -104,6 +108,8 @@ async function load() {
   if (!sessionStorage.getItem("flow.key")) return;
   try {
     render(await api("/api/dashboard?days=" + encodeURIComponent($("days").value)));
+    if (!callList) callList = new FlowCalls.CallList($("calls"), api, "/api/bot");
+    await callList.load();
     await showDetail();
   } catch (err) {
     showError(err.message);
@@ -113,10 +119,11 @@ async function load() {
 async function showDetail() {
   const m = location.hash.match(/^#call\/([0-9a-f-]{36})$/);
   if (!m) { $("detail").hidden = true; return; }
-  const thread = await api("/api/bot/" + m[1]);
+  const [thread, usage] = await Promise.all([api("/api/bot/" + m[1]), api(`/api/bot/${m[1]}/usage`)]);
   $("detail-id").textContent = m[1];
-  $("detail-body").textContent = JSON.stringify(thread, null, 2);
+  FlowCalls.renderCall($("detail-body"), thread, usage.events);
   $("detail").hidden = false;
+  $("detail").scrollIntoView();
 }
 
 $("login").addEventListener("submit", (e) => {
