@@ -19,6 +19,7 @@ from flow.api.errors import install_error_handlers
 from flow.api.limits import BodySizeLimitMiddleware, HeaderLimitMiddleware, refuse_lone_surrogates
 from flow.api.routes import (
     admin,
+    admin_integrations,
     bots,
     calls,
     dashboard,
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
     app.include_router(dashboard.page)
     app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="dashboard-static")
     app.include_router(admin.router)
+    app.include_router(admin_integrations.router)
     app.include_router(admin.page)
     app.mount("/admin/static", StaticFiles(directory=admin.STATIC), name="admin-static")
     app.include_router(talk.page)

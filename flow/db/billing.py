@@ -9,6 +9,7 @@ Failure behaviour: errors from the database surface as :class:`DatabaseError` or
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from supabase import AsyncClient
 
@@ -27,6 +28,21 @@ async def set_stripe_customer(sb: AsyncClient, key_id: str, customer_id: str | N
         )
     )
     return bool(rows_of(res))
+
+
+BILLING_COLUMNS = "id,characters,audio_seconds::text"
+
+
+async def billing_details(sb: AsyncClient, ledger_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """What billing reads of these ledger rows beyond an export page (TTS characters,
+    STT seconds as text), by ledger id."""
+    wanted = sorted({str(i) for i in ledger_ids})
+    if not wanted:
+        return {}
+    res = await call(
+        lambda: sb.table("usage_events").select(BILLING_COLUMNS).in_("id", wanted).execute()
+    )
+    return {str(r.pop("id")): r for r in rows_of(res)}
 
 
 async def stripe_customers(sb: AsyncClient, key_ids: Iterable[str] | None = None) -> dict[str, str]:

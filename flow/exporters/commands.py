@@ -88,6 +88,11 @@ async def _key_id(sb: Any, ident: str | None) -> str | None:
 
 def cmd_add(args: argparse.Namespace) -> int:
     async def go() -> int:
+        if PROVIDERS[args.provider].operator_only:
+            if args.key:
+                print(f"error: a {args.provider} integration covers every key", file=sys.stderr)
+                return 2
+            args.all_keys = True
         if not args.all_keys and not args.key:
             print("error: give --key KEY or --all-keys", file=sys.stderr)
             return 2

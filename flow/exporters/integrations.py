@@ -120,6 +120,11 @@ async def create_integration(
     """Check, validate (unless ``validate`` is false), encrypt and save an integration;
     returns its public row."""
     spec = spec_for(body.provider)
+    if spec.operator_only and not all_keys:
+        raise IntegrationInputError(
+            f"a {spec.name} integration bills every key: the operator adds it "
+            "(POST /api/admin/integrations or flow integrations add)"
+        )
     box = CredentialBox.from_settings(settings)
     now = datetime.now(UTC)
     destination_settings, creds = spec.split_body(body)

@@ -19,8 +19,11 @@ from pydantic.fields import FieldInfo
 from flow.exporters.mixpanel import MIXPANEL
 from flow.exporters.posthog import POSTHOG
 from flow.exporters.spec import CommonPatch, DestinationSpec, IntegrationBody
+from flow.exporters.stripe import STRIPE
 
-PROVIDERS: dict[str, DestinationSpec[Any]] = {spec.name: spec for spec in (POSTHOG, MIXPANEL)}
+PROVIDERS: dict[str, DestinationSpec[Any]] = {
+    spec.name: spec for spec in (POSTHOG, MIXPANEL, STRIPE)
+}
 
 
 def spec_for(provider: str) -> DestinationSpec[Any]:

@@ -111,6 +111,7 @@ class DestinationSpec(ABC, Generic[BodyT]):
         create_model: its create body (an :class:`IntegrationBody` with ``provider``).
         patch_model: the fields of its own an edit may change (all optional).
         host_setting: the settings key shown as ``host``, if it has one.
+        operator_only: only the operator creates it, for every key (billing).
         cli_help: its own create fields offered by ``flow integrations add`` (as
             ``--field-name``), with their help.
     """
@@ -119,6 +120,7 @@ class DestinationSpec(ABC, Generic[BodyT]):
     create_model: type[BodyT]
     patch_model: ClassVar[type[BaseModel]]
     host_setting: ClassVar[str | None] = None
+    operator_only: ClassVar[bool] = False
     cli_help: ClassVar[dict[str, str]] = {}
 
     @abstractmethod

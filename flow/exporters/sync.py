@@ -37,6 +37,7 @@ import httpx
 from supabase import AsyncClient
 
 from flow.config import Settings
+from flow.db import billing as billing_db
 from flow.db import exports as exports_db
 from flow.db.client import DatabaseError, DatabaseUnavailable
 from flow.db.integrations import IntegrationStatus
@@ -209,6 +210,8 @@ class Exporter:
                     synced = True
                     break
                 rows = page.rows
+                if getattr(dest, "bills_customers", False):
+                    await self._attach_billing(rows)
                 historical = (
                     bool(rows)
                     and min(datetime.fromisoformat(str(r["occurred_at"])) for r in rows)
@@ -268,6 +271,15 @@ class Exporter:
         else:
             log.info("export %s: %d events exported", iid, outcome.exported)
         return outcome
+
+    async def _attach_billing(self, rows: list[dict[str, Any]]) -> None:
+        """Who each row's key is billed as (``stripe_customer_id``, None without one),
+        and the counts billing reads beyond the page (characters, seconds)."""
+        customers = await billing_db.stripe_customers(self.sb, {str(r["api_key_id"]) for r in rows})
+        details = await billing_db.billing_details(self.sb, [str(r["id"]) for r in rows])
+        for row in rows:
+            row.update(details.get(str(row["id"]), {}))
+            row["stripe_customer_id"] = customers.get(str(row["api_key_id"]))
 
     async def _advance(
         self, iid: str, page: exports_db.ExportPage, result: SendResult, warning: str | None

@@ -13,6 +13,7 @@ from flow.exporters.base import IntegrationInputError
 from flow.exporters.mixpanel import MixpanelDestination
 from flow.exporters.posthog import PostHogDestination
 from flow.exporters.registry import PROVIDERS, IntegrationCreate, IntegrationPatch, spec_for
+from flow.exporters.stripe import StripeDestination
 from tests.exporters.conftest import MP_SECRET, MP_TOKEN, PH_KEY
 
 CASES: list[dict[str, Any]] = [
@@ -40,11 +41,23 @@ CASES: list[dict[str, Any]] = [
         "foreign": {"host": "https://ph.example.com"},
         "destination": MixpanelDestination,
     },
+    {
+        "body": {"provider": "stripe", "secret_key": "sk_test_billing0123456789"},
+        "settings": {"api_base": "https://api.stripe.com", "unit_meters": {}},
+        "hint": "key …6789",
+        "patch": {"unit_meters": {"tts_characters": "flow_tts"}, "secret_key": "rk_live_new0123"},
+        "patched": (
+            {"api_base": "https://api.stripe.com", "unit_meters": {"tts_characters": "flow_tts"}},
+            {"secret_key": "rk_live_new0123"},
+        ),
+        "foreign": {"project_token": MP_TOKEN},
+        "destination": StripeDestination,
+    },
 ]
 
 
 def test_every_destination_is_registered_under_its_name() -> None:
-    assert list(PROVIDERS) == ["posthog", "mixpanel"]
+    assert list(PROVIDERS) == ["posthog", "mixpanel", "stripe"]
     assert all(spec_for(name).name == name for name in PROVIDERS)
 
 
