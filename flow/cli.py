@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flow.auth.commands import register as register_admin_token
 
     register_admin_token(sub)
+    from flow.billing.commands import register_reprice
+
+    register_reprice(sub)
     from flow.exporters.commands import register as register_exports
 
     register_exports(sub)

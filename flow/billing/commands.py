@@ -1,6 +1,6 @@
 """The operator's billing commands: ``flow usage --csv`` (the billing CSV, the same as
-``GET /api/usage/export.csv``) and ``flow keys stripe-customer KEY cus_...`` (who a key
-is billed as in Stripe).
+``GET /api/usage/export.csv``), ``flow keys stripe-customer KEY cus_...`` (who a key
+is billed as in Stripe) and ``flow reprice`` (events recorded unpriced, priced now).
 
 Failure behaviour: a key that matches none (or, for ``stripe-customer``, several)
 prints ``error: ...`` and exits 1; a bad option value exits 2.
@@ -100,3 +100,62 @@ def register_keys(keys_sub: Any) -> None:
     cmd.add_argument("key", help="the key's id, printed prefix or name (a unique one)")
     cmd.add_argument("customer", help="the Stripe customer id (cus_...), or none to unset")
     cmd.set_defaults(func=cmd_stripe_customer)
+
+
+def cmd_reprice(args: argparse.Namespace) -> int:
+    """Price the events recorded unpriced from the current price table (a dry run unless
+    ``--apply``)."""
+    import json
+
+    from flow.billing.reprice import reprice
+    from flow.db import keys
+    from flow.metering.pricing import PriceBook
+
+    try:
+        since = _utc(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        sb = await _client()
+        key_ids = None
+        if args.key:
+            found = await keys.find_keys(sb, args.key)
+            if not found:
+                print(f"no key matches {args.key!r} (give its id, prefix or name)", file=sys.stderr)
+                return 1
+            key_ids = [str(r["id"]) for r in found]
+        book = PriceBook.from_settings(get_settings())
+        summary = await reprice(sb, book, key_ids=key_ids, since=since, apply=args.apply)
+        if args.json:
+            print(json.dumps(summary.as_json(), indent=2))
+            return 0
+        print(f"{'provider/model':<44}{'events':>8}{'adds USD':>18}{'no price':>10}  source")
+        for name, line in sorted(summary.by_model.items()):
+            print(
+                f"{name[:43]:<44}{line.events:>8}{line.cost_usd:>18}{line.unpriced:>10}"
+                f"  {line.source or '-'}"
+            )
+        print(f"{summary.priced} event(s) priced, adding ${summary.cost_usd}")
+        if summary.still_unpriced:
+            print(f"{summary.still_unpriced} event(s) still have no price (add it, then rerun)")
+        if args.apply:
+            print(f"recorded: {summary.recorded} event(s), ${summary.recorded_cost_usd}")
+        else:
+            print("dry run: nothing changed (run with --apply to record these prices)")
+        return 0
+
+    return asyncio.run(go())
+
+
+def register_reprice(sub: Any) -> None:
+    """Adds ``reprice`` to the ``flow`` command."""
+    cmd = sub.add_parser(
+        "reprice", help="price events recorded unpriced from the current price table"
+    )
+    cmd.add_argument("--key", help="only this key's events (id, prefix or name)")
+    cmd.add_argument("--since", help="only events from this UTC time (ISO 8601)")
+    cmd.add_argument("--apply", action="store_true", help="record the prices (default: dry run)")
+    cmd.add_argument("--json", action="store_true", help="print JSON")
+    cmd.set_defaults(func=cmd_reprice)

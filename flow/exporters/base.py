@@ -159,6 +159,7 @@ def properties_json(row: dict[str, Any]) -> str:
         f'"category":{dumps(row["category"])},'
         f'"workflow_thread_id":{dumps(str(row["workflow_thread_id"]))},'
         f'"api_key_id":{dumps(str(row["api_key_id"]))},"estimated":{_bool(row["estimated"])}'
+        + (f',"corrects":{dumps(str(row["corrects"]))}' if row.get("corrects") else "")
     )
 
 

@@ -41,6 +41,7 @@ from flow.db import billing as billing_db
 from flow.db import exports as exports_db
 from flow.db.client import DatabaseError, DatabaseUnavailable
 from flow.db.integrations import IntegrationStatus
+from flow.exporters import corrections
 from flow.exporters.base import (
     AuthRejected,
     Destination,
@@ -210,6 +211,7 @@ class Exporter:
                     synced = True
                     break
                 rows = page.rows
+                await corrections.as_recorded(self, rows)
                 if getattr(dest, "bills_customers", False):
                     await self._attach_billing(rows)
                 historical = (
@@ -230,6 +232,16 @@ class Exporter:
                 if scanned < page_size:
                     synced = True
                     break
+            if synced:
+                fixed, after = await corrections.send_corrections(
+                    self, iid, dest, created_at, _report_skipped
+                )
+                outcome.exported += fixed.accepted
+                outcome.skipped += len(fixed.skipped)
+                if after is None:
+                    raise _Stop("lease lost: another instance took over", lease_lost=True)
+                if after != IntegrationStatus.SYNCING:
+                    outcome.status = after
         except _Stop as stop:
             outcome.error = str(stop)
             release = not stop.lease_lost
