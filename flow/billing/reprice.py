@@ -5,7 +5,7 @@ at the event's time), the way the meter would have priced them.
 A dry run (the default) prices them in memory and reports, per provider and model, how
 many events would be priced and what they would add; ``apply`` also records them, a
 page at a time, through ``reprice_usage_events`` (the events, their calls'
-``usage_stats``, both rollups and one correction each, in one transaction per page). An
+``usage_stats``, the hourly rollups and one correction each, in one transaction per page). An
 event priced meanwhile (a concurrent run) is left alone, so nothing is added twice. The
 exports then send each correction as an event of its own naming the original.
 

@@ -6,7 +6,7 @@
 -- still unpriced (its cost, split and source; an event priced meanwhile is left alone,
 -- so a repeated or concurrent run adds nothing twice), adds the cost to its call's
 -- usage_stats (total, bot or insights, the model's cost; one unpriced event fewer) and
--- to both hourly rollups (cost; one unpriced event fewer), and records one
+-- to the three hourly rollups (cost; one unpriced event fewer), and records one
 -- usage_corrections row per event priced. Row locks are taken threads first, in id
 -- order, like record_usage_events, so the two never deadlock.
 --
@@ -138,6 +138,19 @@ begin
     where r.api_key_id = g.api_key_id and r.bucket_hour = g.hour
       and r.workflow_thread_id = g.workflow_thread_id
       and r.end_user_id is not distinct from g.end_user_id
+      and r.kind = g.kind and r.category = g.category and r.model = g.model
+    returning 1
+  ),
+  dims as (
+    update usage_rollup_dims_hourly r
+    set cost_usd = r.cost_usd + g.cost, end_user_cost_usd = r.end_user_cost_usd + g.user_cost,
+        unpriced_events = r.unpriced_events - g.n
+    from (select api_key_id, date_trunc('hour', occurred_at, 'UTC') as hour, kind, category,
+                 model, sum(cost_usd) as cost,
+                 coalesce(sum(cost_usd) filter (where end_user_id is not null), 0) as user_cost,
+                 count(*) as n
+          from priced group by 1, 2, 3, 4, 5) g
+    where r.api_key_id = g.api_key_id and r.bucket_hour = g.hour
       and r.kind = g.kind and r.category = g.category and r.model = g.model
     returning 1
   ),

@@ -13,7 +13,7 @@
 -- Money and seconds are text, so clients keep every digit.
 --
 -- usage_cost_by_kind: per key and kind (llm, tts, stt, and any kind later added), the
--- events and their cost.
+-- events and their cost, from the dimensions rollup (usage_rollup_dims_hourly).
 
 create or replace function public.usage_key_figures(
   p_key_ids uuid[],
@@ -154,7 +154,7 @@ begin
   select x.key_id, x.kind, sum(x.events)::bigint, sum(x.cost_usd)::text
   from (
     select r.api_key_id as key_id, r.kind, r.events, r.cost_usd
-    from usage_rollup_hourly r
+    from usage_rollup_dims_hourly r
     where r.api_key_id = any (keys)
       and r.bucket_hour >= whole_start and r.bucket_hour < whole_end
     union all
