@@ -59,6 +59,15 @@ async def cost_by_kind(
     return rows_of(await call(sb.rpc("usage_cost_by_kind", params).execute))
 
 
+async def keys_report(sb: AsyncClient, start: datetime, end: datetime) -> dict[str, Any]:
+    """``usage_keys_report``: every key over [start, end), costliest first, with the
+    totals (see :mod:`flow.billing.reports`)."""
+    params = {"p_start": start.isoformat(), "p_end": end.isoformat()}
+    res: Any = await call(sb.rpc("usage_keys_report", params).execute)
+    data: dict[str, Any] = res.data
+    return data
+
+
 async def key_page(
     sb: AsyncClient, *, after: str | None, limit: int, only: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:

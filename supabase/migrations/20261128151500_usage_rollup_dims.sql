@@ -10,7 +10,8 @@
 -- average per end user divides it by the distinct end users).
 --
 -- usage_report: the version of 20261128100000_usage_modalities, reading this rollup for
--- the sums by model, category and kind, and the ledger's partial hours once.
+-- the sums by model, category and kind, the per-call rollup for the totals' distinct
+-- calls and end users, and the ledger's partial hours once; groups joined by hash.
 
 create table public.usage_rollup_dims_hourly (
   api_key_id uuid not null references public.api_keys (id) on delete restrict,
@@ -229,8 +230,10 @@ begin
     union all
     select e.workflow_thread_id, e.end_user_id from edges e
   ),
+  -- Groups are joined on a jsonb key (a null group stays distinct from any text), which
+  -- hashes, where IS NOT DISTINCT FROM would join hundreds of groups pair by pair.
   sums as (
-    select key_text, key_day,
+    select key_text, key_day, jsonb_build_array(key_text, key_day) as gk,
       sum(events) as events,
       sum(llm_calls) as llm_calls,
       sum(input_tokens) as input_tokens, sum(output_tokens) as output_tokens,
@@ -250,12 +253,12 @@ begin
     group by key_text, key_day
   ),
   calls as (
-    select key_text, key_day, count(*) as calls
+    select jsonb_build_array(key_text, key_day) as gk, count(*) as calls
     from (select distinct key_text, key_day, workflow_thread_id from members) d
     group by key_text, key_day
   ),
   users as (
-    select key_text, key_day, count(*) as end_users
+    select jsonb_build_array(key_text, key_day) as gk, count(*) as end_users
     from (select distinct key_text, key_day, end_user_id from members
           where end_user_id is not null) d
     group by key_text, key_day
@@ -267,10 +270,8 @@ begin
       s.end_user_cost_usd, s.unpriced_events, s.llm_latency_ms_sum, s.llm_latency_events,
       s.error_events, coalesce(c.calls, 0) as calls, coalesce(u.end_users, 0) as end_users
     from sums s
-    left join calls c
-      on c.key_text is not distinct from s.key_text and c.key_day is not distinct from s.key_day
-    left join users u
-      on u.key_text is not distinct from s.key_text and u.key_day is not distinct from s.key_day
+    left join calls c on c.gk = s.gk
+    left join users u on u.gk = s.gk
     where p_group_by is not null
   ),
   total_row as (

@@ -14,12 +14,13 @@ A customer key is 403 ``operator_only`` on every route here, no credential 401.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
@@ -131,11 +132,13 @@ class AdminCall(ThreadOut):
 @router.get("/usage", response_model=AllKeysUsage)
 async def all_keys_usage(
     sb: SupabaseDep, start: datetime | None = None, end: datetime | None = None
-) -> AllKeysUsage:
+) -> Response:
     """Every key's usage over [start, end) (default: the last 30 days), costliest first."""
     start_at, end_at = report_range(start, end)
     data = await keys_usage(sb, start_at, end_at)
-    return AllKeysUsage(start=start_at, end=end_at, **data)
+    # Built and checked in SQL: passed on as JSON rather than validated key by key.
+    body = {"start": start_at.isoformat(), "end": end_at.isoformat(), **data}
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
 async def _key(sb: SupabaseDep, key_id: UUID) -> dict[str, Any]:
