@@ -69,7 +69,10 @@ def test_fuzzed_bot_usage_and_health_requests_never_get_a_5xx_and_conform_to_the
         "GET /api/bot/{workflow_thread_id}",
         "POST /api/bot/{workflow_thread_id}/stop",
         "PATCH /api/bot/{workflow_thread_id}/webrtc",
+        "GET /api/bot",
+        "GET /api/bot/{workflow_thread_id}/usage",
         "GET /api/usage",
+        "GET /api/usage/export.csv",
         "GET /health",
     }
     sent = {op.label: fuzz(op, mode, CONFORMANCE_CHECKS, auth) for op in operations}

@@ -28,6 +28,7 @@ from flow.exporters.stripe import micro_usd
 from flow.metering.events import UsageEvent, UsageKind
 from flow.metering.pricing import PriceBook
 from tests.exporters.conftest import PH_KEY, exporter
+from tests.exporters.test_stripe import forget_stripe
 from tests.fakes.analytics_sinks import PostHogSink
 from tests.fakes.stripe_server import FakeStripe
 
@@ -40,7 +41,7 @@ async def key(sb: AsyncClient) -> AsyncIterator[dict[str, Any]]:
     row, _ = await keys_repo.create_local_key(sb, f"corrections-{uuid.uuid4().hex[:6]}")
     yield row
     await call(sb.table("analytics_integrations").delete().eq("api_key_id", row["id"]).execute)
-    await call(sb.table("analytics_integrations").delete().eq("provider", "stripe").execute)
+    await forget_stripe(sb)
 
 
 async def posthog(
