@@ -214,7 +214,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Adds ``integrations`` and ``sync`` to the ``flow`` command."""
-    integ = sub.add_parser("integrations", help="analytics exports to PostHog and Mixpanel")
+    integ = sub.add_parser(
+        "integrations", help="exports: PostHog and Mixpanel analytics, Stripe billing"
+    )
     isub = integ.add_subparsers(dest="integrations_command", required=True)
     add = isub.add_parser("add", help="validate credentials and add an integration")
     add.add_argument("provider", choices=list(PROVIDERS))
