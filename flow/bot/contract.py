@@ -21,10 +21,11 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flow.bot.twilio_stream import TwilioStream
 from flow.db.call_state import EndReason
 from flow.metering.events import UsageEvent
 
-Transport = Literal["daily", "simulated", "webrtc"]
+Transport = Literal["daily", "simulated", "webrtc", "twilio"]
 
 # The largest SDP offer a join may send (a browser's audio offer is 2-6 KB).
 MAX_OFFER_BYTES = 32 * 1024
@@ -111,7 +112,8 @@ class BotConfig(BaseModel):
 class CallRequest:
     """One call to run. ``token`` (a Daily meeting token) lives in memory only; a
     ``webrtc`` call's peer was answered by :meth:`CallRunner.answer_webrtc` under the
-    same ``workflow_thread_id``."""
+    same ``workflow_thread_id``; a ``twilio`` call's ``stream`` is the Media Stream the
+    API accepted for it."""
 
     workflow_thread_id: str
     api_key_id: str
@@ -125,6 +127,7 @@ class CallRequest:
     analysis_prompt: str | None = None
     webhook_url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    stream: TwilioStream | None = None
 
 
 class AtCapacity(Exception):

@@ -7,6 +7,8 @@
 - TTS characters and STT seconds: a small table of our own for voice vendors
   (genai-prices does not cover Deepgram or Cartesia), overridable per ``provider/model``
   with ``FLOW_VOICE_PRICES``.
+- Phone call legs: the same table (``twilio/inbound``, ``twilio/outbound``), per minute;
+  a leg is billed per started minute, as Twilio bills it.
 
 Token counts arrive here in the gross convention (``input_tokens`` includes cached
 tokens); :func:`gross_input_tokens` converts the net counts some providers report.
@@ -20,6 +22,7 @@ another model's price.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -53,6 +56,9 @@ DEFAULT_VOICE_PRICES: dict[str, dict[str, Decimal]] = {
     "deepgram/aura-2": {"per_character": Decimal("0.00003")},
     "deepgram/nova-3": {"per_minute": Decimal("0.0077")},
     "deepgram/nova-2": {"per_minute": Decimal("0.0058")},
+    # Twilio Programmable Voice (US): receiving and making calls, per started minute.
+    "twilio/inbound": {"per_minute": Decimal("0.0085")},
+    "twilio/outbound": {"per_minute": Decimal("0.014")},
 }
 
 
@@ -176,6 +182,22 @@ class PriceBook:
             return quantize_cost(audio_seconds * rate["per_minute"] / 60)
         log.warning("no STT price for %s/%s: recorded as unpriced", provider, model)
         return None
+
+    def telephony(self, provider: str, model: str, seconds: Decimal) -> Decimal | None:
+        """A phone call leg of ``seconds``: per started minute at a ``per_minute`` rate
+        (``seconds`` exactly at a ``per_second`` one)."""
+        rate = self._voice_rate(provider, model)
+        if rate is not None and "per_minute" in rate:
+            return quantize_cost(billed_minutes(seconds) * rate["per_minute"])
+        if rate is not None and "per_second" in rate:
+            return quantize_cost(seconds * rate["per_second"])
+        log.warning("no telephony price for %s/%s: recorded as unpriced", provider, model)
+        return None
+
+
+def billed_minutes(seconds: Decimal) -> int:
+    """The minutes a phone call leg is billed for: every started minute."""
+    return math.ceil(seconds / 60) if seconds > 0 else 0
 
 
 @dataclass(frozen=True)
