@@ -53,7 +53,12 @@ async def served_flow(settings: Settings) -> AsyncIterator[tuple[FastAPI, str]]:
     app = create_app(settings.model_copy(update={"flow_public_url": url}))
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio", lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            ws="websockets-sansio",
+            lifespan="on",
         )
     )
     task = asyncio.ensure_future(server.serve())

@@ -178,3 +178,18 @@ def test_audio_overrides_are_read_from_the_environment_and_misspelt_rates_refuse
     )
     with pytest.raises(ValueError, match=r"unknown rates \['audio_input'\]"):
         Settings(flow_price_overrides='{"gpt-realtime": {"audio_input": "24"}}')
+
+
+def test_a_phone_call_leg_is_billed_per_started_minute() -> None:
+    book = PriceBook()
+    # Twilio: $0.0085 a minute answered, $0.014 placed; every started minute counts.
+    assert book.telephony("twilio", "inbound", Decimal("0.001")) == Decimal("0.0085")
+    assert book.telephony("twilio", "inbound", Decimal("60.000")) == Decimal("0.0085")
+    assert book.telephony("twilio", "inbound", Decimal("60.001")) == Decimal("0.017")
+    assert book.telephony("twilio", "outbound", Decimal("125.5")) == Decimal("0.042")
+    assert book.telephony("twilio", "outbound", Decimal(0)) == Decimal(0)
+    assert book.telephony("vonage", "inbound", Decimal(30)) is None
+    negotiated = PriceBook(voice_prices={"twilio/inbound": {"per_minute": Decimal("0.004")}})
+    assert negotiated.telephony("twilio", "inbound", Decimal("61")) == Decimal("0.008")
+    exact = PriceBook(voice_prices={"twilio/outbound": {"per_second": Decimal("0.0002")}})
+    assert exact.telephony("twilio", "outbound", Decimal("61")) == Decimal("0.0122")
