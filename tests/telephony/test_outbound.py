@@ -205,6 +205,6 @@ async def test_a_call_twilio_refuses_or_cannot_place_is_answered_at_the_join(
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             join = {"transport": "twilio", "to": CALLEE}
             res = await client.post("/api/bot/join", json=join, headers=bearer(api_key))
-            assert res.status_code == 503
-            assert res.json()["error"] == "telephony_not_configured"
+            assert res.status_code == 400
+            assert res.json()["error"] == "transport_not_allowed"
             assert "TWILIO_ACCOUNT_SID" in res.json()["message"]

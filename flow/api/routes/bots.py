@@ -97,7 +97,7 @@ def _at_capacity(retry_after_seconds: int) -> ApiError:
         400: {
             "model": ErrorBody,
             "description": "Transport not allowed here, a webhook_url Flow will not call, "
-            "or a WebRTC offer that cannot be answered",
+            "a WebRTC offer that cannot be answered, or a phone call Twilio refused",
         }
     },
 )

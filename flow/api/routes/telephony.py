@@ -67,20 +67,16 @@ TWIML: dict[int | str, dict[str, Any]] = {
 }
 REFUSED: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "No valid X-Twilio-Signature"},
-    503: {"model": ErrorBody, "description": "Phone calls are not configured"},
 }
-
-
-def _not_configured(problem: str) -> ApiError:
-    return ApiError(503, "telephony_not_configured", f"phone calls are off: {problem}")
 
 
 async def _signed_form(
     request: Request, settings: Settings, signature: str | None
 ) -> dict[str, str]:
-    """The POSTed parameters of a request Twilio signed; 403 otherwise."""
+    """The POSTed parameters of a request Twilio signed; 403 otherwise (always, when
+    phone calls are off: nothing could be checked)."""
     if problem := settings.telephony_problem():
-        raise _not_configured(problem)
+        raise ApiError(403, "telephony_not_configured", f"phone calls are off: {problem}")
     body = (await request.body()).decode("utf-8", "replace")
     params = dict(parse_qsl(body, keep_blank_values=True))
     url = twilio_api.public_url(settings, request.url.path)
@@ -258,7 +254,9 @@ async def place_call(
         None if settings.twilio_from_number else "TWILIO_FROM_NUMBER not set"
     )
     if problem:
-        raise _not_configured(problem)
+        raise ApiError(
+            400, "transport_not_allowed", f"phone calls are off on this server: {problem}"
+        )
     thread_id = str(uuid4())
     callee = thread_fields.get("end_user_id") or twilio_api.caller_id(settings, to)
     fields = {**thread_fields, "end_user_id": callee}
