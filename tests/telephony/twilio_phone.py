@@ -259,6 +259,14 @@ class MediaStream:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"no complete reply from the bot within {wait_seconds} s")
 
+    async def quiet(self, seconds: float = 1.0, wait_seconds: float = 30.0) -> None:
+        """Wait until the bot has said nothing for ``seconds``."""
+        deadline = time.monotonic() + wait_seconds
+        while self.last_voiced is not None and time.monotonic() - self.last_voiced < seconds:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the bot did not stop talking within {wait_seconds} s")
+            await asyncio.sleep(0.05)
+
     async def closed(self, wait_seconds: float = 10.0) -> int | None:
         """Wait until Flow closes the socket; its close code."""
         assert self.ws is not None
