@@ -38,8 +38,7 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flow import localstack
 from flow.config import Settings
@@ -50,6 +49,7 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.twilio_server import FakeTwilio
 from tests.telephony.twilio_phone import MediaStream, Twilio, stream_of
 
+ROOT = Path(__file__).resolve().parents[1]
 MS = Decimal("0.001")
 NUMBER = "+15550001111"
 
@@ -179,7 +179,10 @@ async def level(
     return runs, cores, problems
 
 
-def serve(info: localstack.StackInfo, port: int, openai: FakeOpenAI, twilio: FakeTwilio, spool: Path):
+def serve(
+    info: localstack.StackInfo, port: int, openai: FakeOpenAI, twilio: FakeTwilio, spool: Path
+) -> subprocess.Popen[bytes]:
+    """``flow serve`` on ``port``, Twilio's and OpenAI's fakes as its vendors."""
     env = {
         **os.environ,
         **info.env(),
