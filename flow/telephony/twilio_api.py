@@ -9,9 +9,10 @@ of its webhooks, the TwiML Flow answers with, and the REST call that places a ca
   the call's one-time token as a ``<Parameter>``; :func:`goodbye_twiml` a polite
   ``<Say>`` and ``<Hangup/>``.
 - :func:`place_call`: ``Calls.create`` on ``TWILIO_API_BASE_URL`` (Twilio's REST API by
-  default), with the stream TwiML and the status callback.
+  default), with the stream TwiML and the status callback; :func:`cancel_call` cancels
+  one still ringing.
 
-Failure behaviour: :func:`place_call` raises :class:`CallNotPlaced`, ``retryable`` when
+Failure behaviour: both raise :class:`TwilioError`, ``retryable`` when
 Twilio could not be reached, answered 5xx or 429, or did not answer within
 :data:`REST_TIMEOUT_SECONDS`; otherwise Twilio refused the call (its message says why).
 """
@@ -22,7 +23,8 @@ import asyncio
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -33,6 +35,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from flow.config import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 VOICE_PATH = "/api/telephony/twilio/voice"
 STATUS_PATH = "/api/telephony/twilio/status"
@@ -44,8 +47,8 @@ RING_SECONDS = 30
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 
 
-class CallNotPlaced(Exception):
-    """Twilio did not place the call.
+class TwilioError(Exception):
+    """Twilio did not do what it was asked (place or cancel a call).
 
     Parameters:
         message: why (Twilio's own message when it refused).
@@ -104,8 +107,9 @@ def caller_id(settings: Settings, number: str) -> str:
     return f"caller_{digest[:40]}"
 
 
-async def place_call(settings: Settings, *, to: str, twiml: str) -> str:
-    """Place a call from ``TWILIO_FROM_NUMBER`` to ``to``; returns its call SID."""
+async def _rest(settings: Settings, request: Callable[[Client], Awaitable[T]]) -> T:
+    """One request to Twilio's REST API (``TWILIO_API_BASE_URL``) through the SDK;
+    raises :class:`TwilioError` when it fails."""
     http = AsyncTwilioHttpClient()
     client = Client(
         settings.twilio_account_sid,
@@ -114,27 +118,37 @@ async def place_call(settings: Settings, *, to: str, twiml: str) -> str:
     )
     client.api.base_url = settings.twilio_api_base_url
     try:
-        created = await asyncio.wait_for(
-            client.calls.create_async(
-                to=to,
-                from_=settings.twilio_from_number,
-                twiml=twiml,
-                status_callback=public_url(settings, STATUS_PATH),
-                status_callback_event=STATUS_EVENTS,
-                status_callback_method="POST",
-                timeout=RING_SECONDS,
-            ),
-            REST_TIMEOUT_SECONDS,
-        )
+        return await asyncio.wait_for(request(client), REST_TIMEOUT_SECONDS)
     except TwilioRestException as exc:
         retryable = exc.status >= 500 or exc.status == 429
         reason = f"Twilio answered HTTP {exc.status}" + (f" ({exc.code})" if exc.code else "")
-        raise CallNotPlaced(f"{reason}: {exc.msg}"[:500], retryable=retryable) from None
+        raise TwilioError(f"{reason}: {exc.msg}"[:500], retryable=retryable) from None
     except Exception as exc:
-        log.warning("placing a call through Twilio failed: %s", exc.__class__.__name__)
-        raise CallNotPlaced("Twilio could not be reached", retryable=True) from None
+        log.warning("a request to Twilio failed: %s", exc.__class__.__name__)
+        raise TwilioError("Twilio could not be reached", retryable=True) from None
     finally:
         await http.close()
+
+
+async def place_call(settings: Settings, *, to: str, twiml: str) -> str:
+    """Place a call from ``TWILIO_FROM_NUMBER`` to ``to``; returns its call SID."""
+    created = await _rest(
+        settings,
+        lambda client: client.calls.create_async(
+            to=to,
+            from_=settings.twilio_from_number,
+            twiml=twiml,
+            status_callback=public_url(settings, STATUS_PATH),
+            status_callback_event=STATUS_EVENTS,
+            status_callback_method="POST",
+            timeout=RING_SECONDS,
+        ),
+    )
     if not created.sid:
-        raise CallNotPlaced("Twilio answered without a call SID", retryable=True)
+        raise TwilioError("Twilio answered without a call SID", retryable=True)
     return str(created.sid)
+
+
+async def cancel_call(settings: Settings, call_sid: str) -> None:
+    """Cancel a call that has not been answered (Twilio ignores it for one that was)."""
+    await _rest(settings, lambda client: client.calls(call_sid).update_async(status="canceled"))

@@ -7,8 +7,9 @@ It speaks what the official ``twilio`` SDK and Pipecat's serializer send:
   ``StatusCallbackMethod``, ``Timeout``; answered 201 with the call resource (``sid``
   ``CA`` + 32 hex digits, ``status`` ``queued``). A number in ``refuse`` is answered 400
   with Twilio's error body (``code``, ``message``, ``more_info``, ``status``).
-- ``POST /2010-04-01/Accounts/{sid}/Calls/{CallSid}.json`` with ``Status=completed``:
-  the hang-up; answered 200 with the call resource.
+- ``POST /2010-04-01/Accounts/{sid}/Calls/{CallSid}.json`` with ``Status=completed``
+  (the hang-up) or ``Status=canceled`` (a call still ringing); answered 200 with the
+  call resource.
 
 Both need HTTP basic auth with the account SID and auth token (401 otherwise, as
 Twilio answers). Every request is recorded for the test to read.
@@ -50,6 +51,7 @@ class FakeTwilio:
     refuse: dict[str, tuple[int, str]] = field(default_factory=dict)
     calls: list[PlacedCall] = field(default_factory=list)
     hangups: list[str] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
     unauthorized: int = 0
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -120,9 +122,9 @@ class FakeTwilio:
             return _error(401, 20003, "Authenticate")
         form = await request.post()
         sid = request.match_info["call"]
-        if form.get("Status") == "completed":
-            self.hangups.append(sid)
-        return web.json_response(self._resource(sid, "", "", "completed"))
+        status = str(form.get("Status", ""))
+        {"completed": self.hangups, "canceled": self.cancels}.get(status, []).append(sid)
+        return web.json_response(self._resource(sid, "", "", status or "in-progress"))
 
 
 def _error(status: int, code: int, message: str) -> web.Response:

@@ -167,6 +167,36 @@ def _stream_of_call(twilio: FakeTwilio) -> tuple[str, str]:
     return stream_of(twilio.calls[0].twiml)[0], twilio.calls[0].sid
 
 
+async def test_a_ringing_call_stopped_is_canceled_and_meters_nothing(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    fakes: tuple[FakeOpenAI, FakeTwilio],
+    tmp_path: Path,
+) -> None:
+    _openai, twilio = fakes
+    async with served_flow(_settings(settings, fakes, tmp_path)) as (app, url):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            res = await client.post(
+                "/api/bot/join", json={"transport": "twilio", "to": CALLEE}, headers=bearer(api_key)
+            )
+            tid, sid = res.json()["workflow_thread_id"], res.json()["twilio_call_sid"]
+            res = await client.post(f"/api/bot/{tid}/stop", headers=bearer(api_key))
+            assert (res.status_code, res.json()["status"]) == (202, "failed"), res.text
+            assert twilio.cancels == [sid]
+            side = Twilio(url, twilio.auth_token, twilio.account_sid)
+            assert (await side.status(sid, "canceled")).status_code == 204
+            stream = MediaStream(*_stream_of_call(twilio), twilio.account_sid)
+            await stream.start(stream_of(twilio.calls[0].twiml)[1])
+            assert await stream.closed() == 1008
+            shown = await _status_of(client, tid, api_key)
+            res = await client.post(f"/api/bot/{tid}/stop", headers=bearer(api_key))
+            assert (res.status_code, res.json()["error"]) == (409, "already_finished")
+            assert app.state.runner.active_calls == []
+    assert (shown["status"], shown["error"]["code"]) == ("failed", "canceled")
+    assert await ledger(sb, tid) == []
+
+
 async def test_a_call_twilio_refuses_or_cannot_place_is_answered_at_the_join(
     settings: Settings,
     sb: AsyncClient,

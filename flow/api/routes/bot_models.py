@@ -142,7 +142,8 @@ class CandidatesIn(BaseModel):
 
 class StopResponse(BaseModel):
     """``stopping``: the bot is ending the call (poll ``GET /api/bot/{id}``);
-    ``failed``: no live instance was running it, so it was ended at once."""
+    ``failed``: no live instance was running it (or a phone call Flow placed was still
+    ringing: it is canceled), so it was ended at once."""
 
     workflow_thread_id: UUID
     status: Literal["stopping", "failed"]

@@ -33,7 +33,7 @@ from flow.api.routes.bot_models import (
     ThreadError,
     ThreadOut,
 )
-from flow.api.routes.telephony import place_call
+from flow.api.routes.telephony import cancel_ringing, place_call
 from flow.api.schemas import UsageStats
 from flow.bot.contract import (
     AtCapacity,
@@ -291,6 +291,9 @@ async def stop_bot(
         raise ApiError(409, "already_finished", f"the call is already {row['status']}")
     if await runner.stop(str(workflow_thread_id)):
         return StopResponse(workflow_thread_id=workflow_thread_id, status="stopping")
+    ringing = row["status"] == CallStatus.RINGING
+    if ringing and await cancel_ringing(settings, sb, str(workflow_thread_id)):
+        return StopResponse(workflow_thread_id=workflow_thread_id, status="failed")
     # Not running here: the instance running it (behind the same load balancer) picks
     # the request up from the database within a second or two; if no live instance
     # runs it, the database ends it now.

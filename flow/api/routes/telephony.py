@@ -59,6 +59,7 @@ UNSTREAMED_ENDS = {
     "canceled": ("canceled", "the call was canceled before it was answered"),
     "completed": ("no_stream", "the call ended before its media stream started"),
 }
+STOPPED_RINGING = "stopped while it was ringing"
 RETRY_AFTER_SECONDS = 5
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
@@ -278,7 +279,7 @@ async def place_call(
         call_sid = await twilio_api.place_call(
             settings, to=to, twiml=twilio_api.stream_twiml(settings, token)
         )
-    except twilio_api.CallNotPlaced as exc:
+    except twilio_api.TwilioError as exc:
         await call_state.fail(
             sb, thread_id, stage=ErrorStage.JOIN, code="call_failed", message=str(exc)
         )
@@ -289,3 +290,21 @@ async def place_call(
     await telephony_repo.set_call_sid(sb, thread_id, call_sid)
     await call_state.move(sb, thread_id, CallStatus.RINGING)
     return UUID(thread_id), call_sid
+
+
+async def cancel_ringing(settings: Settings, sb: Any, thread_id: str) -> bool:
+    """Stop a call Flow placed that has not been answered: its token is spent (a stream
+    that comes anyway is refused), Twilio cancels it, it ends ``failed``/``canceled``.
+    False when its stream had already started (the call runs: stop it as any other)."""
+    leg = await telephony_repo.get_call(sb, thread_id)
+    sid = leg.get("call_sid") if leg else None
+    if not sid or await telephony_repo.end_unstreamed(sb, sid, "canceled") is None:
+        return False
+    try:
+        await twilio_api.cancel_call(settings, sid)
+    except twilio_api.TwilioError as exc:
+        log.warning("call %s: Twilio did not cancel it: %s", thread_id, exc)
+    await call_state.fail(
+        sb, thread_id, stage=ErrorStage.CALL, code="canceled", message=STOPPED_RINGING
+    )
+    return True
