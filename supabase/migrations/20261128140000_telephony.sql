@@ -60,6 +60,10 @@ alter table public.workflow_threads drop constraint workflow_threads_status_chec
 alter table public.workflow_threads add constraint workflow_threads_status_check
   check (status in (
     'pending', 'ringing', 'starting', 'running', 'processing', 'completed', 'failed'));
+-- The index of unfinished calls covers ringing ones too (abandoned calls are found by it).
+drop index public.workflow_threads_status_idx;
+create index workflow_threads_status_idx on public.workflow_threads (status)
+  where status in ('pending', 'ringing', 'starting', 'running', 'processing');
 alter table public.workflow_threads drop constraint workflow_threads_transport_check;
 alter table public.workflow_threads add constraint workflow_threads_transport_check
   check (transport in ('daily', 'simulated', 'webrtc', 'twilio'));
