@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from supabase import AsyncClient
 
 from flow.config import Settings
+from flow.db import keys as keys_repo
 from flow.db import numbers as numbers_db
 from flow.db import telephony as telephony_repo
 from flow.db import threads as threads_repo
@@ -80,12 +81,19 @@ async def test_a_number_flow_does_not_answer_hears_a_polite_goodbye(
     sb: AsyncClient, api_key: dict[str, Any], phone: tuple[FastAPI, Twilio, str]
 ) -> None:
     _app, twilio, _number = phone
-    call_sid, res = await twilio.incoming_call(new_number(), "+15550001234")
-    assert res.status_code == 200
-    assert res.headers["content-type"].startswith("application/xml")
-    assert "<Say>" in res.text and "<Hangup />" in res.text and "<Stream" not in res.text
+    # Not routed, or routed to a key since revoked.
+    revoked, _ = await keys_repo.create_local_key(sb, "revoked telephony key")
+    number_of_revoked = new_number()
+    await numbers_db.add_number(sb, number_of_revoked, revoked["id"], {})
+    await keys_repo.revoke_key(sb, revoked["id"])
+    for number in (new_number(), number_of_revoked):
+        call_sid, res = await twilio.incoming_call(number, "+15550001234")
+        assert res.status_code == 200
+        assert res.headers["content-type"].startswith("application/xml")
+        assert "<Say>" in res.text and "<Hangup />" in res.text and "<Stream" not in res.text
+        assert await telephony_repo.find_by_call_sid(sb, call_sid) is None
     assert await _threads_of(sb, api_key["id"]) == []
-    assert await telephony_repo.find_by_call_sid(sb, call_sid) is None
+    assert await _threads_of(sb, revoked["id"]) == []
 
 
 async def _answered(twilio: Twilio, number: str) -> tuple[str, str, dict[str, str]]:
