@@ -138,7 +138,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         if args.group_by:
             print(f"each key broken down by {args.group_by}")
         header = f"{'':<38}{'calls':>7}{'llm':>7}{'tokens':>12}{'tts chars':>11}"
-        print(header + f"{'stt s':>10}{'unpriced':>9}{'cost USD':>16}")
+        print(header + f"{'stt s':>10}{'phone s':>10}{'unpriced':>9}{'cost USD':>16}")
         for report in reports:
             lines = [(f"{report['name'][:20]} ({report['key']})"[:37], report["totals"])]
             lines += [(f"  {g['key']}"[:36], g) for g in report.get("groups", [])]
@@ -147,6 +147,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
                 print(
                     f"{label:<38}{f['calls']:>7}{f['llm_calls']:>7}{tokens:>12}"
                     f"{f['tts_characters']:>11}{f['stt_seconds']:>10}"
+                    f"{f.get('telephony_seconds', '0'):>10}"
                     f"{f['unpriced_events']:>9}{f['cost_usd']:>16}"
                 )
         return 0
@@ -328,11 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     from flow.exporters.commands import register as register_exports
+    from flow.telephony.numbers import register as register_numbers
 
     register_exports(sub)
     from flow.reconcile.commands import register as register_reconcile
 
     register_reconcile(sub)
+    register_numbers(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from flow.analytics.posthog import PostHogAnalytics
 from flow.api.errors import install_error_handlers
 from flow.api.limits import BodySizeLimitMiddleware, HeaderLimitMiddleware, refuse_lone_surrogates
-from flow.api.routes import bots, dashboard, health, integrations, talk, usage
+from flow.api.routes import bots, dashboard, health, integrations, talk, telephony, usage
 from flow.auth import Authenticator
 from flow.bot.contract import CallRunner
 from flow.config import Settings, get_settings
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
 
     app.include_router(health.router)
     app.include_router(bots.router)
+    app.include_router(telephony.router)
     app.include_router(usage.router)
     app.include_router(integrations.router)
     app.include_router(dashboard.router)

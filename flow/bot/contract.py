@@ -21,10 +21,11 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flow.bot.twilio_stream import TwilioStream
 from flow.db.call_state import EndReason
 from flow.metering.events import UsageEvent
 
-Transport = Literal["daily", "simulated", "webrtc"]
+Transport = Literal["daily", "simulated", "webrtc", "twilio"]
 # pipeline: STT -> LLM -> TTS; realtime: one speech-to-speech model hears and speaks.
 BotMode = Literal["pipeline", "realtime"]
 # The voices OpenAI's speech-to-speech models speak with.
@@ -155,7 +156,8 @@ class BotConfig(BaseModel):
 class CallRequest:
     """One call to run. ``token`` (a Daily meeting token) lives in memory only; a
     ``webrtc`` call's peer was answered by :meth:`CallRunner.answer_webrtc` under the
-    same ``workflow_thread_id``."""
+    same ``workflow_thread_id``; a ``twilio`` call's ``stream`` is the Media Stream the
+    API accepted for it."""
 
     workflow_thread_id: str
     api_key_id: str
@@ -169,6 +171,7 @@ class CallRequest:
     analysis_prompt: str | None = None
     webhook_url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    stream: TwilioStream | None = None
 
 
 class AtCapacity(Exception):

@@ -13,6 +13,7 @@ detection), its greeting a response the model is asked for.
 The services come from :mod:`flow.bot.services`. Usage metrics are on
 (``enable_usage_metrics``), the zero-valued start-up metrics are off. Transports:
 ``daily`` (a Daily room), ``webrtc`` (a caller's peer connection, :mod:`flow.bot.webrtc`,
+built by the runner), ``twilio`` (a phone call's Media Stream, :mod:`flow.bot.twilio`,
 built by the runner) and ``simulated`` (:mod:`flow.bot.simulated`). On real audio
 Silero VAD finds the caller's speech (``FLOW_VAD_STOP_SECS``) and the turn ends by
 Pipecat's smart-turn model or after a fixed silence (``FLOW_TURN_STOP``).
@@ -65,6 +66,7 @@ def daily_transport(call: CallRequest) -> BaseTransport:
 CALLER_EVENTS = {
     "daily": ("on_first_participant_joined", "on_participant_left"),
     "webrtc": ("on_client_connected", "on_client_disconnected"),
+    "twilio": ("on_client_connected", "on_client_disconnected"),
 }
 
 

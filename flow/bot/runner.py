@@ -49,6 +49,8 @@ from flow.bot.pipeline import BotCall, build_call
 from flow.bot.services import ServicesFactory, default_services
 from flow.bot.simulated import SimulatedParams
 from flow.bot.thread_writes import ThreadWrites
+from flow.bot.twilio import twilio_transport
+from flow.bot.twilio_stream import TelephonyLegs
 from flow.bot.webrtc import WaitingPeers, answer_offer, webrtc_transport
 from flow.config import Settings
 from flow.db import threads as threads_repo
@@ -104,7 +106,9 @@ class BotRunner:
         self.jobs = jobs
         self.writes = ThreadWrites(sb)
         self._transcript_saves: set[str] = set()
-        self.ending = CallEnd(self.writes, post_call, on_failed)
+        self.ending = CallEnd(
+            self.writes, post_call, on_failed, legs=TelephonyLegs(sb, metering.prices)
+        )
 
     # --- CallRunner ----------------------------------------------------------------
     def has_capacity(self) -> bool:
@@ -236,6 +240,8 @@ class BotRunner:
             transport = None
             if running.peer is not None:
                 transport = webrtc_transport(running.peer)
+            elif call.stream is not None:
+                transport = twilio_transport(call.stream, self._settings)
             bot = build_call(
                 call,
                 self._settings,

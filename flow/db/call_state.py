@@ -2,8 +2,10 @@
 
 ::
 
-    pending -> starting -> running -> processing -> completed
-       \\__________\\__________\\___________\\-------> failed
+    pending [-> ringing] -> starting -> running -> processing -> completed
+       \\__________\\__________\\__________\\___________\\-------> failed
+
+A phone call Flow places is ``ringing`` until the callee answers and its media arrives.
 
 This module is the only writer of ``workflow_threads.status``. Each move is one
 conditional ``UPDATE ... WHERE status IN (<the statuses it may come from>)``, so it is
@@ -33,6 +35,7 @@ class CallStatus(StrEnum):
     """``workflow_threads.status`` (the SQL check lists the same values)."""
 
     PENDING = "pending"
+    RINGING = "ringing"
     STARTING = "starting"
     RUNNING = "running"
     PROCESSING = "processing"
@@ -46,6 +49,7 @@ class CallStatus(StrEnum):
 
 ACTIVE: tuple[CallStatus, ...] = (
     CallStatus.PENDING,
+    CallStatus.RINGING,
     CallStatus.STARTING,
     CallStatus.RUNNING,
     CallStatus.PROCESSING,
@@ -56,7 +60,8 @@ LIVE: tuple[CallStatus, ...] = (CallStatus.STARTING, CallStatus.RUNNING)
 
 # Where each status may be reached from; ``failed`` may be reached from any active one.
 ALLOWED_FROM: dict[CallStatus, tuple[CallStatus, ...]] = {
-    CallStatus.STARTING: (CallStatus.PENDING, CallStatus.STARTING),
+    CallStatus.RINGING: (CallStatus.PENDING,),
+    CallStatus.STARTING: (CallStatus.PENDING, CallStatus.RINGING, CallStatus.STARTING),
     CallStatus.RUNNING: (CallStatus.STARTING,),
     CallStatus.PROCESSING: (CallStatus.STARTING, CallStatus.RUNNING),
     CallStatus.COMPLETED: (CallStatus.PROCESSING,),

@@ -9,6 +9,8 @@
   with ``FLOW_VOICE_PRICES``.
 - STT that reports tokens (OpenAI's ``gpt-4o-transcribe`` and ``gpt-4o-mini-transcribe``
   are sold by the token) is priced by its tokens, like an LLM.
+- Phone call legs: the same table (``twilio/inbound``, ``twilio/outbound``), per minute;
+  a leg is billed per started minute, as Twilio bills it.
 
 Every price says where it came from (``price_source`` on the usage event): the
 genai-prices version and the model id it matched (``genai-prices 0.2.3
@@ -28,6 +30,7 @@ another model's price.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -79,6 +82,7 @@ class VoiceRate:
 
 OPENAI_PRICING = "https://platform.openai.com/docs/pricing"
 DEEPGRAM_PRICING = "https://deepgram.com/pricing"
+TWILIO_PRICING = "https://www.twilio.com/en-us/voice/pricing/us"
 
 # Keys are ``provider/model``; ``provider/*`` applies to any model of that vendor. A row
 # is checked against its vendor's page on the date it gives; `flow prices` lists them.
@@ -136,6 +140,21 @@ DEFAULT_VOICE_PRICES: dict[str, VoiceRate] = {
         "2026-11-28",
         "streaming, pay as you go",
         note="not confirmed against the 2026 price list: the streaming rate published before",
+    ),
+    # Twilio Programmable Voice, US local numbers: receiving and making calls, per
+    # started minute.
+    "twilio/inbound": VoiceRate(
+        {"per_minute": Decimal("0.0085")},
+        TWILIO_PRICING,
+        "2026-11-28",
+        "per started minute, US local, pay as you go",
+    ),
+    "twilio/outbound": VoiceRate(
+        {"per_minute": Decimal("0.014")},
+        TWILIO_PRICING,
+        "2026-11-28",
+        "per started minute, US local, pay as you go",
+        note="Twilio's volume-pricing article uses $0.013/min for outbound in its example",
     ),
 }
 
@@ -314,6 +333,21 @@ class PriceBook:
         key, row = found
         return VoicePrice(quantize_cost(cost), row.price_source(key))
 
+    def telephony(self, provider: str, model: str, seconds: Decimal) -> VoicePrice | None:
+        """A phone call leg of ``seconds``: per started minute at a ``per_minute`` rate
+        (``seconds`` exactly at a ``per_second`` one)."""
+        found = self.voice_rate(provider, model)
+        rates = found[1].rates if found else {}
+        if found is None or not ({"per_minute", "per_second"} & rates.keys()):
+            log.warning("no telephony price for %s/%s: recorded as unpriced", provider, model)
+            return None
+        if "per_minute" in rates:
+            cost = billed_minutes(seconds) * rates["per_minute"]
+        else:
+            cost = seconds * rates["per_second"]
+        key, row = found
+        return VoicePrice(quantize_cost(cost), row.price_source(key))
+
 
 def _audio_cost(rates: dict[str, Decimal], audio_seconds: Decimal) -> Decimal | None:
     if "per_second" in rates:
@@ -321,6 +355,11 @@ def _audio_cost(rates: dict[str, Decimal], audio_seconds: Decimal) -> Decimal | 
     if "per_minute" in rates:
         return audio_seconds * rates["per_minute"] / 60
     return None
+
+
+def billed_minutes(seconds: Decimal) -> int:
+    """The minutes a phone call leg is billed for: every started minute."""
+    return math.ceil(seconds / 60) if seconds > 0 else 0
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The tree tells the story: imports point one way, and the API starts without Pipecat.
 
-api, cli -> workflows, bot, auth, exporters, reconcile -> analytics -> metering -> db, net -> config
+api, cli -> workflows, bot, telephony, auth, exporters, reconcile -> analytics -> metering
+-> db, net -> config
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ LAYERS = {
     "auth": 4,
     "bot": 4,
     "exporters": 4,
+    "telephony": 4,
     "workflows": 4,
     "reconcile": 4,
     "api": 5,

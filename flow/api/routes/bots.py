@@ -33,6 +33,7 @@ from flow.api.routes.bot_models import (
     ThreadError,
     ThreadOut,
 )
+from flow.api.routes.telephony import cancel_ringing, place_call
 from flow.api.schemas import UsageStats
 from flow.bot.contract import (
     AtCapacity,
@@ -45,6 +46,7 @@ from flow.bot.contract import (
 )
 from flow.bot.services import configuration_problem
 from flow.db import call_state
+from flow.db import telephony as telephony_repo
 from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, ErrorStage, StopOutcome
 from flow.net.outbound import UrlNotAllowed
@@ -95,7 +97,7 @@ def _at_capacity(retry_after_seconds: int) -> ApiError:
         400: {
             "model": ErrorBody,
             "description": "Transport not allowed here, a webhook_url Flow will not call, "
-            "or a WebRTC offer that cannot be answered",
+            "a WebRTC offer that cannot be answered, or a phone call Twilio refused",
         }
     },
 )
@@ -135,6 +137,12 @@ async def join(
             raise ApiError(400, "url_not_allowed", f"webhook_url: {exc}") from None
         except WebhookURLError as exc:
             raise ApiError(400, "invalid_webhook_url", str(exc)) from None
+    if body.to is not None:
+        fields = _thread_fields(body, end_user_id, webhook_url)
+        tid, sid = await place_call(
+            settings, sb, api_key_id=api_key.id, to=body.to, thread_fields=fields
+        )
+        return JoinResponse(workflow_thread_id=tid, status=CallStatus.RINGING, twilio_call_sid=sid)
     thread_id = str(uuid4())
     answer = await _answer(runner, thread_id, offer) if offer is not None else None
     await threads_repo.create_thread(
@@ -143,13 +151,8 @@ async def join(
         api_key_id=api_key.id,
         transport=body.transport,
         room_url=room_url,
-        bot_config=body.bot_config.model_dump(exclude_none=True),
         script=body.script,
-        end_user_id=end_user_id,
-        process_insights=body.process_insights,
-        analysis_prompt=body.analysis_prompt,
-        webhook_url=webhook_url,
-        metadata=body.metadata,
+        **_thread_fields(body, end_user_id, webhook_url),
     )
     call = CallRequest(
         workflow_thread_id=thread_id,
@@ -188,6 +191,19 @@ async def join(
     )
 
 
+def _thread_fields(
+    body: JoinRequest, end_user_id: str | None, webhook_url: str | None
+) -> dict[str, Any]:
+    return {
+        "bot_config": body.bot_config.model_dump(exclude_none=True),
+        "end_user_id": end_user_id,
+        "process_insights": body.process_insights,
+        "analysis_prompt": body.analysis_prompt,
+        "webhook_url": webhook_url,
+        "metadata": body.metadata,
+    }
+
+
 async def _answer(runner: RunnerDep, thread_id: str, offer: WebRTCOffer) -> WebRTCAnswer:
     """The runner's answer to a caller's offer, before the call's thread exists (a
     peer whose call is then never submitted is closed by the runner)."""
@@ -221,6 +237,8 @@ async def _owned_thread(sb: Any, thread_id: UUID, api_key_id: str) -> dict[str, 
 async def get_bot(workflow_thread_id: UUID, api_key: ApiKeyDep, sb: SupabaseDep) -> ThreadOut:
     """A call's status, timestamps, error, usage, transcript and insights."""
     row = await _owned_thread(sb, workflow_thread_id, api_key.id)
+    phone = row["transport"] == "twilio"
+    leg = await telephony_repo.get_call(sb, workflow_thread_id) if phone else None
     has_error = any(row.get(k) for k in ("error_stage", "error_code", "error_message"))
     return ThreadOut(
         workflow_thread_id=row["workflow_thread_id"],
@@ -246,6 +264,7 @@ async def get_bot(workflow_thread_id: UUID, api_key: ApiKeyDep, sb: SupabaseDep)
         updated_at=row["updated_at"],
         bot_started_at=row.get("bot_started_at"),
         bot_ended_at=row.get("bot_ended_at"),
+        twilio_call_sid=leg.get("call_sid") if leg else None,
     )
 
 
@@ -272,6 +291,9 @@ async def stop_bot(
         raise ApiError(409, "already_finished", f"the call is already {row['status']}")
     if await runner.stop(str(workflow_thread_id)):
         return StopResponse(workflow_thread_id=workflow_thread_id, status="stopping")
+    ringing = row["status"] == CallStatus.RINGING
+    if ringing and await cancel_ringing(settings, sb, str(workflow_thread_id)):
+        return StopResponse(workflow_thread_id=workflow_thread_id, status="failed")
     # Not running here: the instance running it (behind the same load balancer) picks
     # the request up from the database within a second or two; if no live instance
     # runs it, the database ends it now.
