@@ -6,7 +6,9 @@
         -> transport.out -> assistant aggregator -> UsageMetricsProcessor
 
 The services come from :mod:`flow.bot.services`. Usage metrics are on
-(``enable_usage_metrics``), the zero-valued start-up metrics are off. Transports:
+(``enable_usage_metrics``), the zero-valued start-up metrics are off. A call built
+without a meter is the same Pipecat pipeline without Flow's metering (no tracker, no
+usage processor): the baseline the benchmarks measure Flow's cost against. Transports:
 ``daily`` (a Daily room), ``webrtc`` (a caller's peer connection, :mod:`flow.bot.webrtc`,
 built by the runner) and ``simulated`` (:mod:`flow.bot.simulated`). On real audio
 Silero VAD finds the caller's speech (``FLOW_VAD_STOP_SECS``) and the turn ends by
@@ -85,15 +87,16 @@ def audio_turns(settings: Settings) -> LLMUserAggregatorParams:
 @dataclass
 class BotCall:
     """One built call: the worker to run and what the runner reads afterwards.
-    ``caller_joined`` turns true when the caller joins a daily or webrtc call."""
+    ``caller_joined`` turns true when the caller joins a daily or webrtc call; the
+    metering parts are None in a call built without a meter."""
 
     worker: PipelineWorker
     transport: BaseTransport
     context: LLMContext
     transcript: Transcript
-    recorder: UsageRecorder
-    tracker: LLMInferenceTracker
-    usage_processor: UsageMetricsProcessor
+    recorder: UsageRecorder | None
+    tracker: LLMInferenceTracker | None
+    usage_processor: UsageMetricsProcessor | None
     greeting: str | None = None
     caller_joined: bool = False
 
@@ -107,13 +110,14 @@ def build_call(
     settings: Settings,
     *,
     services: CallServices,
-    meter: Meter,
+    meter: Meter | None,
     price_book: PriceBook,
     transport: BaseTransport | None = None,
     simulated: SimulatedParams | None = None,
     idle_timeout_seconds: float | None = None,
 ) -> BotCall:
-    """Wire one call's pipeline. Nothing runs until the worker does."""
+    """Wire one call's pipeline. Nothing runs until the worker does. Without a
+    ``meter`` nothing of Flow's metering is wired in and nothing is recorded."""
     # An empty greeting in the call's config silences FLOW_GREETING: the bot waits.
     configured = call.bot_config.greeting
     greeting = (configured if configured is not None else settings.flow_greeting) or None
@@ -142,29 +146,30 @@ def build_call(
     transcript = Transcript()
     transcript.attach(user_agg, assistant_agg)
 
-    attribution = Attribution(
-        workflow_thread_id=UUID(call.workflow_thread_id),
-        api_key_id=UUID(call.api_key_id),
-        end_user_id=call.end_user_id,
-    )
-    recorder = UsageRecorder(
-        attribution, meter, price_book, providers=services.providers, models=services.models
-    )
-    tracker = LLMInferenceTracker(
-        recorder,
-        context,
-        llm_name=services.llm.name,
-        provider=services.providers.get(services.llm.name, "openai"),
-        model=services.models.get(services.llm.name) or llm_model_for(settings, call),
-        system_instruction=services.system_instruction,
-        name="llm-usage-tracker",
-    )
-    usage = UsageMetricsProcessor(recorder, name="usage-metrics")
+    recorder = tracker = usage = None
+    if meter is not None:
+        attribution = Attribution(
+            workflow_thread_id=UUID(call.workflow_thread_id),
+            api_key_id=UUID(call.api_key_id),
+            end_user_id=call.end_user_id,
+        )
+        recorder = UsageRecorder(
+            attribution, meter, price_book, providers=services.providers, models=services.models
+        )
+        tracker = LLMInferenceTracker(
+            recorder,
+            context,
+            llm_name=services.llm.name,
+            provider=services.providers.get(services.llm.name, "openai"),
+            model=services.models.get(services.llm.name) or llm_model_for(settings, call),
+            system_instruction=services.system_instruction,
+            name="llm-usage-tracker",
+        )
+        usage = UsageMetricsProcessor(recorder, name="usage-metrics")
 
-    processors: list[FrameProcessor] = [transport.input()]
-    if services.stt is not None:
-        processors.append(services.stt)
-    processors += [
+    stages: list[FrameProcessor | None] = [
+        transport.input(),
+        services.stt,
         user_agg,
         services.llm,
         tracker,
@@ -173,6 +178,7 @@ def build_call(
         assistant_agg,
         usage,
     ]
+    processors = [p for p in stages if p is not None]
     worker = PipelineWorker(
         Pipeline(processors),
         params=PipelineParams(
