@@ -129,6 +129,14 @@ class CallerResult:
     seconds: float = 0.0
     error: str | None = None
 
+    def summary(self) -> str:
+        unanswered = self.latencies.count(None) + (not self.latencies)
+        return (
+            f"call {self.thread_id or '?'}: {self.error or 'no error'}, {unanswered} "
+            f"unanswered, dropouts {self.dropouts}, late {self.late_seconds * 1000:.0f} ms, "
+            f"caller's microphone late {self.microphone_late_seconds * 1000:.0f} ms"
+        )
+
     @property
     def real_time(self) -> bool:
         answered = bool(self.latencies) and None not in self.latencies

@@ -1,24 +1,25 @@
 """Real-audio calls over WebRTC: CPU per call and voice-to-voice latency of Flow's call
 against the same Pipecat pipeline without Flow's metering, side by side.
 
-One run brings up a local stack (the ledger), the fake OpenAI (STT, LLM and TTS, in
-this process) and the voice server (``bench/voice_server.py``, a process of its own,
-which runs both kinds of call). Calls run one at a time, in pairs (one ``flow``, one
-``bare``; the order alternates), after a warm-up call of each. In each call a caller
-(aiortc, in this process) talks for ``--seconds``: the tests' recordings in turn, each
-reply heard to its end, with deterministic VAD and turn ends (``FLOW_VAD_STOP_SECS=0.5``,
-``FLOW_TURN_STOP=timeout``).
+One run brings up a local stack (the ledger), two fake OpenAI servers (STT, LLM and
+TTS, in this process) and two voice servers (``bench/voice_server.py``, a process
+each, each with its own fake). Each round runs two calls at the same time, one
+``flow`` and one ``bare``, each in its own server, so that the machine's other work
+weighs on both alike; the servers swap roles every round, after a warm-up call of each
+kind in each. In each call a caller (aiortc, in this process) talks for ``--seconds``:
+the tests' recordings in turn, each reply heard to its end, with deterministic VAD and
+turn ends (``FLOW_VAD_STOP_SECS=0.5``, ``FLOW_TURN_STOP=timeout``).
 
-1. CPU: the voice server's CPU time (all its threads) from the offer to the call's
-   end, divided by the call's length: the cores a call holds. The overhead is the
-   median of the pairs' ratios (target: Flow adds at most 3 %). The database's own
-   work for the ledger runs in Postgres, not in the server, and is not counted.
+1. CPU: a server's CPU time (all its threads) from the offer to the call's end,
+   divided by the call's length: the cores a call holds. The overhead is the median
+   of the rounds' ratios (target: Flow adds at most 3 %). The database's own work for
+   the ledger runs in Postgres, not in the server, and is not counted.
 2. Latency: from the end of the caller's voice to the bot's first sound at the caller,
    every turn; the p50 of each side and their difference (target: at most 5 ms).
 
-Each ``flow`` call's ledger is checked against what the fake vendor received and
+Each ``flow`` call's ledger is checked against what its fake vendor received and
 served, and each call for dropouts in the bot's speech (see ``bench/voice.py``).
-Run: ``.venv/bin/python bench/voice_pipeline.py`` (3 pairs of 60 s calls, about 8
+Run: ``.venv/bin/python bench/voice_pipeline.py`` (9 rounds of 60 s, about 11
 minutes); ``--rounds 1 --seconds 15`` for a quick run.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 from pathlib import Path
@@ -69,27 +71,40 @@ async def measured_call(
     return result, res.json()
 
 
+async def side_by_side(
+    servers: list[str], modes: tuple[str, ...], seconds: float
+) -> list[tuple[CallerResult, dict[str, float]]]:
+    """One call in each server at the same time, of the kinds ``modes`` says."""
+    pairs = zip(servers, modes, strict=True)
+    return list(await asyncio.gather(*(measured_call(s, m, seconds) for s, m in pairs)))
+
+
 async def run(args: argparse.Namespace) -> int:
     state, info = start_stack()
-    fake = await vendor().start()
+    fakes = [await vendor().start(), await vendor().start()]
     try:
         key_id, _ = add_key(info)
-        env = {**info.env(), **settings_env(fake.base_url, state / "spool")}
-        port = free_port()
-        server = f"http://127.0.0.1:{port}"
-        argv = [SERVER, "--port", str(port), "--api-key-id", key_id]
-        with process(argv, env, f"{server}/cpu"):
-            for mode in MODES:  # warm-up: imports, the VAD model, connections
-                await measured_call(server, mode, 5)
+        ports = [free_port(), free_port()]
+        servers = [f"http://127.0.0.1:{port}" for port in ports]
+        with contextlib.ExitStack() as stack:
+            for n, (port, fake) in enumerate(zip(ports, fakes, strict=True)):
+                env = {**info.env(), **settings_env(fake.base_url, state / f"spool-{n}")}
+                argv = [SERVER, "--port", str(port), "--api-key-id", key_id]
+                stack.enter_context(process(argv, env, f"{servers[n]}/cpu"))
+            # Warm-up, both kinds in both servers: imports, the VAD model, connections.
+            for modes in (MODES, MODES[::-1]):
+                await side_by_side(servers, modes, 5)
             cores: dict[str, list[float]] = {m: [] for m in MODES}
             latencies: dict[str, list[float]] = {m: [] for m in MODES}
             ratios, problems = [], []
             for r in range(args.rounds):
-                order = MODES if r % 2 == 0 else MODES[::-1]
+                # The two calls run at the same time, each in its own server, so the
+                # machine's other work weighs on both alike; the servers swap roles.
+                modes = MODES if r % 2 == 0 else MODES[::-1]
+                since = [counts(fake) for fake in fakes]
+                calls = await side_by_side(servers, modes, args.seconds)
                 pair = {}
-                for mode in order:
-                    since = counts(fake)
-                    result, server_side = await measured_call(server, mode, args.seconds)
+                for n, (mode, (result, server_side)) in enumerate(zip(modes, calls, strict=True)):
                     pair[mode] = server_side["cpu_seconds"] / server_side["wall_seconds"]
                     cores[mode].append(pair[mode])
                     latencies[mode] += [x for x in result.latencies if x is not None]
@@ -101,16 +116,20 @@ async def run(args: argparse.Namespace) -> int:
                         flush=True,
                     )
                     if not result.real_time or server_side["status"] != "ended":
-                        problems.append(f"{mode} call {result.thread_id}: {result}")
+                        problems.append(f"{mode} {result.summary()}")
                     if mode == "flow":
-                        wrong = ledger_problems(info, [result.thread_id], fake, since)
+                        wrong = ledger_problems(info, [result.thread_id], fakes[n], since[n])
                         problems += [f"flow call {result.thread_id} ledger: {p}" for p in wrong]
                 ratios.append(pair["flow"] / pair["bare"] - 1)
     finally:
-        await fake.stop()
+        for fake in fakes:
+            await fake.stop()
         localstack.destroy(state)
 
-    print(f"\n{args.rounds} pairs of {args.seconds:g} s calls (real audio over WebRTC, loopback)")
+    print(
+        f"\n{args.rounds} pairs of {args.seconds:g} s calls at the same time "
+        "(real audio over WebRTC, loopback)"
+    )
     for mode, label in (("bare", "bare Pipecat pipeline"), ("flow", "Flow's call (metered)")):
         c = statistics.median(cores[mode])
         print(f"  {label:<24}: {c:.3f} cores, {c * 60:5.2f} CPU s per 60 s of call")
@@ -133,7 +152,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="pairs of calls")
+    parser.add_argument("--rounds", type=int, default=9, help="pairs of calls")
     parser.add_argument("--seconds", type=float, default=60.0, help="conversation per call")
     args = parser.parse_args()
     from loguru import logger
