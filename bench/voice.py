@@ -22,9 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.processes import free_port, process
 from flow import localstack
 from flow.db.keys import hash_key, new_key_secret
 from flow.demo.caller import Caller, Ear, read_wav
@@ -45,6 +43,7 @@ from tests.fakes.openai_server import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDINGS = ROOT / "tests" / "recordings"
+SERVER = ROOT / "bench" / "voice_server.py"
 LINES = ("order_status", "thank_you")
 REPLY = "Your order ships tomorrow morning."
 # A quiet stretch this long inside the bot's speech is a dropout; one this long or
@@ -232,34 +231,18 @@ async def callers_in_processes(
     return [result for group in groups for result in group]
 
 
-# --- processes and the stack -------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
+# --- the server and the stack ------------------------------------------------------
 @contextlib.contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[subprocess.Popen]:
-    """A Python process, up once ``ready_url`` answers (at most 60 s), stopped after."""
-    proc = subprocess.Popen([sys.executable, *args], env={**os.environ, **env})
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(ready_url, timeout=1)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{args} did not start") from None
-                time.sleep(0.1)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def voice_server(
+    info: localstack.StackInfo, key_id: str, vendor_url: str, spool_dir: Path, *extra: str
+) -> Iterator[str]:
+    """``bench/voice_server.py`` in its own process, its bot talking to the fake vendor
+    at ``vendor_url``; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [str(SERVER), "--port", str(port), "--api-key-id", key_id, *extra]
+    with process(argv, {**info.env(), **settings_env(vendor_url, spool_dir)}, f"{url}/cpu"):
+        yield url
 
 
 def add_key(info: localstack.StackInfo) -> tuple[str, str]:

@@ -41,16 +41,13 @@ from bench.voice import (
     add_key,
     callers_in_processes,
     counts,
-    free_port,
     ledger_problems,
-    process,
-    settings_env,
     start_stack,
     vendor,
+    voice_server,
 )
 from flow import localstack
 
-SERVER = str(Path(__file__).resolve().with_name("voice_server.py"))
 MODES = ("flow", "bare")
 
 
@@ -103,11 +100,7 @@ async def run(args: argparse.Namespace) -> int:
     failed = {m: False for m in MODES}
     try:
         key_id, _ = add_key(info)
-        env = {**info.env(), **settings_env(fake.base_url, state / "spool")}
-        port = free_port()
-        server = f"http://127.0.0.1:{port}"
-        argv = [SERVER, "--port", str(port), "--api-key-id", key_id, "--watch-loop"]
-        with process(argv, env, f"{server}/cpu"):
+        with voice_server(info, key_id, fake.base_url, state / "spool", "--watch-loop") as server:
             for mode in MODES:  # warm-up: imports, the VAD model, connections
                 await callers_in_processes(server, mode, 1, 5, 1)
             print(

@@ -41,16 +41,13 @@ from bench.voice import (
     add_key,
     call,
     counts,
-    free_port,
     ledger_problems,
-    process,
-    settings_env,
     start_stack,
     vendor,
+    voice_server,
 )
 from flow import localstack
 
-SERVER = str(Path(__file__).resolve().with_name("voice_server.py"))
 MODES = ("flow", "bare")
 
 
@@ -84,13 +81,11 @@ async def run(args: argparse.Namespace) -> int:
     fakes = [await vendor().start(), await vendor().start()]
     try:
         key_id, _ = add_key(info)
-        ports = [free_port(), free_port()]
-        servers = [f"http://127.0.0.1:{port}" for port in ports]
         with contextlib.ExitStack() as stack:
-            for n, (port, fake) in enumerate(zip(ports, fakes, strict=True)):
-                env = {**info.env(), **settings_env(fake.base_url, state / f"spool-{n}")}
-                argv = [SERVER, "--port", str(port), "--api-key-id", key_id]
-                stack.enter_context(process(argv, env, f"{servers[n]}/cpu"))
+            servers = [
+                stack.enter_context(voice_server(info, key_id, fake.base_url, state / f"spool{n}"))
+                for n, fake in enumerate(fakes)
+            ]
             # Warm-up, both kinds in both servers: imports, the VAD model, connections.
             for modes in (MODES, MODES[::-1]):
                 await side_by_side(servers, modes, 5)

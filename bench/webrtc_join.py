@@ -32,7 +32,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.voice import add_key, free_port, process, settings_env, start_stack
+from bench.processes import free_port, process
+from bench.voice import add_key, settings_env, start_stack
 from flow import localstack
 from flow.demo.caller import Caller
 
