@@ -80,7 +80,7 @@ class CallEnd:
         tid = call.workflow_thread_id
         ended_at = datetime.now(UTC)
         reason = running.end_reason or EndReason.COMPLETED
-        if running.bot is not None:
+        if running.bot is not None and running.bot.recorder is not None:
             running.bot.recorder.finish()
         if running.peer is not None:
             await running.peer.close()
