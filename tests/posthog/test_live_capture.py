@@ -144,7 +144,7 @@ async def test_call_with_insights_reaches_posthog_with_the_ledgers_tokens_and_co
     p = props(insights_generation[0])
     insights_row = next(r for r in rows.values() if r["category"] == "insights")
     assert insights_row["id"] == str(
-        event_id_from("openai-response", openai_server.response_ids[0])
+        event_id_from("openai-response", f"{thread_id}:{openai_server.response_ids[0]}")
     )
     assert (
         (p["$ai_input_tokens"], p["$ai_output_tokens"], p["$ai_cache_read_input_tokens"])
