@@ -103,6 +103,15 @@ class Settings(BaseSettings):
     flow_price_overrides: str = ""
     flow_voice_prices: str = ""
 
+    # --- budgets -----------------------------------------------------------
+    flow_budget_goodbye: str = Field(
+        default="Sorry, this call has reached its spending limit. Goodbye.",
+        min_length=1,
+        max_length=500,
+    )
+    flow_budget_webhook_url: str = ""
+    flow_budget_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+
     # --- post-call ---------------------------------------------------------
     flow_insights_model: str = "gpt-4o-mini"
     flow_webhook_secret: SecretStr = SecretStr("")

@@ -2,8 +2,9 @@
 
 ::
 
-    transport.in -> [stt] -> user aggregator -> llm -> LLMInferenceTracker -> tts
-        -> transport.out -> assistant aggregator -> UsageMetricsProcessor
+    transport.in -> [stt] -> user aggregator -> [budget gate] -> llm
+        -> LLMInferenceTracker -> tts -> transport.out -> assistant aggregator
+        -> UsageMetricsProcessor
 
 The services come from :mod:`flow.bot.services`. Usage metrics are on
 (``enable_usage_metrics``), the zero-valued start-up metrics are off. Transports:
@@ -101,6 +102,13 @@ class BotCall:
         if self.greeting:
             await self.worker.queue_frame(TTSSpeakFrame(self.greeting))
 
+    async def hang_up_with(self, last_words: str) -> None:
+        """Say ``last_words`` (after a reply in progress; the caller cannot cut them
+        off), then end the call gracefully."""
+        goodbye = TTSSpeakFrame(last_words)
+        goodbye.interruptible = False
+        await self.worker.queue_frames([goodbye, EndFrame()])
+
 
 def build_call(
     call: CallRequest,
@@ -112,8 +120,10 @@ def build_call(
     transport: BaseTransport | None = None,
     simulated: SimulatedParams | None = None,
     idle_timeout_seconds: float | None = None,
+    gate: FrameProcessor | None = None,
 ) -> BotCall:
-    """Wire one call's pipeline. Nothing runs until the worker does."""
+    """Wire one call's pipeline (``gate``, when given, in front of the LLM: the budget
+    gate). Nothing runs until the worker does."""
     # An empty greeting in the call's config silences FLOW_GREETING: the bot waits.
     configured = call.bot_config.greeting
     greeting = (configured if configured is not None else settings.flow_greeting) or None
@@ -164,8 +174,10 @@ def build_call(
     processors: list[FrameProcessor] = [transport.input()]
     if services.stt is not None:
         processors.append(services.stt)
+    processors.append(user_agg)
+    if gate is not None:
+        processors.append(gate)
     processors += [
-        user_agg,
         services.llm,
         tracker,
         services.tts,

@@ -71,9 +71,7 @@ class Budget:
 async def set_budget(sb: AsyncClient, api_key_id: str, budget: Budget) -> None:
     """Set (or replace) a key's budget."""
     row = budget.row(str(api_key_id))
-    await call(
-        lambda: sb.table("api_key_budgets").upsert(row, on_conflict="api_key_id").execute()
-    )
+    await call(lambda: sb.table("api_key_budgets").upsert(row, on_conflict="api_key_id").execute())
 
 
 async def clear_budget(sb: AsyncClient, api_key_id: str) -> bool:
@@ -110,9 +108,7 @@ async def call_status(
     return _state(res.data)
 
 
-async def admit_call(
-    sb: AsyncClient, *, api_key_id: UUID | str, **fields: Any
-) -> dict[str, Any]:
+async def admit_call(sb: AsyncClient, *, api_key_id: UUID | str, **fields: Any) -> dict[str, Any]:
     """Check a join against the key's budget and, if it passes, create its thread
     (``fields`` as for :func:`flow.db.threads.create_thread`), in one statement.
 

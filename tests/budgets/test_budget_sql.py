@@ -140,8 +140,12 @@ async def test_concurrent_joins_on_two_connections_never_exceed_max_concurrent_c
     assert sum(a["admitted"] for a in answers) == 3
     assert {a.get("error") for a in answers if not a["admitted"]} == {"too_many_calls"}
     res = await call(
-        lambda: sb.table("workflow_threads").select("workflow_thread_id").eq("api_key_id", key_id)
-        .execute()
+        lambda: (
+            sb.table("workflow_threads")
+            .select("workflow_thread_id")
+            .eq("api_key_id", key_id)
+            .execute()
+        )
     )
     assert len(rows_of(res)) == 3
 
@@ -174,20 +178,22 @@ async def test_each_alert_is_claimed_once_per_period_however_many_ask(
     yesterday = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     yesterday -= timedelta(days=1)
     await call(
-        lambda: sb.table("budget_alerts")
-        .insert(
-            {
-                "api_key_id": key_id,
-                "period_start": yesterday.isoformat(),
-                "kind": "threshold",
-                "fraction": "0.5",
-                "period": "day",
-                "spent_usd": "0.6",
-                "reserved_usd": "0",
-                "limit_usd": "1",
-            }
+        lambda: (
+            sb.table("budget_alerts")
+            .insert(
+                {
+                    "api_key_id": key_id,
+                    "period_start": yesterday.isoformat(),
+                    "kind": "threshold",
+                    "fraction": "0.5",
+                    "period": "day",
+                    "spent_usd": "0.6",
+                    "reserved_usd": "0",
+                    "limit_usd": "1",
+                }
+            )
+            .execute()
         )
-        .execute()
     )
 
     async def claim_everywhere() -> list[dict[str, Any]]:

@@ -2,10 +2,13 @@
 WebRTC caller's ICE candidates.
 
 A join creates the ``workflow_threads`` row (owned by the caller's key) and hands a
-:class:`CallRequest` to the runner. Capacity is checked before the row exists, so a
-refused join leaves nothing behind; a runner that fills up in between marks the row
-failed (``join``/``at_capacity``) and the caller gets the same 503. The Daily meeting
-token travels in memory only, never to the database.
+:class:`CallRequest` to the runner. The key's budget is checked in the same statement
+that creates the row (:func:`flow.db.budgets.admit_call`): a key whose budget is spent
+(402 ``budget_exhausted``) or that has as many live calls as it may (429
+``too_many_calls``) gets the budget's figures and leaves nothing behind. Capacity is
+checked before the row exists, so a refused join leaves nothing behind; a runner that
+fills up in between marks the row failed (``join``/``at_capacity``) and the caller gets
+the same 503. The Daily meeting token travels in memory only, never to the database.
 
 A ``webrtc`` join carries the caller's SDP offer. It is checked, then answered by the
 runner, before the row exists: an offer that cannot be answered is a 400
@@ -17,14 +20,16 @@ Another key's thread answers 404, exactly like a thread that does not exist.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header, Response
 
-from flow.api.deps import ApiKeyDep, RunnerDep, SettingsDep, SupabaseDep
+from flow.api.deps import ApiKeyDep, BudgetAlertsDep, RunnerDep, SettingsDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from flow.api.routes.bot_models import (
+    BudgetRefusal,
     CandidatesIn,
     JoinRequest,
     JoinResponse,
@@ -36,6 +41,7 @@ from flow.api.routes.bot_models import (
 from flow.api.schemas import UsageStats
 from flow.bot.contract import (
     AtCapacity,
+    CallBudget,
     CallRequest,
     IceCandidate,
     InvalidIceCandidate,
@@ -44,7 +50,7 @@ from flow.bot.contract import (
     WebRTCOffer,
 )
 from flow.bot.services import configuration_problem
-from flow.db import call_state
+from flow.db import budgets, call_state
 from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, ErrorStage, StopOutcome
 from flow.net.outbound import UrlNotAllowed
@@ -53,6 +59,7 @@ from flow.workflows.webhook import WebhookURLError, validate_webhook_url
 router = APIRouter(prefix="/api/bot", tags=["bots"], responses=ERROR_RESPONSES)
 
 CAPACITY_RETRY_AFTER_SECONDS = 5
+ERROR_KEYS = ("error", "message")
 
 
 def _limit(field: str, message: str) -> ApiError:
@@ -96,7 +103,12 @@ def _at_capacity(retry_after_seconds: int) -> ApiError:
             "model": ErrorBody,
             "description": "Transport not allowed here, a webhook_url Flow will not call, "
             "or a WebRTC offer that cannot be answered",
-        }
+        },
+        402: {"model": BudgetRefusal, "description": "The key's budget is spent"},
+        429: {
+            "model": BudgetRefusal,
+            "description": "The key has as many live calls as its budget allows",
+        },
     },
 )
 async def join(
@@ -105,9 +117,12 @@ async def join(
     settings: SettingsDep,
     sb: SupabaseDep,
     runner: RunnerDep,
+    alerts: BudgetAlertsDep,
     x_flow_user: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JoinResponse:
-    """Start a bot on a call. Answers 202 at once; poll ``GET /api/bot/{id}``."""
+    """Start a bot on a call. Answers 202 at once; poll ``GET /api/bot/{id}``. A key
+    whose budget is spent is refused (402), as is one with as many live calls as its
+    budget allows (429); either creates nothing."""
     if body.transport == "simulated" and settings.flow_env == "production":
         raise ApiError(
             400, "transport_not_allowed", "the simulated transport is disabled in production"
@@ -137,13 +152,13 @@ async def join(
             raise ApiError(400, "invalid_webhook_url", str(exc)) from None
     thread_id = str(uuid4())
     answer = await _answer(runner, thread_id, offer) if offer is not None else None
-    await threads_repo.create_thread(
+    admission = await budgets.admit_call(
         sb,
         workflow_thread_id=thread_id,
         api_key_id=api_key.id,
         transport=body.transport,
         room_url=room_url,
-        bot_config=body.bot_config.model_dump(exclude_none=True),
+        bot_config=body.bot_config.model_dump(mode="json", exclude_none=True),
         script=body.script,
         end_user_id=end_user_id,
         process_insights=body.process_insights,
@@ -151,6 +166,10 @@ async def join(
         webhook_url=webhook_url,
         metadata=body.metadata,
     )
+    if not admission["admitted"]:
+        if admission["error"] == "budget_exhausted":
+            alerts.check_soon(api_key.id)
+        raise _refused(admission)
     call = CallRequest(
         workflow_thread_id=thread_id,
         api_key_id=api_key.id,
@@ -164,6 +183,7 @@ async def join(
         analysis_prompt=body.analysis_prompt,
         webhook_url=webhook_url,
         metadata=body.metadata,
+        budget=_call_budget(admission, body.bot_config.max_cost_usd),
     )
     try:
         await runner.submit(call)
@@ -186,6 +206,34 @@ async def join(
         status=CallStatus.PENDING,
         webrtc_answer=SessionDescription(sdp=answer.sdp, type=answer.type) if answer else None,
     )
+
+
+def _refused(state: dict[str, Any]) -> ApiError:
+    """The answer to a join the key's budget refused, with the budget's figures."""
+    fields = {k: state.get(k) for k in BudgetRefusal.model_fields if k not in ERROR_KEYS}
+    if state["error"] == "too_many_calls":
+        message = (
+            f"the key already has {state['live_calls']} live calls, the most it may have "
+            "at once; retry when one has ended"
+        )
+        headers = {"Retry-After": str(CAPACITY_RETRY_AFTER_SECONDS)}
+        return ApiError(429, "too_many_calls", message, headers=headers, fields=fields)
+    resets = f"; it resets at {state['resets_at']}" if state.get("resets_at") else ""
+    message = (
+        f"the key's {state['period']} budget of {state['limit_usd']} USD is spent "
+        f"({state['remaining_usd']} remaining){resets}"
+    )
+    return ApiError(402, "budget_exhausted", message, fields=fields)
+
+
+def _call_budget(state: dict[str, Any], asked_usd: Decimal | None) -> CallBudget | None:
+    """What the call may spend: the key's budget (if any), and its own limit, the key's
+    ``max_call_usd`` lowered (never raised) by the join's ``max_cost_usd``."""
+    limits = [Decimal(v) for v in (state.get("max_call_usd"), asked_usd) if v is not None]
+    own = min(limits) if limits else None
+    if not state["budgeted"] and own is None:
+        return None
+    return CallBudget(key_limited=bool(state["budgeted"]), max_cost_usd=own)
 
 
 async def _answer(runner: RunnerDep, thread_id: str, offer: WebRTCOffer) -> WebRTCAnswer:
@@ -246,6 +294,7 @@ async def get_bot(workflow_thread_id: UUID, api_key: ApiKeyDep, sb: SupabaseDep)
         updated_at=row["updated_at"],
         bot_started_at=row.get("bot_started_at"),
         bot_ended_at=row.get("bot_ended_at"),
+        end_reason=row.get("end_reason"),
     )
 
 
