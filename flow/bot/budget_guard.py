@@ -12,16 +12,19 @@ A call whose join found a spending limit (:class:`flow.bot.contract.CallBudget`)
   key's budget after every live call's reservation: after each usage event, before each
   reply, and every ``FLOW_BUDGET_POLL_SECONDS``. Alerts the read crossed are claimed in
   the same statement and handed to ``on_alerts``.
-- **Before each reply.** :class:`BudgetGate`, in front of the LLM, holds each LLM run
-  for a fresh read and drops it if the reply would cross what remains.
+- **Before each reply.** :class:`BudgetGate` (on both sides of the LLM) holds each LLM
+  run for a fresh read and drops it if the reply would cross what remains.
 - **The next reply** is predicted to cost what the last turn did (from one reply's start
   to the next: the reply, its speech, the caller's words) plus how much it grew on the
   one before, since prompts grow with the conversation; before a turn has finished,
-  what the turn in progress has cost so far.
+  what the turn in progress has cost so far, and at least what the goodbye line costs.
 
-When the next reply would cross (or nothing remains), ``on_exhausted`` is called once:
-the runner has the bot say ``FLOW_BUDGET_GOODBYE`` and hang up, and the call ends
-``budget_exhausted``.
+When the next turn and the goodbye line (priced like the call's TTS) would cross what
+remains, or nothing remains, ``on_exhausted`` is called once. Near a key's limit each
+live call keeps room for a turn and a goodbye of every live call of the key (they may all
+be starting one at once), so the key's calls end together rather than overspend
+together. The runner then has the bot say ``FLOW_BUDGET_GOODBYE`` and hang up, and the
+call ends ``budget_exhausted``.
 
 **Overspend is bounded**: usage is known only when the vendor reports it, so a reply
 allowed on the last figures can cost more than remained; the next usage event or read
@@ -47,10 +50,13 @@ from pipecat.frames.frames import Frame, LLMContextFrame, LLMRunFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from supabase import AsyncClient
 
-from flow.bot.contract import CallBudget
+from flow.bot.contract import CallBudget, CallRequest
+from flow.bot.services import CallServices
+from flow.config import Settings
 from flow.db import budgets
 from flow.metering.events import UsageEvent
 from flow.metering.meter import Meter
+from flow.metering.pricing import PriceBook
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,7 @@ class BudgetGuard:
         poll_seconds: how often the key's budget is read while nothing happens.
         on_exhausted: called once, when the call must end (must not block).
         on_alerts: given the alerts a read claimed, to send (must not block).
+        goodbye_usd: what the goodbye line costs: room kept for it.
     """
 
     def __init__(
@@ -79,8 +86,10 @@ class BudgetGuard:
         poll_seconds: float,
         on_exhausted: Callable[[], None],
         on_alerts: AlertsHook | None = None,
+        goodbye_usd: Decimal = Decimal(0),
     ) -> None:
         self._sb = sb
+        self._goodbye_usd = goodbye_usd
         self._thread_id = thread_id
         self._budget = budget
         self._poll_seconds = poll_seconds
@@ -91,6 +100,7 @@ class BudgetGuard:
         self._reply_starts: list[Decimal] = []
         self._key_remaining: Decimal | None = None  # at the last read
         self._counted_at_read = Decimal(0)  # this call's cost that read counted
+        self._live_calls = 1  # the key's, at that read
         self.state: dict[str, Any] | None = None
         self.exhausted = False
         self._wake = asyncio.Event()
@@ -109,13 +119,15 @@ class BudgetGuard:
         self._check()
 
     # --- the figures -------------------------------------------------------------------
-    def remaining_usd(self) -> list[Decimal]:
-        """What remains of each limit the call has (the key's, its own), as it knows."""
+    def remaining_usd(self) -> list[tuple[Decimal, int]]:
+        """What remains of each limit the call has (the key's, its own), as it knows,
+        with how many calls share it (every live call of the key; the call alone)."""
         left = []
         if self._key_remaining is not None:
-            left.append(self._key_remaining - (self.cost_usd - self._counted_at_read))
+            spent_since = self.cost_usd - self._counted_at_read
+            left.append((self._key_remaining - spent_since, max(1, self._live_calls)))
         if self._budget.max_cost_usd is not None:
-            left.append(self._budget.max_cost_usd - self.cost_usd)
+            left.append((self._budget.max_cost_usd - self.cost_usd, 1))
         return left
 
     def predicted_reply_usd(self) -> Decimal:
@@ -124,12 +136,17 @@ class BudgetGuard:
         turns = [later - earlier for earlier, later in itertools.pairwise(marks)]
         done, in_progress = turns[:-1], turns[-1] if turns else self.cost_usd
         if not done:
-            return in_progress
+            # Nothing measured yet: a reply is taken to cost at least a line like the
+            # goodbye to say.
+            return max(in_progress, self._goodbye_usd)
         growth = done[-1] - done[-2] if len(done) > 1 else Decimal(0)
         return max(done[-1] + max(growth, Decimal(0)), in_progress)
 
     def would_cross(self, next_reply_usd: Decimal) -> bool:
-        return any(left <= 0 or left < next_reply_usd for left in self.remaining_usd())
+        """Whether a turn costing this and the goodbye, for each call sharing a limit
+        (every live call may be starting a turn of its own), would spend past it."""
+        need = next_reply_usd + self._goodbye_usd
+        return any(left <= 0 or left < calls * need for left, calls in self.remaining_usd())
 
     def _check(self) -> None:
         if not self.exhausted and self.would_cross(self.predicted_reply_usd()):
@@ -138,7 +155,7 @@ class BudgetGuard:
                 "call %s: its budget would be crossed by its next reply (spent %s, left %s)",
                 self._thread_id,
                 self.cost_usd,
-                [str(x) for x in self.remaining_usd()],
+                [str(left) for left, _ in self.remaining_usd()],
             )
             self._on_exhausted()
 
@@ -172,6 +189,7 @@ class BudgetGuard:
                 self._key_remaining = None
                 return
             self._key_remaining = Decimal(state["remaining_usd"])
+            self._live_calls = int(state.get("live_calls") or 1)
             self._counted_at_read = counted
             alerts = state.get("alerts_new") or []
             if alerts and self._on_alerts is not None:
@@ -203,47 +221,69 @@ class BudgetGuard:
 
 def guard_call(
     sb: AsyncClient,
-    thread_id: str,
-    budget: CallBudget | None,
+    settings: Settings,
+    call: CallRequest,
+    services: CallServices,
     meter: Meter,
+    prices: PriceBook,
     *,
-    poll_seconds: float,
     on_exhausted: Callable[[], None],
     on_alerts: AlertsHook | None = None,
 ) -> BudgetGuard | None:
-    """The guard of a call with a spending limit, listening to its meter; None for a
-    call without one."""
+    """The guard of a call with a spending limit, listening to its meter, keeping room
+    for the goodbye line (priced as the call's TTS prices it); None for a call without
+    a limit."""
+    budget = call.budget
     if budget is None or (not budget.key_limited and budget.max_cost_usd is None):
         return None
+    tts = services.tts.name
+    goodbye_usd = prices.tts(
+        services.providers.get(tts, settings.flow_tts_provider),
+        services.models.get(tts) or settings.flow_tts_model,
+        len(settings.flow_budget_goodbye),
+    )
     guard = BudgetGuard(
         sb,
-        thread_id,
+        call.workflow_thread_id,
         budget,
-        poll_seconds=poll_seconds,
+        poll_seconds=settings.flow_budget_poll_seconds,
         on_exhausted=on_exhausted,
         on_alerts=on_alerts,
+        goodbye_usd=goodbye_usd or Decimal(0),
     )
     meter.listen(guard.on_usage, provisional=True)
     return guard
 
 
 class BudgetGate(FrameProcessor):
-    """Placed in front of the LLM: each LLM run waits for the guard's word, and one it
-    refuses is dropped (the guard has the call end with its goodbye instead).
+    """Holds each LLM run for the guard's word; one it refuses is dropped (the guard has
+    the call end with its goodbye instead). A call has two: one in front of the LLM for
+    the runs the user aggregator asks for (downstream), one right after it for those the
+    assistant aggregator asks for (upstream: a tool's result, an appended message). A
+    gate queues frames like any processor (no direct mode), so the aggregator that asked
+    for a run is never held while the budget is read.
 
     Parameters:
         guard: the call's guard.
+        direction: the direction of the LLM runs this gate holds.
     """
 
-    def __init__(self, guard: BudgetGuard, **kwargs: Any) -> None:
-        super().__init__(enable_direct_mode=True, **kwargs)
+    def __init__(self, guard: BudgetGuard, direction: FrameDirection, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._guard = guard
+        self._direction = direction
+
+    @classmethod
+    def around_llm(cls, guard: BudgetGuard) -> tuple[BudgetGate, BudgetGate]:
+        """The two gates of a call: (in front of the LLM, right after it)."""
+        return (
+            cls(guard, FrameDirection.DOWNSTREAM, name="budget-gate-in"),
+            cls(guard, FrameDirection.UPSTREAM, name="budget-gate-out"),
+        )
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if direction == FrameDirection.DOWNSTREAM and isinstance(
-            frame, LLMContextFrame | LLMRunFrame
-        ):
+        if direction == self._direction and isinstance(frame, LLMContextFrame | LLMRunFrame):
             try:
                 allowed = await self._guard.allow_reply()
             except Exception:  # the budget must never break the call

@@ -2,7 +2,7 @@
 
 ::
 
-    transport.in -> [stt] -> user aggregator -> [budget gate] -> llm
+    transport.in -> [stt] -> user aggregator -> [budget gate] -> llm -> [budget gate]
         -> LLMInferenceTracker -> tts -> transport.out -> assistant aggregator
         -> UsageMetricsProcessor
 
@@ -120,10 +120,10 @@ def build_call(
     transport: BaseTransport | None = None,
     simulated: SimulatedParams | None = None,
     idle_timeout_seconds: float | None = None,
-    gate: FrameProcessor | None = None,
+    llm_gates: tuple[FrameProcessor, FrameProcessor] | None = None,
 ) -> BotCall:
-    """Wire one call's pipeline (``gate``, when given, in front of the LLM: the budget
-    gate). Nothing runs until the worker does."""
+    """Wire one call's pipeline (``llm_gates``, when given, go in front of the LLM and
+    right after it: the budget gates). Nothing runs until the worker does."""
     # An empty greeting in the call's config silences FLOW_GREETING: the bot waits.
     configured = call.bot_config.greeting
     greeting = (configured if configured is not None else settings.flow_greeting) or None
@@ -174,11 +174,9 @@ def build_call(
     processors: list[FrameProcessor] = [transport.input()]
     if services.stt is not None:
         processors.append(services.stt)
-    processors.append(user_agg)
-    if gate is not None:
-        processors.append(gate)
+    gate_in, gate_out = llm_gates or (None, None)
+    processors += [p for p in (user_agg, gate_in, services.llm, gate_out) if p is not None]
     processors += [
-        services.llm,
         tracker,
         services.tts,
         transport.output(),

@@ -35,7 +35,7 @@ from typing import Any
 from pipecat.workers.runner import WorkerRunner
 from supabase import AsyncClient
 
-from flow.bot.budget_guard import AlertsHook, BudgetGate, guard_call
+from flow.bot.budget_guard import AlertsHook, BudgetGate, BudgetGuard, guard_call
 from flow.bot.call_end import SHUT_DOWN, CallEnd, RunningCall
 from flow.bot.contract import (
     AtCapacity,
@@ -232,18 +232,20 @@ class BotRunner:
         meter = self._metering.meter()
         started_at = datetime.now(UTC)
         cancelled = False
-        guard = guard_call(
-            self._sb,
-            tid,
-            call.budget,
-            meter,
-            poll_seconds=self._settings.flow_budget_poll_seconds,
-            on_exhausted=lambda: running.over_budget(self._settings.flow_budget_goodbye),
-            on_alerts=self._on_budget_alerts,
-        )
+        guard: BudgetGuard | None = None
         try:
             await self.writes.move(tid, CallStatus.STARTING, instance_id=self.instance_id)
             services = self._services_factory(self._settings, call)
+            guard = guard_call(
+                self._sb,
+                self._settings,
+                call,
+                services,
+                meter,
+                self._metering.prices,
+                on_exhausted=lambda: running.over_budget(self._settings.flow_budget_goodbye),
+                on_alerts=self._on_budget_alerts,
+            )
             simulated = SimulatedParams(**vars(self._simulated)) if self._simulated else None
             transport = None
             if running.peer is not None:
@@ -257,7 +259,7 @@ class BotRunner:
                 transport=transport,
                 simulated=simulated,
                 idle_timeout_seconds=self._settings.flow_idle_timeout_seconds,
-                gate=BudgetGate(guard, name="budget-gate") if guard is not None else None,
+                llm_gates=BudgetGate.around_llm(guard) if guard is not None else None,
             )
             running.bot = bot
             self._watch(running, bot)
