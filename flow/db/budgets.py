@@ -112,7 +112,7 @@ async def admit_call(sb: AsyncClient, *, api_key_id: UUID | str, **fields: Any) 
     """Check a join against the key's budget and, if it passes, create its thread
     (``fields`` as for :func:`flow.db.threads.create_thread`), in one statement.
 
-    Answers ``{"admitted": True, "budgeted": bool, ...the budget}``, or
+    Answers ``{"admitted": True, "budgeted": bool, "max_call_usd": str | None}``, or
     ``{"admitted": False, "error": "budget_exhausted" | "too_many_calls", ...the
     budget}`` having created nothing."""
     row = thread_row(api_key_id=api_key_id, **fields)

@@ -5,7 +5,9 @@
 -- calls; each live call (pending, starting or running) holds a reservation: its cost so
 -- far, as the instance running it reports it (workflow_threads.budget_reserved_usd) or
 -- as the ledger already holds it, whichever is larger. remaining = limit - spent -
--- reserved, the same figure on every instance.
+-- reserved, the same figure on every instance. Spending is summed per key and UTC day
+-- (usage_spend_daily, kept with the ledger like the hourly rollups), so a check reads a
+-- few rows per day of the period however many calls the key makes.
 --
 -- admit_call checks a join and creates its thread in one statement, under a lock on
 -- the key's budget row, so two instances taking joins for one key at once never both
@@ -60,6 +62,57 @@ alter table public.workflow_threads
 create index workflow_threads_key_live_idx on public.workflow_threads (api_key_id)
   where status in ('pending', 'starting', 'running');
 
+-- What each key spent per UTC day, kept by a statement trigger on the ledger in the same
+-- transaction as every insert (like the hourly rollups), so a budget's period is summed
+-- over a few rows per day however many calls the key makes. Each day is split in 8
+-- shards by call, so concurrent batches of one key's calls rarely wait on one row.
+create table public.usage_spend_daily (
+  api_key_id uuid not null references public.api_keys (id) on delete restrict,
+  day date not null,
+  shard smallint not null,
+  cost_usd numeric not null,
+  unpriced_events bigint not null,
+  primary key (api_key_id, day, shard)
+);
+alter table public.usage_spend_daily enable row level security;
+create policy service_role_all on public.usage_spend_daily
+  for all to service_role using (true) with check (true);
+grant select, insert, update, delete on public.usage_spend_daily to service_role;
+
+create or replace function public.usage_spend_apply() returns trigger
+language plpgsql
+set search_path = public
+as $$
+begin
+  insert into usage_spend_daily as s (api_key_id, day, shard, cost_usd, unpriced_events)
+  select n.api_key_id, (n.occurred_at at time zone 'UTC')::date,
+    (hashtext(n.workflow_thread_id::text) & 7)::smallint,
+    coalesce(sum(n.cost_usd), 0), count(*) filter (where n.cost_usd is null)
+  from new_rows n
+  group by 1, 2, 3
+  -- A fixed order of row locks, so concurrent batches cannot deadlock.
+  order by 1, 2, 3
+  on conflict (api_key_id, day, shard) do update set
+    cost_usd = s.cost_usd + excluded.cost_usd,
+    unpriced_events = s.unpriced_events + excluded.unpriced_events;
+  return null;
+end
+$$;
+
+-- Fires after the two rollups' triggers (name order): locks are taken table by table.
+create trigger usage_events_spend_daily
+  after insert on public.usage_events
+  referencing new table as new_rows
+  for each statement execute function public.usage_spend_apply();
+
+-- Rows recorded before this migration.
+insert into public.usage_spend_daily (api_key_id, day, shard, cost_usd, unpriced_events)
+select api_key_id, (occurred_at at time zone 'UTC')::date,
+  (hashtext(workflow_thread_id::text) & 7)::smallint,
+  coalesce(sum(cost_usd), 0), count(*) filter (where cost_usd is null)
+from public.usage_events
+group by 1, 2, 3;
+
 -- A call that finishes without its runner saying why (failed by another instance, or
 -- before any runner took it) still tells how it ended.
 create or replace function public.thread_end_reason() returns trigger
@@ -97,17 +150,16 @@ as $$
                  when 'month' then interval '1 month' end as step) p;
 $$;
 
--- A key's budget as it stands (null without one): money as text, alerts of the period.
--- spent_usd: priced ledger cost in the period outside live calls (unpriced_events are
--- not counted); reserved_usd: the live calls' cost so far.
-create or replace function public.budget_state(p_key uuid)
+-- A budget's figures as they stand: money as text. spent_usd: priced ledger cost in the
+-- period outside live calls (unpriced_events are not counted); reserved_usd: the live
+-- calls' cost so far.
+create or replace function public.budget_figures(b api_key_budgets)
 returns jsonb
 language plpgsql
 stable
 set search_path = public
 as $$
 declare
-  b api_key_budgets;
   v_start timestamptz;
   v_reset timestamptz;
   v_total numeric;
@@ -117,25 +169,26 @@ declare
   v_reserved numeric;
   v_spent numeric;
 begin
-  select * into b from api_key_budgets where api_key_id = p_key;
-  if not found then
-    return null;
-  end if;
   select p.period_start, p.resets_at into v_start, v_reset
   from budget_period_bounds(b.period, now()) p;
 
-  select coalesce(sum(r.cost_usd), 0), coalesce(sum(r.unpriced_events), 0)
+  select coalesce(sum(d.cost_usd), 0), coalesce(sum(d.unpriced_events), 0)
   into v_total, v_unpriced
-  from usage_rollup_call_hourly r
-  where r.api_key_id = p_key and (v_start is null or r.bucket_hour >= v_start);
+  from usage_spend_daily d
+  where d.api_key_id = b.api_key_id
+    and (v_start is null or d.day >= (v_start at time zone 'UTC')::date);
 
+  -- What the ledger holds of each live call in the period: its usage_stats total, or,
+  -- for a call that began before the period, its part from the hourly rollup.
   with live as (
     select t.budget_reserved_usd,
-      (select coalesce(sum(r.cost_usd), 0) from usage_rollup_call_hourly r
-       where r.workflow_thread_id = t.workflow_thread_id
-         and (v_start is null or r.bucket_hour >= v_start)) as recorded
+      case when v_start is null or t.created_at >= v_start
+        then coalesce((t.usage_stats ->> 'total_cost_usd')::numeric, 0)
+        else (select coalesce(sum(r.cost_usd), 0) from usage_rollup_call_hourly r
+              where r.workflow_thread_id = t.workflow_thread_id and r.bucket_hour >= v_start)
+      end as recorded
     from workflow_threads t
-    where t.api_key_id = p_key and t.status in ('pending', 'starting', 'running')
+    where t.api_key_id = b.api_key_id and t.status in ('pending', 'starting', 'running')
   )
   select count(*), coalesce(sum(recorded), 0),
     coalesce(sum(greatest(budget_reserved_usd, recorded)), 0)
@@ -144,7 +197,7 @@ begin
   v_spent := v_total - v_live_recorded;
 
   return jsonb_build_object(
-    'api_key_id', p_key,
+    'api_key_id', b.api_key_id,
     'limit_usd', b.limit_usd::text,
     'period', b.period,
     'period_start', v_start,
@@ -157,15 +210,36 @@ begin
     'max_call_usd', b.max_call_usd::text,
     'max_concurrent_calls', b.max_concurrent_calls,
     'alert_at', to_jsonb(b.alert_at::text[]),
-    'webhook_url', b.webhook_url,
-    'alerts_sent', (
-      select coalesce(jsonb_agg(jsonb_build_object(
-               'type', 'budget.' || a.kind, 'fraction', a.fraction::text,
-               'spent_usd', a.spent_usd::text, 'reserved_usd', a.reserved_usd::text,
-               'limit_usd', a.limit_usd::text, 'sent_at', a.created_at)
-             order by a.created_at, a.kind desc, a.fraction), '[]'::jsonb)
-      from budget_alerts a
-      where a.api_key_id = p_key and a.period_start = coalesce(v_start, '-infinity')));
+    'webhook_url', b.webhook_url);
+end
+$$;
+
+-- A key's budget as it stands (null without one): its figures and the alerts sent in
+-- the period.
+create or replace function public.budget_state(p_key uuid)
+returns jsonb
+language plpgsql
+stable
+set search_path = public
+as $$
+declare
+  b api_key_budgets;
+  v_state jsonb;
+begin
+  select * into b from api_key_budgets where api_key_id = p_key;
+  if not found then
+    return null;
+  end if;
+  v_state := budget_figures(b);
+  return v_state || jsonb_build_object('alerts_sent', (
+    select coalesce(jsonb_agg(jsonb_build_object(
+             'type', 'budget.' || a.kind, 'fraction', a.fraction::text,
+             'spent_usd', a.spent_usd::text, 'reserved_usd', a.reserved_usd::text,
+             'limit_usd', a.limit_usd::text, 'sent_at', a.created_at)
+           order by a.created_at, a.kind desc, a.fraction), '[]'::jsonb)
+    from budget_alerts a
+    where a.api_key_id = p_key
+      and a.period_start = coalesce((v_state ->> 'period_start')::timestamptz, '-infinity')));
 end
 $$;
 
@@ -260,7 +334,7 @@ $$;
 
 -- A join: check the key's budget and create the call's thread (p_thread: its columns),
 -- in one statement under a lock on the budget row. Answers
--- {"admitted": true, "budgeted": <the key has a budget>, ...the budget}, or
+-- {"admitted": true, "budgeted": <the key has a budget>, "max_call_usd": ...}, or
 -- {"admitted": false, "error": "budget_exhausted" | "too_many_calls", ...the budget}
 -- having created nothing.
 create or replace function public.admit_call(p_thread jsonb)
@@ -272,18 +346,37 @@ as $$
 declare
   v_key uuid := (p_thread ->> 'api_key_id')::uuid;
   v_budget api_key_budgets;
-  v_state jsonb;
+  v_start timestamptz;
+  v_live integer;
+  v_unrecorded numeric;
+  v_total numeric;
   v_columns text;
 begin
   select * into v_budget from api_key_budgets where api_key_id = v_key for update;
   if found then
-    v_state := budget_state(v_key);
-    if v_budget.max_concurrent_calls is not null
-       and (v_state ->> 'live_calls')::integer >= v_budget.max_concurrent_calls then
-      return v_state || '{"admitted": false, "error": "too_many_calls"}'::jsonb;
+    -- The figures of budget_figures, only as far as the check needs them: remaining =
+    -- limit - the period's ledger total - what live calls reserve beyond it.
+    v_start := case v_budget.period
+      when 'day' then date_trunc('day', now(), 'UTC')
+      when 'month' then date_trunc('month', now(), 'UTC') end;
+    select count(*), coalesce(sum(greatest(t.budget_reserved_usd - case
+             when v_start is null or t.created_at >= v_start
+               then coalesce((t.usage_stats ->> 'total_cost_usd')::numeric, 0)
+             else (select coalesce(sum(r.cost_usd), 0) from usage_rollup_call_hourly r
+                   where r.workflow_thread_id = t.workflow_thread_id
+                     and r.bucket_hour >= v_start) end, 0)), 0)
+    into v_live, v_unrecorded
+    from workflow_threads t
+    where t.api_key_id = v_key and t.status in ('pending', 'starting', 'running');
+    if v_budget.max_concurrent_calls is not null and v_live >= v_budget.max_concurrent_calls then
+      return budget_figures(v_budget) || '{"admitted": false, "error": "too_many_calls"}'::jsonb;
     end if;
-    if (v_state ->> 'remaining_usd')::numeric <= 0 then
-      return v_state || '{"admitted": false, "error": "budget_exhausted"}'::jsonb;
+    select coalesce(sum(d.cost_usd), 0) into v_total
+    from usage_spend_daily d
+    where d.api_key_id = v_key
+      and (v_start is null or d.day >= (v_start at time zone 'UTC')::date);
+    if v_budget.limit_usd - v_total - v_unrecorded <= 0 then
+      return budget_figures(v_budget) || '{"admitted": false, "error": "budget_exhausted"}'::jsonb;
     end if;
   end if;
 
@@ -295,19 +388,22 @@ begin
     'insert into workflow_threads (%1$s) select %1$s from jsonb_populate_record(null::workflow_threads, $1)',
     v_columns) using p_thread;
 
-  return coalesce(v_state, '{}'::jsonb)
-    || jsonb_build_object('admitted', true, 'budgeted', v_state is not null);
+  return jsonb_build_object('admitted', true, 'budgeted', v_budget.api_key_id is not null,
+    'max_call_usd', v_budget.max_call_usd::text);
 end
 $$;
 
 revoke execute on function public.thread_end_reason() from public, anon, authenticated;
 revoke execute on function public.budget_period_bounds(text, timestamptz) from public, anon, authenticated;
+revoke execute on function public.usage_spend_apply() from public, anon, authenticated;
+revoke execute on function public.budget_figures(api_key_budgets) from public, anon, authenticated;
 revoke execute on function public.budget_state(uuid) from public, anon, authenticated;
 revoke execute on function public.budget_claim_alerts(jsonb) from public, anon, authenticated;
 revoke execute on function public.budget_status(uuid, boolean) from public, anon, authenticated;
 revoke execute on function public.budget_call_status(uuid, numeric) from public, anon, authenticated;
 revoke execute on function public.admit_call(jsonb) from public, anon, authenticated;
 grant execute on function public.budget_period_bounds(text, timestamptz) to service_role;
+grant execute on function public.budget_figures(api_key_budgets) to service_role;
 grant execute on function public.budget_state(uuid) to service_role;
 grant execute on function public.budget_claim_alerts(jsonb) to service_role;
 grant execute on function public.budget_status(uuid, boolean) to service_role;
