@@ -40,7 +40,7 @@ from flow.metering.meter import Metering
 from flow.workflows.budget_alerts import BudgetAlerts
 from flow.workflows.extract_insights import InsightsExtractor, InsightsFailed
 from flow.workflows.process_transcript import process_transcript
-from flow.workflows.webhook import WebhookSender
+from flow.workflows.webhook import WebhookSender, drain
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +220,7 @@ class BotCallWorkflow:
     async def drain(self, timeout_seconds: float = WEBHOOK_DRAIN_SECONDS) -> None:
         """Wait for webhook deliveries in flight (bounded), then give up on the rest."""
         await self.budget_alerts.drain(timeout_seconds)
-        pending = list(self._deliveries)
-        if not pending:
-            return
-        _done, still = await asyncio.wait(pending, timeout=timeout_seconds)
-        for task in still:
-            task.cancel()
+        await drain(self._deliveries, timeout_seconds)
 
 
 def build_runner(

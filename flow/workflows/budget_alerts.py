@@ -27,7 +27,7 @@ from supabase import AsyncClient
 from flow.config import Settings
 from flow.db import budgets
 from flow.metering.events import event_id_from
-from flow.workflows.webhook import WebhookSender
+from flow.workflows.webhook import WebhookSender, drain
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,4 @@ class BudgetAlerts:
 
     async def drain(self, timeout_seconds: float = DRAIN_SECONDS) -> None:
         """Wait for alerts in flight (bounded), then give up on the rest."""
-        pending = list(self._tasks)
-        if not pending:
-            return
-        _done, still = await asyncio.wait(pending, timeout=timeout_seconds)
-        for task in still:
-            task.cancel()
+        await drain(self._tasks, timeout_seconds)

@@ -125,6 +125,7 @@ def build_payload(event_type: str, thread: Mapping[str, Any]) -> dict[str, Any]:
             "metadata": thread.get("metadata") or {},
             "bot_started_at": thread.get("bot_started_at"),
             "bot_ended_at": thread.get("bot_ended_at"),
+            "end_reason": thread.get("end_reason"),
             "error": error,
             "usage": thread.get("usage_stats") or {},
             "insights": thread.get("insights"),
@@ -143,6 +144,16 @@ def encode(payload: Mapping[str, Any]) -> bytes:
         raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
     return json.dumps(payload, default=default, separators=(",", ":")).encode()
+
+
+async def drain(tasks: set[asyncio.Task[Any]], timeout_seconds: float) -> None:
+    """Wait for deliveries in flight (bounded), then give up on the rest."""
+    pending = list(tasks)
+    if not pending:
+        return
+    _done, still = await asyncio.wait(pending, timeout=timeout_seconds)
+    for task in still:
+        task.cancel()
 
 
 class WebhookSender:

@@ -321,9 +321,11 @@ as $$
 declare
   v_key uuid;
 begin
+  -- Written only when it changed (a read between usage events writes nothing).
   update workflow_threads
   set budget_reserved_usd = greatest(coalesce(p_reserved_usd, 0), 0)
   where workflow_thread_id = p_thread and status in ('pending', 'starting', 'running')
+    and budget_reserved_usd <> greatest(coalesce(p_reserved_usd, 0), 0)
   returning api_key_id into v_key;
   if v_key is null then
     select api_key_id into v_key from workflow_threads where workflow_thread_id = p_thread;
