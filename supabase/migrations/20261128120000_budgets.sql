@@ -64,12 +64,17 @@ create index workflow_threads_key_live_idx on public.workflow_threads (api_key_i
 
 -- What each key spent per UTC day, kept by a statement trigger on the ledger in the same
 -- transaction as every insert (like the hourly rollups), so a budget's period is summed
--- over a few rows per day however many calls the key makes. Each day is split in 8
--- shards by call, so concurrent batches of one key's calls rarely wait on one row.
+-- over a few rows per day however many calls the key makes.
+--
+-- A transaction never waits for another to add to a key's day: each takes a shard of
+-- the day no other open transaction holds (a transaction-scoped advisory lock per key,
+-- day and shard, tried in order), so its row of the day is its own until it commits. A
+-- long open transaction delays nobody. Only when all 16 shards are held at once does a
+-- writer wait, for one of them.
 create table public.usage_spend_daily (
   api_key_id uuid not null references public.api_keys (id) on delete restrict,
   day date not null,
-  shard smallint not null,
+  shard smallint not null check (shard between 0 and 15),
   cost_usd numeric not null,
   unpriced_events bigint not null,
   primary key (api_key_id, day, shard)
@@ -83,18 +88,38 @@ create or replace function public.usage_spend_apply() returns trigger
 language plpgsql
 set search_path = public
 as $$
+declare
+  g record;
+  v_lock integer;
+  v_shard integer;
 begin
-  insert into usage_spend_daily as s (api_key_id, day, shard, cost_usd, unpriced_events)
-  select n.api_key_id, (n.occurred_at at time zone 'UTC')::date,
-    (hashtext(n.workflow_thread_id::text) & 7)::smallint,
-    coalesce(sum(n.cost_usd), 0), count(*) filter (where n.cost_usd is null)
-  from new_rows n
-  group by 1, 2, 3
-  -- A fixed order of row locks, so concurrent batches cannot deadlock.
-  order by 1, 2, 3
-  on conflict (api_key_id, day, shard) do update set
-    cost_usd = s.cost_usd + excluded.cost_usd,
-    unpriced_events = s.unpriced_events + excluded.unpriced_events;
+  -- Keys and days in a fixed order, so writers that must wait cannot deadlock.
+  for g in
+    select n.api_key_id, (n.occurred_at at time zone 'UTC')::date as day,
+      coalesce(sum(n.cost_usd), 0) as cost_usd,
+      count(*) filter (where n.cost_usd is null) as unpriced_events
+    from new_rows n
+    group by 1, 2
+    order by 1, 2
+  loop
+    v_lock := hashtext(g.api_key_id::text || ':' || g.day::text);
+    v_shard := null;
+    for i in 0..15 loop
+      if pg_try_advisory_xact_lock(v_lock, i) then
+        v_shard := i;
+        exit;
+      end if;
+    end loop;
+    if v_shard is null then
+      v_shard := (txid_current() % 16)::integer;
+      perform pg_advisory_xact_lock(v_lock, v_shard);
+    end if;
+    insert into usage_spend_daily as s (api_key_id, day, shard, cost_usd, unpriced_events)
+    values (g.api_key_id, g.day, v_shard, g.cost_usd, g.unpriced_events)
+    on conflict (api_key_id, day, shard) do update set
+      cost_usd = s.cost_usd + excluded.cost_usd,
+      unpriced_events = s.unpriced_events + excluded.unpriced_events;
+  end loop;
   return null;
 end
 $$;
@@ -107,11 +132,10 @@ create trigger usage_events_spend_daily
 
 -- Rows recorded before this migration.
 insert into public.usage_spend_daily (api_key_id, day, shard, cost_usd, unpriced_events)
-select api_key_id, (occurred_at at time zone 'UTC')::date,
-  (hashtext(workflow_thread_id::text) & 7)::smallint,
+select api_key_id, (occurred_at at time zone 'UTC')::date, 0,
   coalesce(sum(cost_usd), 0), count(*) filter (where cost_usd is null)
 from public.usage_events
-group by 1, 2, 3;
+group by 1, 2;
 
 -- A call that finishes without its runner saying why (failed by another instance, or
 -- before any runner took it) still tells how it ended.

@@ -245,3 +245,40 @@ async def test_every_finished_call_says_how_it_ended(
     assert await ended(code="instance_lost") == "instance_lost"
     assert await ended(code="pipeline_error") == "error"
     assert await ended(code="shutdown") == "shutdown"
+
+
+async def test_a_long_open_ledger_write_delays_no_other_call_of_the_key(
+    sb: AsyncClient, stack: localstack.StackInfo, api_key: dict[str, Any]
+) -> None:
+    key_id = await with_budget(sb, api_key, limit_usd=Decimal("10"))
+    thread = await spend(sb, key_id, "1")
+    psql = await asyncio.create_subprocess_exec(
+        str(localstack.PG_BIN / "psql"),
+        stack.database_url,
+        *("-X", "-q", "-At"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert psql.stdin is not None and psql.stdout is not None
+    psql.stdin.write(
+        (
+            "begin;\n"
+            "insert into usage_events (id, workflow_thread_id, api_key_id, occurred_at, kind,"
+            " provider, model, characters, cost_usd)"
+            f" values (gen_random_uuid(), '{thread['workflow_thread_id']}', '{key_id}', now(),"
+            " 'tts', 'openai', 'tts-1', 1, 2) returning 1;\n"
+        ).encode()
+    )
+    await psql.stdin.drain()
+    assert (await psql.stdout.readline()).strip() == b"1"
+    # Other calls of the same key, the same day, while that transaction stays open.
+    for _ in range(3):
+        await asyncio.wait_for(spend(sb, key_id, "1"), 10)
+    state = await budgets.status(sb, key_id)
+    assert state is not None and Decimal(state["spent_usd"]) == Decimal("4")
+    psql.stdin.write(b"commit;\n")
+    await psql.stdin.drain()
+    psql.stdin.close()
+    await psql.wait()
+    state = await budgets.status(sb, key_id)
+    assert state is not None and Decimal(state["spent_usd"]) == Decimal("6")
