@@ -122,6 +122,14 @@ class Settings(BaseSettings):
     openai_admin_key: SecretStr = SecretStr("")
     openai_admin_base_url: str = ""
     openai_admin_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    # --- budgets -----------------------------------------------------------
+    flow_budget_goodbye: str = Field(
+        default="Sorry, this call has reached its spending limit. Goodbye.",
+        min_length=1,
+        max_length=500,
+    )
+    flow_budget_webhook_url: str = ""
+    flow_budget_poll_seconds: float = Field(default=1.0, gt=0, le=60)
 
     # --- post-call ---------------------------------------------------------
     flow_insights_model: str = "gpt-4o-mini"

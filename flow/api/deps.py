@@ -1,8 +1,8 @@
 """Dependencies named as types, so a route's signature says what it needs.
 
-``SettingsDep``, ``SupabaseDep`` and ``RunnerDep`` come from ``app.state`` (set up by the
-lifespan in ``flow.main``); ``ApiKeyDep`` authenticates the request and resolves the
-caller's ``api_keys.id``.
+``SettingsDep``, ``SupabaseDep``, ``RunnerDep`` and ``BudgetAlertsDep`` come from
+``app.state`` (set up by the lifespan in ``flow.main``); ``ApiKeyDep`` authenticates the
+request and resolves the caller's ``api_keys.id``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from supabase import AsyncClient
 from flow.auth import ApiKey, Authenticator
 from flow.bot.contract import CallRunner
 from flow.config import Settings
+from flow.workflows.budget_alerts import BudgetAlerts
 
 # Declares the scheme in OpenAPI; parsing and refusals are ours (auto_error=False), so a
 # missing or malformed header gets our JSON 401 with a Bearer challenge.
@@ -37,6 +38,11 @@ def get_runner(request: Request) -> CallRunner:
     return runner
 
 
+def get_budget_alerts(request: Request) -> BudgetAlerts:
+    alerts: BudgetAlerts = request.app.state.budget_alerts
+    return alerts
+
+
 def get_authenticator(request: Request) -> Authenticator:
     auth: Authenticator = request.app.state.auth
     return auth
@@ -54,4 +60,5 @@ async def get_api_key(
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SupabaseDep = Annotated[AsyncClient, Depends(get_supabase)]
 RunnerDep = Annotated[CallRunner, Depends(get_runner)]
+BudgetAlertsDep = Annotated[BudgetAlerts, Depends(get_budget_alerts)]
 ApiKeyDep = Annotated[ApiKey, Depends(get_api_key)]

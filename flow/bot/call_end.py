@@ -52,6 +52,15 @@ class RunningCall:
     error_code: str | None = None
     peer: WebRTCPeer | None = None
 
+    def over_budget(self, last_words: str) -> None:
+        """Its budget guard's word: the next reply would cross the budget. The bot says
+        ``last_words`` and hangs up (a call already ending is left to end)."""
+        if self.end_reason is not None or self.bot is None:
+            return
+        self.end_reason = EndReason.BUDGET_EXHAUSTED
+        goodbye = self.bot.hang_up_with(last_words)
+        asyncio.get_running_loop().create_task(goodbye, name="budget-goodbye")
+
 
 class CallEnd:
     """The end of a runner's calls.
@@ -100,7 +109,11 @@ class CallEnd:
             end_reason=reason,
             usage_events=meter.events,
         )
-        end = {"transcript": transcript, "bot_ended_at": ended_at.isoformat()}
+        end = {
+            "transcript": transcript,
+            "bot_ended_at": ended_at.isoformat(),
+            "end_reason": str(reason),
+        }
         try:
             await self._end_of(running, result, end)
         finally:

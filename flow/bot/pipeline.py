@@ -2,10 +2,12 @@
 
 ::
 
-    pipeline: transport.in -> [stt] -> user aggregator -> llm -> LLMInferenceTracker
-                  -> tts -> transport.out -> assistant aggregator -> UsageMetricsProcessor
-    realtime: transport.in -> user aggregator -> speech-to-speech llm
-                  -> transport.out -> assistant aggregator -> UsageMetricsProcessor
+    pipeline: transport.in -> [stt] -> user aggregator -> [budget gate] -> llm
+                  -> [budget gate] -> LLMInferenceTracker -> tts -> transport.out
+                  -> assistant aggregator -> UsageMetricsProcessor
+    realtime: transport.in -> user aggregator -> [budget gate] -> speech-to-speech llm
+                  -> [budget gate] -> transport.out -> assistant aggregator
+                  -> UsageMetricsProcessor
 
 A realtime call has no tracker: the vendor reports the usage of every response, cut
 off or not, so nothing is estimated; its turns are the server's (its voice activity
@@ -126,6 +128,13 @@ class BotCall:
         else:
             await self.worker.queue_frame(TTSSpeakFrame(greeting))
 
+    async def hang_up_with(self, last_words: str) -> None:
+        """Say ``last_words`` (after a reply in progress; the caller cannot cut them
+        off), then end the call gracefully."""
+        goodbye = TTSSpeakFrame(last_words)
+        goodbye.interruptible = False
+        await self.worker.queue_frames([goodbye, EndFrame()])
+
 
 def build_call(
     call: CallRequest,
@@ -137,8 +146,10 @@ def build_call(
     transport: BaseTransport | None = None,
     simulated: SimulatedParams | None = None,
     idle_timeout_seconds: float | None = None,
+    llm_gates: tuple[FrameProcessor, FrameProcessor] | None = None,
 ) -> BotCall:
-    """Wire one call's pipeline. Nothing runs until the worker does. Without a
+    """Wire one call's pipeline (``llm_gates``, when given, go in front of the LLM and
+    right after it: the budget gates). Nothing runs until the worker does. Without a
     ``meter`` nothing of Flow's metering is wired in and nothing is recorded."""
     # An empty greeting in the call's config silences FLOW_GREETING: the bot waits.
     configured = call.bot_config.greeting
@@ -200,11 +211,14 @@ def build_call(
             name="llm-usage-tracker",
         )
 
+    gate_in, gate_out = llm_gates or (None, None)
     stages: list[FrameProcessor | None] = [
         transport.input(),
         services.stt,
         user_agg,
+        gate_in,
         services.llm,
+        gate_out,
         tracker,
         services.tts,
         transport.output(),

@@ -70,12 +70,15 @@ ALLOWED_FROM: dict[CallStatus, tuple[CallStatus, ...]] = {
 
 
 class EndReason(StrEnum):
-    """Why a call's pipeline ended (the runner's ``CallResult.end_reason``)."""
+    """Why a call's pipeline ended (the runner's ``CallResult.end_reason``), stored on
+    its thread (``workflow_threads.end_reason``; a call failed by another instance
+    reads ``instance_lost``)."""
 
     COMPLETED = "completed"  # the transport ended it: the caller hung up, the script ended
     STOPPED = "stopped"  # POST /api/bot/{id}/stop
     MAX_DURATION = "max_duration"  # FLOW_MAX_CALL_SECONDS
     IDLE = "idle"  # FLOW_IDLE_TIMEOUT_SECONDS without speech
+    BUDGET_EXHAUSTED = "budget_exhausted"  # the key's budget or the call's own limit
     ERROR = "error"  # a fatal pipeline error
     CANCELLED = "cancelled"  # the call's task was cancelled
     SHUTDOWN = "shutdown"  # the service shut down (SIGTERM)
@@ -87,7 +90,13 @@ class EndReason(StrEnum):
 
 
 NORMAL_ENDS = frozenset(
-    {EndReason.COMPLETED, EndReason.STOPPED, EndReason.MAX_DURATION, EndReason.IDLE}
+    {
+        EndReason.COMPLETED,
+        EndReason.STOPPED,
+        EndReason.MAX_DURATION,
+        EndReason.IDLE,
+        EndReason.BUDGET_EXHAUSTED,
+    }
 )
 
 

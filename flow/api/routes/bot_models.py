@@ -183,3 +183,22 @@ class ThreadOut(BaseModel):
     bot_started_at: str | None
     bot_ended_at: str | None
     twilio_call_sid: str | None = None
+    end_reason: str | None = Field(
+        description="How the call ended (null while it runs): completed, stopped, "
+        "max_duration, idle, budget_exhausted, shutdown, cancelled, error, instance_lost"
+    )
+
+
+class BudgetRefusal(BaseModel):
+    """A join the key's budget refused (402 ``budget_exhausted``, 429 ``too_many_calls``):
+    the budget's figures beside the error, money as decimal strings."""
+
+    error: str
+    message: str
+    spent_usd: str
+    reserved_usd: str
+    remaining_usd: str
+    limit_usd: str
+    resets_at: str | None
+    live_calls: int
+    max_concurrent_calls: int | None

@@ -31,11 +31,12 @@ from fastapi import APIRouter, Header, Request, Response, WebSocket, WebSocketDi
 
 from flow.api.deps import RunnerDep, SettingsDep, SupabaseDep
 from flow.api.errors import ApiError, ErrorBody
+from flow.api.routes.admission import budget_refusal, stream_budget
 from flow.bot.contract import AtCapacity, BotConfig, CallRequest
 from flow.bot.services import configuration_problem
 from flow.bot.twilio_stream import TwilioStream
 from flow.config import Settings
-from flow.db import call_state, numbers
+from flow.db import budgets, call_state, numbers
 from flow.db import telephony as telephony_repo
 from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, ErrorStage
@@ -49,6 +50,7 @@ router = APIRouter(prefix="/api/telephony", tags=["telephony"])
 
 UNKNOWN_NUMBER = "Sorry, this number is not in service. Goodbye."
 BUSY = "Sorry, all our lines are busy right now. Please call again later. Goodbye."
+OVER_BUDGET = "Sorry, this line cannot take calls right now. Goodbye."
 # How long Twilio has to send "connected" and "start" once the socket is open.
 START_TIMEOUT_SECONDS = 10.0
 # Twilio's final statuses of a call that never streamed: error_code and message.
@@ -112,7 +114,8 @@ async def voice(
     config = NumberConfig.model_validate(number["config"])
     thread_id = str(uuid4())
     end_user_id = twilio_api.caller_id(settings, caller) if caller else None
-    await threads_repo.create_thread(
+    # Checked against the key's budget, and the thread created, in one statement.
+    admission = await budgets.admit_call(
         sb,
         workflow_thread_id=thread_id,
         api_key_id=number["api_key_id"],
@@ -120,6 +123,9 @@ async def voice(
         end_user_id=end_user_id,
         **config.thread_fields(),
     )
+    if not admission["admitted"]:
+        log.info("call %s to %s: refused, %s", call_sid, to, admission["error"])
+        return _twiml(twilio_api.goodbye_twiml(OVER_BUDGET))
     token, token_hash = telephony_repo.new_stream_token()
     await telephony_repo.create_call(
         sb,
@@ -216,8 +222,11 @@ async def stream(websocket: WebSocket) -> None:
         await _close(websocket, POLICY_VIOLATION)
         return
     media = TwilioStream(websocket, str(stream_sid), call_sid, leg["direction"], started_at)
+    call = call_request_from(row, media)
+    asked = call.bot_config.max_cost_usd
+    call.budget = await stream_budget(state.sb, call.api_key_id, asked)
     try:
-        await state.runner.submit(call_request_from(row, media))
+        await state.runner.submit(call)
     except AtCapacity as exc:
         await call_state.fail(
             state.sb,
@@ -261,9 +270,11 @@ async def place_call(
     thread_id = str(uuid4())
     callee = thread_fields.get("end_user_id") or twilio_api.caller_id(settings, to)
     fields = {**thread_fields, "end_user_id": callee}
-    await threads_repo.create_thread(
+    admission = await budgets.admit_call(
         sb, workflow_thread_id=thread_id, api_key_id=api_key_id, transport="twilio", **fields
     )
+    if not admission["admitted"]:
+        raise budget_refusal(admission)
     token, token_hash = telephony_repo.new_stream_token()
     await telephony_repo.create_call(
         sb,
