@@ -25,20 +25,18 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.processes import free_port, process
 from flow import localstack
 from flow.db.keys import hash_key, new_key_secret
 
@@ -85,31 +83,6 @@ def fake_unkey(port: int) -> None:
     fake.start()
     while True:
         time.sleep(3600)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str | None) -> Iterator[None]:
-    proc = subprocess.Popen([sys.executable, __file__, *args], env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while ready_url:
-            try:
-                httpx.get(ready_url, timeout=1)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{args} did not start") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 # --- seeding ---------------------------------------------------------------------
@@ -279,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             "UNKEY_ROOT_KEY": "",
             "POSTHOG_API_KEY": "",
         }
-        unkey_port, local_port, cached_port, uncached_port = (_free_port() for _ in range(4))
+        unkey_port, local_port, cached_port, uncached_port = (free_port() for _ in range(4))
         unkey_env = {
             **base_env,
             "UNKEY_ROOT_KEY": UNKEY_ROOT,
@@ -288,24 +261,26 @@ def main(argv: list[str] | None = None) -> int:
         local_key = {"Authorization": f"Bearer {plaintext}"}
         unkey_key = {"Authorization": f"Bearer {UNKEY_KEY}"}
         with contextlib.ExitStack() as stack:
-            stack.enter_context(process(["fake-unkey", "--port", str(unkey_port)], base_env, None))
+            stack.enter_context(
+                process([__file__, "fake-unkey", "--port", str(unkey_port)], base_env, None)
+            )
             stack.enter_context(
                 process(
-                    ["serve", "--port", str(local_port)],
+                    [__file__, "serve", "--port", str(local_port)],
                     base_env,
                     f"http://127.0.0.1:{local_port}/health",
                 )
             )
             stack.enter_context(
                 process(
-                    ["serve", "--port", str(cached_port)],
+                    [__file__, "serve", "--port", str(cached_port)],
                     {**unkey_env, "FLOW_AUTH_CACHE_TTL_SECONDS": "10"},
                     f"http://127.0.0.1:{cached_port}/health",
                 )
             )
             stack.enter_context(
                 process(
-                    ["serve", "--port", str(uncached_port)],
+                    [__file__, "serve", "--port", str(uncached_port)],
                     {**unkey_env, "FLOW_AUTH_CACHE_TTL_SECONDS": "0"},
                     f"http://127.0.0.1:{uncached_port}/health",
                 )

@@ -31,7 +31,6 @@ import asyncio
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,10 +47,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import api as api_bench  # noqa: E402  (bench/api.py: seeding, load, the app's process)
 
+from bench.processes import free_port, process  # noqa: E402
 from flow import localstack  # noqa: E402
 from flow.db.keys import hash_key  # noqa: E402
 
 GROUPINGS = [None, "day", "model", "category", "kind", "end_user"]
+KEYS_PER_STATEMENT = 100
 
 
 def seed_keys(info: localstack.StackInfo, keys: int, per_key: int) -> None:
@@ -70,6 +71,18 @@ def seed_keys(info: localstack.StackInfo, keys: int, per_key: int) -> None:
                + interval '90 seconds'
       from api_keys k cross join generate_series(1, {calls}) c
       where k.key_prefix like 'flow_sk_c%';
+    """
+    localstack.psql(info, "-c", sql)
+    # A batch of keys a statement: the ledger's triggers take an advisory lock per key
+    # (and per key and day) they write, and the lock table is bounded.
+    for first in range(1, keys + 1, KEYS_PER_STATEMENT):
+        last = min(keys, first + KEYS_PER_STATEMENT - 1)
+        localstack.psql(info, "-c", events_sql(first, last))
+
+
+def events_sql(first: int, last: int) -> str:
+    """The ledger rows of the seeded keys ``first`` to ``last``."""
+    return f"""
     insert into usage_events (id, workflow_thread_id, api_key_id, end_user_id, occurred_at,
       kind, category, provider, model, input_tokens, output_tokens, characters,
       audio_seconds, cost_usd, latency_ms)
@@ -85,15 +98,15 @@ def seed_keys(info: localstack.StackInfo, keys: int, per_key: int) -> None:
       case when k.kind = 'llm' then 300 else null end
     from workflow_threads t
     join api_keys a on a.id = t.api_key_id and a.key_prefix like 'flow_sk_c%'
+      and substr(a.key_prefix, 10)::int between {first} and {last}
     cross join generate_series(1, 20) e
     cross join lateral (select (array['llm', 'llm', 'tts', 'stt'])[1 + e % 4] as kind) k;
     """
-    localstack.psql(info, "-c", sql)
 
 
 def install_baseline(info: localstack.StackInfo) -> None:
     """The ``usage_report`` of before the dimensions rollup, as ``usage_report_before``."""
-    text = (ROOT / "supabase/migrations/20261128100000_usage_modalities.sql").read_text()
+    text = (ROOT / "supabase/migrations/20261128140000_telephony.sql").read_text()
     start = text.index("create or replace function public.usage_report(")
     end = text.index("$$;", text.index("as $$", start) + 5) + 3
     body = text[start:end].replace("public.usage_report(", "public.usage_report_before(", 1)
@@ -224,19 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             "UNKEY_ROOT_KEY": "",
             "POSTHOG_API_KEY": "",
         }
-        port = api_bench._free_port()
-        server = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "api.py"), "serve", "--port", str(port)],
-            env=env,
-        )
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    httpx.get(f"{base}/health", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+        serve = [str(ROOT / "bench" / "api.py"), "serve", "--port", str(port)]
+        with process(serve, env, f"{base}/health") as server:
             key = {"Authorization": f"Bearer {plaintext}"}
             ops = {"Authorization": f"Bearer {token}"}
             scenarios: dict[str, tuple[str, dict[str, str]]] = {}
@@ -271,9 +275,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             rss_after = peak_rss_kib(server.pid)
             streamed, built, _ = asyncio.run(csv_in_memory_peaks(info))
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
 
         print(
             f"\n{args.rounds} rounds x {args.requests} requests, concurrency "

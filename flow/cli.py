@@ -85,12 +85,17 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from flow.db import keys
+    from flow.workflows.budget_commands import budget_states, describe
 
     async def go() -> int:
-        for row in await keys.list_keys(await _client()):
+        sb = await _client()
+        budgets = await budget_states(sb)
+        for row in await keys.list_keys(sb):
             state = "active" if row["is_active"] else "revoked"
             ident = row["key_prefix"] or row["unkey_key_id"]
             print(f"{row['id']}  {ident:<16}  {state:<8}  {row['name']}")
+            if str(row["id"]) in budgets:
+                print(f"    budget: {describe(budgets[str(row['id'])])}")
         return 0
 
     return _run(go())
@@ -98,10 +103,12 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_usage(args: argparse.Namespace) -> int:
     """Who to bill: every key's usage and cost over a period (or the keys ``--key``
-    names), each broken down by ``--group-by`` when given."""
+    names), each broken down by ``--group-by`` when given, and its budget if it has
+    one."""
     from datetime import UTC, datetime, timedelta
 
     from flow.db import keys, usage
+    from flow.workflows.budget_commands import budget_states, describe
 
     if args.csv:
         from flow.billing.commands import usage_csv
@@ -113,6 +120,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         sb = await _client()
+        budgets = await budget_states(sb)
         end = datetime.now(UTC)
         start = end - timedelta(days=args.days)
         if args.key:
@@ -127,7 +135,13 @@ def cmd_usage(args: argparse.Namespace) -> int:
         for row in rows:
             report = await usage.usage_report(sb, str(row["id"]), start, end, args.group_by)
             reports.append(
-                {"api_key_id": str(row["id"]), "name": row["name"], "key": _ident(row), **report}
+                {
+                    "api_key_id": str(row["id"]),
+                    "name": row["name"],
+                    "key": _ident(row),
+                    **report,
+                    "budget": budgets.get(str(row["id"])),
+                }
             )
         if args.json:
             print(
@@ -146,7 +160,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         if args.group_by:
             print(f"each key broken down by {args.group_by}")
         header = f"{'':<38}{'calls':>7}{'llm':>7}{'tokens':>12}{'tts chars':>11}"
-        print(header + f"{'stt s':>10}{'unpriced':>9}{'cost USD':>16}")
+        print(header + f"{'stt s':>10}{'phone s':>10}{'unpriced':>9}{'cost USD':>16}")
         for report in reports:
             lines = [(f"{report['name'][:20]} ({report['key']})"[:37], report["totals"])]
             lines += [(f"  {g['key']}"[:36], g) for g in report.get("groups", [])]
@@ -155,8 +169,11 @@ def cmd_usage(args: argparse.Namespace) -> int:
                 print(
                     f"{label:<38}{f['calls']:>7}{f['llm_calls']:>7}{tokens:>12}"
                     f"{f['tts_characters']:>11}{f['stt_seconds']:>10}"
+                    f"{f.get('telephony_seconds', '0'):>10}"
                     f"{f['unpriced_events']:>9}{f['cost_usd']:>16}"
                 )
+            if report["budget"] is not None:
+                print(f"  budget: {describe(report['budget'])}")
         return 0
 
     return _run(go())
@@ -283,10 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id, prefix or name")
     revoke.add_argument("key", help="the key's id, printed prefix or name (a unique one)")
     revoke.set_defaults(func=cmd_keys_revoke)
-    keys_sub.add_parser("list", help="list keys").set_defaults(func=cmd_keys_list)
+    keys_sub.add_parser("list", help="list keys (and their budgets)").set_defaults(
+        func=cmd_keys_list
+    )
     from flow.billing.commands import register_keys
+    from flow.workflows.budget_commands import register as register_budget
 
     register_keys(keys_sub)
+    register_budget(keys_sub)
 
     demo = sub.add_parser("demo", help="run Flow end to end on this machine, no keys needed")
     demo.add_argument("--calls", type=_calls, default=3, help="simulated calls to run (1-3)")
@@ -350,11 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_reprice(sub)
     from flow.exporters.commands import register as register_exports
+    from flow.telephony.numbers import register as register_numbers
 
     register_exports(sub)
     from flow.reconcile.commands import register as register_reconcile
 
     register_reconcile(sub)
+    register_numbers(sub)
     return parser
 
 

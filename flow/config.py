@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     flow_webrtc_ice_servers: str = ""
     flow_webrtc_loopback: bool = False
 
+    # --- telephony (Twilio Media Streams) ------------------------------------
+    twilio_account_sid: str = ""
+    twilio_auth_token: SecretStr = SecretStr("")
+    twilio_from_number: str = ""
+    twilio_api_base_url: str = "https://api.twilio.com"
+    flow_public_url: str = ""
+    flow_telephony_hash_callers: bool = False
+    flow_telephony_stream_token_seconds: int = Field(default=60, ge=5, le=600)
+
     # --- demo --------------------------------------------------------------
     flow_demo_daily_room_url: str = ""
     flow_demo_daily_token: SecretStr = SecretStr("")
@@ -113,6 +122,14 @@ class Settings(BaseSettings):
     openai_admin_key: SecretStr = SecretStr("")
     openai_admin_base_url: str = ""
     openai_admin_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    # --- budgets -----------------------------------------------------------
+    flow_budget_goodbye: str = Field(
+        default="Sorry, this call has reached its spending limit. Goodbye.",
+        min_length=1,
+        max_length=500,
+    )
+    flow_budget_webhook_url: str = ""
+    flow_budget_poll_seconds: float = Field(default=1.0, gt=0, le=60)
 
     # --- post-call ---------------------------------------------------------
     flow_insights_model: str = "gpt-4o-mini"
@@ -143,6 +160,8 @@ class Settings(BaseSettings):
         "openai_realtime_base_url",
         "unkey_base_url",
         "posthog_host",
+        "twilio_api_base_url",
+        "flow_public_url",
     )
     @classmethod
     def _strip_slash(cls, v: str) -> str:
@@ -165,6 +184,10 @@ class Settings(BaseSettings):
                     "FLOW_WEBRTC_LOOPBACK is for calls from the same machine: it is refused "
                     "when FLOW_ENV=production"
                 )
+        if self.flow_telephony_hash_callers and not self.flow_secret_key.get_secret_value():
+            raise ValueError(
+                "FLOW_TELEPHONY_HASH_CALLERS keys its hash with FLOW_SECRET_KEY: set it too"
+            )
         self.webrtc_ice_servers()  # refuses a malformed list at start
         for name in ("flow_price_overrides", "flow_voice_prices"):
             raw = getattr(self, name)
@@ -187,6 +210,15 @@ class Settings(BaseSettings):
     def posthog_enabled(self) -> bool:
         return bool(self.posthog_api_key.get_secret_value())
 
+    def telephony_problem(self) -> str | None:
+        """Why this instance cannot take or place phone calls, or None when it can."""
+        missing = [
+            name.upper()
+            for name in ("twilio_account_sid", "twilio_auth_token", "flow_public_url")
+            if not _text(getattr(self, name))
+        ]
+        return f"{', '.join(missing)} not set" if missing else None
+
     def webrtc_ice_servers(self) -> list[dict[str, Any]]:
         """The STUN/TURN servers of WebRTC calls: ``{"urls": [...], "username",
         "credential"}`` each, from ``FLOW_WEBRTC_ICE_SERVERS`` (a JSON list of URLs or of
@@ -203,6 +235,10 @@ class Settings(BaseSettings):
         """Voice vendor price overrides keyed by ``provider/model``: ``per_character`` or
         ``per_second`` in USD."""
         return _decimal_table(self.flow_voice_prices)
+
+
+def _text(value: str | SecretStr) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 def _check_llm_price_keys(raw: str) -> None:

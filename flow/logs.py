@@ -1,5 +1,8 @@
 """Process-wide logging: one level (``FLOW_LOG_LEVEL``) for Flow's stdlib loggers and for
-Pipecat's loguru logger, which otherwise prints every frame-level DEBUG line.
+Pipecat's loguru logger, which otherwise prints every frame-level DEBUG line. Pipecat's
+warnings about the normal course of an audio-only WebRTC call (it has no video; the
+caller's track ends when they hang up, and the call then ends on their disconnect)
+are dropped: a voice bot would log them on every call.
 
 No secret reaches a log line: :class:`RedactSecrets` rewrites every record (the access
 log's request lines included) so that the values of query parameters that carry
@@ -78,7 +81,16 @@ def configure_logging(level: str) -> None:
     logger.add(sys.stderr, level=level, filter=_redact_loguru)
 
 
+ROUTINE_PIPECAT_WARNINGS = (
+    "No video transceiver is available",
+    "No screen video transceiver is available",
+    "Media stream error while reading the audio",
+)
+
+
 def _redact_loguru(record: Any) -> bool:
+    if record["level"].name == "WARNING" and record["message"].startswith(ROUTINE_PIPECAT_WARNINGS):
+        return False
     record["message"] = redact(record["message"])
     return True
 

@@ -21,11 +21,13 @@ from flow.api.routes import (
     admin,
     admin_integrations,
     bots,
+    budget,
     calls,
     dashboard,
     health,
     integrations,
     talk,
+    telephony,
     usage,
     usage_export,
 )
@@ -35,6 +37,7 @@ from flow.config import Settings, get_settings
 from flow.db.client import create_client
 from flow.metering.meter import Metering
 from flow.metering.pricing import PriceBook
+from flow.workflows.budget_alerts import BudgetAlerts
 
 
 def create_app(settings: Settings | None = None, runner: CallRunner | None = None) -> FastAPI:
@@ -62,6 +65,8 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
             )
         else:
             app.state.runner = runner
+        workflow = app.state.workflow
+        app.state.budget_alerts = workflow.budget_alerts if workflow else BudgetAlerts(settings, sb)
         async with AsyncExitStack() as services:
             # Stopped in reverse order: background services first, the runner last
             # but one (it ends calls and flushes their meters), auth's pending writes last.
@@ -70,6 +75,8 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
             services.push_async_callback(asyncio.to_thread, app.state.analytics.shutdown)
             if app.state.workflow is not None:
                 services.push_async_callback(app.state.workflow.drain)
+            else:
+                services.push_async_callback(app.state.budget_alerts.drain)
             services.push_async_callback(app.state.runner.shutdown)
             # Background services start here and register their stop with `services`.
             if settings.flow_sync_enabled and settings.flow_secret_key.get_secret_value():
@@ -97,8 +104,10 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
     app.include_router(health.router)
     app.include_router(bots.router)
     app.include_router(calls.router)
+    app.include_router(telephony.router)
     app.include_router(usage.router)
     app.include_router(usage_export.router)
+    app.include_router(budget.router)
     app.include_router(integrations.router)
     app.include_router(dashboard.router)
     app.include_router(dashboard.page)

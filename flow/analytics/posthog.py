@@ -8,8 +8,8 @@ turns ledger events into PostHog's LLM-analytics events:
   ledger row) so PostHog shows exactly the ledger's cost instead of pricing the model,
   and the audio parts of its tokens under the names PostHog's LLM analytics reads
   (``$ai_audio_input_tokens``, ``$ai_audio_output_tokens``, ``$ai_cache_read_audio_tokens``);
-- STT and TTS usage -> ``$ai_span`` with its cost (PostHog does not price voice), and
-  the tokens of a transcription sold by the token;
+- STT and TTS usage, and phone call legs -> ``$ai_span`` with its cost (PostHog does not
+  price voice or telephony), and the tokens of a transcription sold by the token;
 - the post-call insights completion -> the ``$ai_generation`` of PostHog's wrapped
   OpenAI client, priced here (in ``before_send``) by the process's :class:`PriceBook`
   from the same provider, model and counts as its ledger row, so both agree;
@@ -215,6 +215,8 @@ class PostHogAnalytics:
             properties["flow_unpriced"] = True
         if event.kind is UsageKind.TTS:
             properties["tts_characters"] = event.characters
+        elif event.kind is UsageKind.TELEPHONY:
+            properties["telephony_seconds"] = event.audio_seconds
         else:
             properties["stt_audio_seconds"] = event.audio_seconds
         if event.input_tokens or event.output_tokens:
@@ -293,6 +295,7 @@ class PostHogAnalytics:
                 "cache_read_audio_tokens": usage_stats.get("cache_read_audio_tokens", 0),
                 "tts_characters": usage_stats.get("tts_characters", 0),
                 "stt_seconds": _decimal(usage_stats.get("stt_seconds")),
+                "telephony_seconds": _decimal(usage_stats.get("telephony_seconds")),
                 "unpriced_events": usage_stats.get("unpriced_events", 0),
             }
             if duration_seconds is not None:

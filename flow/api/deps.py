@@ -1,9 +1,10 @@
 """Dependencies named as types, so a route's signature says what it needs.
 
-``SettingsDep``, ``SupabaseDep`` and ``RunnerDep`` come from ``app.state`` (set up by the
-lifespan in ``flow.main``); ``ApiKeyDep`` authenticates the request and resolves the
-caller's ``api_keys.id``. ``OperatorDep`` (``require_operator``) admits operator tokens
-only: a customer key is 403, no credential 401; ``CallerDep`` admits either.
+``SettingsDep``, ``SupabaseDep``, ``RunnerDep`` and ``BudgetAlertsDep`` come from
+``app.state`` (set up by the lifespan in ``flow.main``); ``ApiKeyDep`` authenticates the
+request and resolves the caller's ``api_keys.id``. ``OperatorDep`` (``require_operator``)
+admits operator tokens only: a customer key is 403, no credential 401; ``CallerDep`` admits
+either.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from supabase import AsyncClient
 from flow.auth import ApiKey, Authenticator, Operator, OperatorAuthenticator
 from flow.bot.contract import CallRunner
 from flow.config import Settings
+from flow.workflows.budget_alerts import BudgetAlerts
 
 # Declares the scheme in OpenAPI; parsing and refusals are ours (auto_error=False), so a
 # missing or malformed header gets our JSON 401 with a Bearer challenge.
@@ -41,6 +43,11 @@ def get_supabase(request: Request) -> AsyncClient:
 def get_runner(request: Request) -> CallRunner:
     runner: CallRunner = request.app.state.runner
     return runner
+
+
+def get_budget_alerts(request: Request) -> BudgetAlerts:
+    alerts: BudgetAlerts = request.app.state.budget_alerts
+    return alerts
 
 
 def get_authenticator(request: Request) -> Authenticator:
@@ -89,6 +96,7 @@ async def get_caller(
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SupabaseDep = Annotated[AsyncClient, Depends(get_supabase)]
 RunnerDep = Annotated[CallRunner, Depends(get_runner)]
+BudgetAlertsDep = Annotated[BudgetAlerts, Depends(get_budget_alerts)]
 ApiKeyDep = Annotated[ApiKey, Depends(get_api_key)]
 OperatorDep = Annotated[Operator, Depends(require_operator)]
 CallerDep = Annotated[Operator | ApiKey, Depends(get_caller)]

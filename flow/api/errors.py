@@ -51,6 +51,7 @@ class ApiError(Exception):
         *,
         headers: dict[str, str] | None = None,
         details: list[dict[str, Any]] | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
@@ -58,6 +59,7 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
         self.details = details
+        self.fields = fields
 
 
 def error_response(
@@ -67,10 +69,15 @@ def error_response(
     *,
     headers: dict[str, str] | None = None,
     details: list[dict[str, Any]] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> JSONResponse:
+    """The error body; ``fields`` go beside ``error`` and ``message`` (a refused join's
+    budget figures)."""
     body: dict[str, Any] = {"error": code, "message": message}
     if details is not None:
         body["details"] = details
+    if fields:
+        body.update({k: v for k, v in fields.items() if k not in body})
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
@@ -100,7 +107,12 @@ def validation_details(errors: Any) -> list[dict[str, Any]]:
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return error_response(
-        exc.status_code, exc.code, exc.message, headers=exc.headers, details=exc.details
+        exc.status_code,
+        exc.code,
+        exc.message,
+        headers=exc.headers,
+        details=exc.details,
+        fields=exc.fields,
     )
 
 

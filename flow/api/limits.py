@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import Request
 from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flow.api.errors import ApiError, error_response
@@ -123,9 +124,10 @@ async def _answer(
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-async def refuse_lone_surrogates(request: Request) -> None:
-    """A dependency of every route: 422 when a JSON body holds a lone surrogate."""
-    if request.method not in ("POST", "PUT", "PATCH"):
+async def refuse_lone_surrogates(request: HTTPConnection) -> None:
+    """A dependency of every route: 422 when a JSON body holds a lone surrogate (a
+    websocket has no body)."""
+    if not isinstance(request, Request) or request.method not in ("POST", "PUT", "PATCH"):
         return
     body = await request.body()
     if not _SURROGATE_ESCAPE.search(body):

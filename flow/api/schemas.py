@@ -30,7 +30,8 @@ class ModelUsage(BaseModel):
         calls: usage events of this model (LLM inferences, TTS requests, STT segments).
         input_audio_tokens / output_audio_tokens / cache_read_audio_tokens: the audio
             parts of its tokens (as in :class:`UsageStats`).
-        audio_seconds: STT audio transcribed by it.
+        audio_seconds: STT audio transcribed by it (a phone call leg's duration, for
+            ``inbound``/``outbound``).
         cost_usd: what it cost (unpriced events count as zero here).
     """
 
@@ -58,6 +59,7 @@ class UsageStats(BaseModel):
         cache_read_audio_tokens: the cached audio, part of both ``cache_read_tokens``
             and ``input_audio_tokens``. Text is each total minus its audio.
         tts_characters: characters spoken. stt_seconds: audio transcribed.
+        telephony_seconds: the phone call leg's duration (billed per started minute).
         total_cost_usd: what the call cost; ``bot_cost_usd`` during the call,
             ``insights_cost_usd`` after it.
         unpriced_events: events recorded without a price (their model has none).
@@ -80,6 +82,7 @@ class UsageStats(BaseModel):
     cache_read_audio_tokens: int = 0
     tts_characters: int = 0
     stt_seconds: DecimalText = "0"
+    telephony_seconds: DecimalText = "0"
     total_cost_usd: DecimalText = "0"
     bot_cost_usd: DecimalText = "0"
     insights_cost_usd: DecimalText = "0"
@@ -119,6 +122,7 @@ class DashboardTotals(BaseModel):
     cache_read_audio_tokens: int
     tts_characters: int
     stt_seconds: DecimalText
+    telephony_seconds: DecimalText = "0"
     unpriced_events: int
     avg_cost_per_call_usd: DecimalText | None
     avg_cost_per_end_user_usd: DecimalText | None
@@ -139,6 +143,7 @@ class DayVolume(BaseModel):
     tokens: int
     tts_characters: int
     stt_seconds: DecimalText
+    telephony_seconds: DecimalText = "0"
 
 
 class CostlyCall(BaseModel):
@@ -156,7 +161,8 @@ class DashboardSummary(BaseModel):
     Parameters:
         start / end: the period (UTC).
         cost_by_day_model: cost per UTC day and model.
-        volume_by_day: tokens, TTS characters and STT seconds per UTC day.
+        volume_by_day: tokens, TTS characters, STT seconds and phone call seconds per
+            UTC day.
         cost_by_category: cost per category (``bot``, ``insights``).
         cost_by_kind: cost per kind (``llm``, ``tts``, ``stt``, and any kind added later).
         top_calls: the most expensive calls, costliest first.

@@ -2,7 +2,8 @@
 spreadsheets and invoicing tools.
 
 Columns: ``api_key_id, api_key_name, period_start, period_end, calls, llm_calls,
-input_tokens, output_tokens, tts_characters, stt_seconds, cost_usd, unpriced_events``.
+input_tokens, output_tokens, tts_characters, stt_seconds, telephony_seconds, cost_usd,
+unpriced_events`` (``telephony_seconds``: phone call legs' durations).
 Times are ISO 8601 UTC (``2026-11-01T00:00:00Z``); the period is ``[start, end)``, and a
 day or month cut by either end is cut in the row too (``period_start`` is the later of
 the two, ``period_end`` the earlier), so the rows add up to the period exactly. Money
@@ -37,6 +38,7 @@ COLUMNS = (
     "output_tokens",
     "tts_characters",
     "stt_seconds",
+    "telephony_seconds",
     "cost_usd",
     "unpriced_events",
 )
@@ -98,6 +100,7 @@ async def csv_lines(
                     row["output_tokens"],
                     row["tts_characters"],
                     row["stt_seconds"],
+                    row["telephony_seconds"],
                     row["cost_usd"],
                     row["unpriced_events"],
                 )

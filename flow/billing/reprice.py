@@ -1,11 +1,13 @@
 """Repricing: events recorded unpriced (their model had no known price) priced from the
 price table in effect now (``FLOW_PRICE_OVERRIDES``, ``FLOW_VOICE_PRICES``, genai-prices
-at the event's time), the way the meter would have priced them.
+at the event's time; a phone call leg per started minute), the way the meter would have
+priced them, each with the ``price_source`` of the price used.
 
 A dry run (the default) prices them in memory and reports, per provider and model, how
 many events would be priced and what they would add; ``apply`` also records them, a
 page at a time, through ``reprice_usage_events`` (the events, their calls'
-``usage_stats``, the hourly rollups and one correction each, in one transaction per page). An
+``usage_stats``, the hourly rollups, the key's daily spend that budgets read and one
+correction each, in one transaction per page). An
 event priced meanwhile (a concurrent run) is left alone, so nothing is added twice. The
 exports then send each correction as an event of its own naming the original.
 
@@ -57,10 +59,13 @@ def price_row(book: PriceBook, row: dict[str, Any]) -> LLMPrice | VoicePrice | N
             input_audio_tokens=int(row["input_audio_tokens"]),
             output_tokens=int(row["output_tokens"]),
         )
+    if row["kind"] == "telephony":
+        return book.telephony(provider, model, Decimal(str(row["audio_seconds"])))
     return None
 
 
 def split(price: LLMPrice | VoicePrice) -> tuple[Decimal, Decimal]:
+    """Input and output cost, as the meter records them (a voice price is all input)."""
     if isinstance(price, LLMPrice):
         return price.input_cost_usd, price.output_cost_usd
     return price.cost_usd, Decimal(0)

@@ -2,10 +2,11 @@
 
 :meth:`CallEnd.finish` runs once per call, in the call's task (the runner shields it
 from cancellation): the recorder's pending usage is recorded, the WebRTC peer (if any)
-closed, the meter closed (everything buffered goes to the ledger or the spool), then
-the transcript and end time are saved. A call that ended abnormally is ``failed``
-(``error_stage`` ``call``, its code and message) and the failure hook is told; one that
-ended normally moves to ``processing`` and its post-call step runs, then ``completed``.
+closed, a phone call's leg metered, the meter closed (everything buffered goes to the
+ledger or the spool), then the transcript and end time are saved. A call that ended
+abnormally is ``failed`` (``error_stage`` ``call``, its code and message) and the
+failure hook is told; one that ended normally moves to ``processing`` and its post-call
+step runs, then ``completed``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from flow.bot.contract import CallRequest, CallResult, OnFailed, PostCall
 from flow.bot.pipeline import BotCall
 from flow.bot.thread_writes import ThreadWrites
+from flow.bot.twilio_stream import TelephonyLegs
 from flow.bot.webrtc import WebRTCPeer
 from flow.db.call_state import CallStatus, EndReason, ErrorStage
 from flow.metering.meter import Meter
@@ -50,6 +52,15 @@ class RunningCall:
     error_code: str | None = None
     peer: WebRTCPeer | None = None
 
+    def over_budget(self, last_words: str) -> None:
+        """Its budget guard's word: the next reply would cross the budget. The bot says
+        ``last_words`` and hangs up (a call already ending is left to end)."""
+        if self.end_reason is not None or self.bot is None:
+            return
+        self.end_reason = EndReason.BUDGET_EXHAUSTED
+        goodbye = self.bot.hang_up_with(last_words)
+        asyncio.get_running_loop().create_task(goodbye, name="budget-goodbye")
+
 
 class CallEnd:
     """The end of a runner's calls.
@@ -58,28 +69,38 @@ class CallEnd:
         writes: the runner's thread writes.
         post_call: run with the thread ``processing`` after a call that ended normally.
         on_failed: told of a call that ended ``failed`` before its post-call step.
+        legs: meters the leg of a phone call.
     """
 
     def __init__(
-        self, writes: ThreadWrites, post_call: PostCall | None, on_failed: OnFailed | None
+        self,
+        writes: ThreadWrites,
+        post_call: PostCall | None,
+        on_failed: OnFailed | None,
+        legs: TelephonyLegs | None = None,
     ) -> None:
         self.writes = writes
         self._post_call = post_call
         self._on_failed = on_failed
+        self._legs = legs
 
     async def finish(self, running: RunningCall, meter: Meter, started_at: datetime) -> None:
         call = running.call
         tid = call.workflow_thread_id
         ended_at = datetime.now(UTC)
         reason = running.end_reason or EndReason.COMPLETED
-        if running.bot is not None:
+        if running.bot is not None and running.bot.recorder is not None:
             running.bot.recorder.finish()
         if running.peer is not None:
             await running.peer.close()
+        if self._legs is not None:
+            self._legs.record(call, meter)
         try:
             await meter.close()
         except Exception:
             log.exception("call %s: closing the meter failed", tid)
+        if self._legs is not None:
+            await self._legs.settle(call)
         transcript = running.bot.transcript.to_json() if running.bot is not None else []
         result = CallResult(
             transcript=transcript,
@@ -88,7 +109,11 @@ class CallEnd:
             end_reason=reason,
             usage_events=meter.events,
         )
-        end = {"transcript": transcript, "bot_ended_at": ended_at.isoformat()}
+        end = {
+            "transcript": transcript,
+            "bot_ended_at": ended_at.isoformat(),
+            "end_reason": str(reason),
+        }
         try:
             await self._end_of(running, result, end)
         finally:

@@ -17,14 +17,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flow.bot.twilio_stream import TwilioStream
 from flow.db.call_state import EndReason
 from flow.metering.events import UsageEvent
 
-Transport = Literal["daily", "simulated", "webrtc"]
+Transport = Literal["daily", "simulated", "webrtc", "twilio"]
 # pipeline: STT -> LLM -> TTS; realtime: one speech-to-speech model hears and speaks.
 BotMode = Literal["pipeline", "realtime"]
 # The voices OpenAI's speech-to-speech models speak with.
@@ -121,6 +123,8 @@ class BotConfig(BaseModel):
         greeting: what the bot says first (empty: it waits for the caller).
         llm_model: the OpenAI model name (a Realtime model in realtime mode).
         voice: the TTS voice (one of :data:`REALTIME_VOICES` in realtime mode).
+        max_cost_usd: the most this call may cost, in USD; it lowers (never raises) the
+            key's ``max_call_usd``. The call ends with a goodbye before crossing it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -130,6 +134,9 @@ class BotConfig(BaseModel):
     greeting: str | None = Field(default=None, max_length=2_000)
     llm_model: str | None = Field(default=None, max_length=200)
     voice: str | None = Field(default=None, max_length=100)
+    max_cost_usd: Decimal | None = Field(
+        default=None, gt=0, le=1_000_000, max_digits=20, decimal_places=10, allow_inf_nan=False
+    )
 
     @model_validator(mode="after")
     def _fits_the_mode(self) -> BotConfig:
@@ -151,11 +158,26 @@ class BotConfig(BaseModel):
         return self
 
 
+@dataclass(frozen=True)
+class CallBudget:
+    """What a call may spend, as its join found it.
+
+    Parameters:
+        key_limited: the key has a budget: the call watches what remains of it.
+        max_cost_usd: the most the call itself may cost (the key's ``max_call_usd``,
+            lowered by ``bot_config.max_cost_usd``); None: no limit of its own.
+    """
+
+    key_limited: bool
+    max_cost_usd: Decimal | None = None
+
+
 @dataclass
 class CallRequest:
     """One call to run. ``token`` (a Daily meeting token) lives in memory only; a
     ``webrtc`` call's peer was answered by :meth:`CallRunner.answer_webrtc` under the
-    same ``workflow_thread_id``."""
+    same ``workflow_thread_id``; a ``twilio`` call's ``stream`` is the Media Stream the
+    API accepted for it; ``budget`` is set when the call has a spending limit."""
 
     workflow_thread_id: str
     api_key_id: str
@@ -169,6 +191,8 @@ class CallRequest:
     analysis_prompt: str | None = None
     webhook_url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    stream: TwilioStream | None = None
+    budget: CallBudget | None = None
 
 
 class AtCapacity(Exception):

@@ -2,17 +2,22 @@
 
 ::
 
-    pipeline: transport.in -> [stt] -> user aggregator -> llm -> LLMInferenceTracker
-                  -> tts -> transport.out -> assistant aggregator -> UsageMetricsProcessor
-    realtime: transport.in -> user aggregator -> speech-to-speech llm
-                  -> transport.out -> assistant aggregator -> UsageMetricsProcessor
+    pipeline: transport.in -> [stt] -> user aggregator -> [budget gate] -> llm
+                  -> [budget gate] -> LLMInferenceTracker -> tts -> transport.out
+                  -> assistant aggregator -> UsageMetricsProcessor
+    realtime: transport.in -> user aggregator -> [budget gate] -> speech-to-speech llm
+                  -> [budget gate] -> transport.out -> assistant aggregator
+                  -> UsageMetricsProcessor
 
 A realtime call has no tracker: the vendor reports the usage of every response, cut
 off or not, so nothing is estimated; its turns are the server's (its voice activity
 detection), its greeting a response the model is asked for.
 The services come from :mod:`flow.bot.services`. Usage metrics are on
-(``enable_usage_metrics``), the zero-valued start-up metrics are off. Transports:
+(``enable_usage_metrics``), the zero-valued start-up metrics are off. A call built
+without a meter is the same Pipecat pipeline without Flow's metering (no tracker, no
+usage processor): the baseline the benchmarks measure Flow's cost against. Transports:
 ``daily`` (a Daily room), ``webrtc`` (a caller's peer connection, :mod:`flow.bot.webrtc`,
+built by the runner), ``twilio`` (a phone call's Media Stream, :mod:`flow.bot.twilio`,
 built by the runner) and ``simulated`` (:mod:`flow.bot.simulated`). On real audio
 Silero VAD finds the caller's speech (``FLOW_VAD_STOP_SECS``) and the turn ends by
 Pipecat's smart-turn model or after a fixed silence (``FLOW_TURN_STOP``).
@@ -65,6 +70,7 @@ def daily_transport(call: CallRequest) -> BaseTransport:
 CALLER_EVENTS = {
     "daily": ("on_first_participant_joined", "on_participant_left"),
     "webrtc": ("on_client_connected", "on_client_disconnected"),
+    "twilio": ("on_client_connected", "on_client_disconnected"),
 }
 
 
@@ -94,16 +100,17 @@ REALTIME_GREETING = "The call has just connected. Greet the caller with these wo
 @dataclass
 class BotCall:
     """One built call: the worker to run and what the runner reads afterwards.
-    ``caller_joined`` turns true when the caller joins a daily or webrtc call;
-    ``tracker`` is None in a realtime call (nothing is estimated there)."""
+    ``caller_joined`` turns true when the caller joins a daily or webrtc call; the
+    metering parts are None in a call built without a meter, ``tracker`` also in a
+    realtime call (nothing is estimated there)."""
 
     worker: PipelineWorker
     transport: BaseTransport
     context: LLMContext
     transcript: Transcript
-    recorder: UsageRecorder
+    recorder: UsageRecorder | None
     tracker: LLMInferenceTracker | None
-    usage_processor: UsageMetricsProcessor
+    usage_processor: UsageMetricsProcessor | None
     greeting: str | None = None
     caller_joined: bool = False
     realtime: bool = False
@@ -121,19 +128,29 @@ class BotCall:
         else:
             await self.worker.queue_frame(TTSSpeakFrame(greeting))
 
+    async def hang_up_with(self, last_words: str) -> None:
+        """Say ``last_words`` (after a reply in progress; the caller cannot cut them
+        off), then end the call gracefully."""
+        goodbye = TTSSpeakFrame(last_words)
+        goodbye.interruptible = False
+        await self.worker.queue_frames([goodbye, EndFrame()])
+
 
 def build_call(
     call: CallRequest,
     settings: Settings,
     *,
     services: CallServices,
-    meter: Meter,
+    meter: Meter | None,
     price_book: PriceBook,
     transport: BaseTransport | None = None,
     simulated: SimulatedParams | None = None,
     idle_timeout_seconds: float | None = None,
+    llm_gates: tuple[FrameProcessor, FrameProcessor] | None = None,
 ) -> BotCall:
-    """Wire one call's pipeline. Nothing runs until the worker does."""
+    """Wire one call's pipeline (``llm_gates``, when given, go in front of the LLM and
+    right after it: the budget gates). Nothing runs until the worker does. Without a
+    ``meter`` nothing of Flow's metering is wired in and nothing is recorded."""
     # An empty greeting in the call's config silences FLOW_GREETING: the bot waits.
     configured = call.bot_config.greeting
     greeting = (configured if configured is not None else settings.flow_greeting) or None
@@ -172,16 +189,18 @@ def build_call(
     else:
         transcript.attach(user_agg, assistant_agg)
 
-    attribution = Attribution(
-        workflow_thread_id=UUID(call.workflow_thread_id),
-        api_key_id=UUID(call.api_key_id),
-        end_user_id=call.end_user_id,
-    )
-    recorder = UsageRecorder(
-        attribution, meter, price_book, providers=services.providers, models=services.models
-    )
-    tracker = None
-    if not realtime:
+    recorder = tracker = usage = None
+    if meter is not None:
+        attribution = Attribution(
+            workflow_thread_id=UUID(call.workflow_thread_id),
+            api_key_id=UUID(call.api_key_id),
+            end_user_id=call.end_user_id,
+        )
+        recorder = UsageRecorder(
+            attribution, meter, price_book, providers=services.providers, models=services.models
+        )
+        usage = UsageMetricsProcessor(recorder, name="usage-metrics")
+    if recorder is not None and not realtime:
         tracker = LLMInferenceTracker(
             recorder,
             context,
@@ -191,14 +210,22 @@ def build_call(
             system_instruction=services.system_instruction,
             name="llm-usage-tracker",
         )
-    usage = UsageMetricsProcessor(recorder, name="usage-metrics")
 
-    processors: list[FrameProcessor] = [transport.input()]
-    if services.stt is not None:
-        processors.append(services.stt)
-    processors += [user_agg, services.llm]
-    processors += [p for p in (tracker, services.tts) if p is not None]
-    processors += [transport.output(), assistant_agg, usage]
+    gate_in, gate_out = llm_gates or (None, None)
+    stages: list[FrameProcessor | None] = [
+        transport.input(),
+        services.stt,
+        user_agg,
+        gate_in,
+        services.llm,
+        gate_out,
+        tracker,
+        services.tts,
+        transport.output(),
+        assistant_agg,
+        usage,
+    ]
+    processors = [p for p in stages if p is not None]
     worker = PipelineWorker(
         Pipeline(processors),
         params=PipelineParams(

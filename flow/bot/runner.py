@@ -3,9 +3,10 @@
 Each call moves its thread ``starting`` -> ``running`` -> ``processing`` ->
 ``completed``, or to ``failed`` with ``error_stage``/``error_code``/``error_message``.
 At most ``FLOW_MAX_BOTS`` calls run at once (:class:`AtCapacity` beyond; a WebRTC peer
-answered for a call not yet submitted counts as one). A call ends
-when its transport ends it (the caller hangs up, the script is done), on
-:meth:`BotRunner.stop`, after ``FLOW_MAX_CALL_SECONDS``, after
+answered for a call not yet submitted counts as one). A call ends when its transport
+ends it (the caller hangs up, the script is done), on :meth:`BotRunner.stop`, when its
+next reply would cross its budget (after ``FLOW_BUDGET_GOODBYE``;
+:mod:`flow.bot.budget_guard`), after ``FLOW_MAX_CALL_SECONDS``, after
 ``FLOW_IDLE_TIMEOUT_SECONDS`` without speech, on a fatal pipeline error, when its task
 is cancelled, or on :meth:`BotRunner.shutdown` (SIGTERM). A WebRTC call whose caller's
 peer is not connected within ``FLOW_WEBRTC_CONNECT_TIMEOUT_SECONDS`` fails
@@ -34,6 +35,7 @@ from typing import Any
 from pipecat.workers.runner import WorkerRunner
 from supabase import AsyncClient
 
+from flow.bot.budget_guard import AlertsHook, BudgetGate, BudgetGuard, guard_call
 from flow.bot.call_end import SHUT_DOWN, CallEnd, RunningCall
 from flow.bot.contract import (
     AtCapacity,
@@ -49,9 +51,10 @@ from flow.bot.pipeline import BotCall, build_call
 from flow.bot.services import ServicesFactory, default_services
 from flow.bot.simulated import SimulatedParams
 from flow.bot.thread_writes import ThreadWrites
+from flow.bot.twilio import twilio_transport
+from flow.bot.twilio_stream import TelephonyLegs
 from flow.bot.webrtc import WaitingPeers, answer_offer, webrtc_transport
 from flow.config import Settings
-from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, EndReason, ErrorStage
 from flow.metering.meter import Listener, Metering
 
@@ -79,6 +82,7 @@ class BotRunner:
         services_factory: the vendors of a call (default: from settings).
         simulated: parameters of the simulated transport's scripted caller.
         jobs: the instance-wide jobs, started by :meth:`start` and stopped on shutdown.
+        on_budget_alerts: given the budget alerts a call's guard claimed, to send.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class BotRunner:
         services_factory: ServicesFactory | None = None,
         simulated: SimulatedParams | None = None,
         jobs: InstanceJobs | None = None,
+        on_budget_alerts: AlertsHook | None = None,
     ) -> None:
         self._settings = settings
         self._sb = sb
@@ -103,8 +108,10 @@ class BotRunner:
         self._shutting_down = False
         self.jobs = jobs
         self.writes = ThreadWrites(sb)
-        self._transcript_saves: set[str] = set()
-        self.ending = CallEnd(self.writes, post_call, on_failed)
+        self.ending = CallEnd(
+            self.writes, post_call, on_failed, legs=TelephonyLegs(sb, metering.prices)
+        )
+        self._on_budget_alerts = on_budget_alerts
 
     # --- CallRunner ----------------------------------------------------------------
     def has_capacity(self) -> bool:
@@ -229,13 +236,26 @@ class BotRunner:
         meter = self._metering.meter()
         started_at = datetime.now(UTC)
         cancelled = False
+        guard: BudgetGuard | None = None
         try:
             await self.writes.move(tid, CallStatus.STARTING, instance_id=self.instance_id)
             services = self._services_factory(self._settings, call)
+            guard = guard_call(
+                self._sb,
+                self._settings,
+                call,
+                services,
+                meter,
+                self._metering.prices,
+                on_exhausted=lambda: running.over_budget(self._settings.flow_budget_goodbye),
+                on_alerts=self._on_budget_alerts,
+            )
             simulated = SimulatedParams(**vars(self._simulated)) if self._simulated else None
             transport = None
             if running.peer is not None:
                 transport = webrtc_transport(running.peer)
+            elif call.stream is not None:
+                transport = twilio_transport(call.stream, self._settings)
             bot = build_call(
                 call,
                 self._settings,
@@ -245,13 +265,18 @@ class BotRunner:
                 transport=transport,
                 simulated=simulated,
                 idle_timeout_seconds=self._settings.flow_idle_timeout_seconds,
+                llm_gates=BudgetGate.around_llm(guard) if guard is not None else None,
             )
             running.bot = bot
             self._watch(running, bot)
-            bot.transcript.on_turn = lambda: self._save_transcript_soon(tid, bot)
+            bot.transcript.on_turn = lambda: self.writes.save_transcript_soon(
+                tid, bot.transcript.to_json
+            )
             if running.peer is not None and running.peer.closed:
                 self._peer_failed(running)  # before the transport could hear of it
             meter.start()
+            if guard is not None:
+                guard.start()
             started_at = datetime.now(UTC)
             await self.writes.move(tid, CallStatus.RUNNING, bot_started_at=started_at.isoformat())
             await bot.greet()
@@ -297,6 +322,8 @@ class BotRunner:
             running.end_reason = running.end_reason or EndReason.ERROR
             running.error = running.error or f"{exc.__class__.__name__}: {exc}"
         finally:
+            if guard is not None:
+                await guard.stop()
             # The last step runs to its end even if this task is cancelled again.
             finish = asyncio.ensure_future(self.ending.finish(running, meter, started_at))
             try:
@@ -320,24 +347,6 @@ class BotRunner:
         running.error_code = "webrtc_timeout"
         running.error = f"the caller's WebRTC connection was not up within {seconds:g} s"
         await self._end(running, EndReason.ERROR)
-
-    def _save_transcript_soon(self, tid: str, bot: BotCall) -> None:
-        """Save the transcript so far, off the frame path; a save already in flight
-        takes the newest turns when it runs, so at most one waits."""
-        if tid in self._transcript_saves:
-            return
-        self._transcript_saves.add(tid)
-
-        async def save() -> None:
-            try:
-                await asyncio.sleep(0)  # the turns of one moment go in one write
-                await threads_repo.update_thread(self._sb, tid, transcript=bot.transcript.to_json())
-            except Exception:  # the end of the call saves it anyway
-                log.debug("call %s: live transcript not saved", tid, exc_info=True)
-            finally:
-                self._transcript_saves.discard(tid)
-
-        asyncio.get_running_loop().create_task(save(), name=f"transcript-{tid}")
 
     def _watch(self, running: RunningCall, bot: BotCall) -> None:
         @bot.worker.event_handler("on_idle_timeout")
@@ -370,6 +379,7 @@ def create_runner(
     housekeeping_seconds: float = HOUSEKEEPING_SECONDS,
     stop_poll_seconds: float = STOP_POLL_SECONDS,
     instance_id: str | None = None,
+    on_budget_alerts: AlertsHook | None = None,
 ) -> BotRunner:
     """The runner the API uses, with its instance jobs; they start at once when called
     with an event loop running (the API's lifespan). Without ``metering`` one is built
@@ -382,6 +392,7 @@ def create_runner(
         on_failed=on_failed,
         services_factory=services_factory,
         simulated=simulated,
+        on_budget_alerts=on_budget_alerts,
     )
     runner.jobs = InstanceJobs(
         sb,

@@ -2,8 +2,10 @@
 
 ::
 
-    pending -> starting -> running -> processing -> completed
-       \\__________\\__________\\___________\\-------> failed
+    pending [-> ringing] -> starting -> running -> processing -> completed
+       \\__________\\__________\\__________\\___________\\-------> failed
+
+A phone call Flow places is ``ringing`` until the callee answers and its media arrives.
 
 This module is the only writer of ``workflow_threads.status``. Each move is one
 conditional ``UPDATE ... WHERE status IN (<the statuses it may come from>)``, so it is
@@ -33,6 +35,7 @@ class CallStatus(StrEnum):
     """``workflow_threads.status`` (the SQL check lists the same values)."""
 
     PENDING = "pending"
+    RINGING = "ringing"
     STARTING = "starting"
     RUNNING = "running"
     PROCESSING = "processing"
@@ -46,6 +49,7 @@ class CallStatus(StrEnum):
 
 ACTIVE: tuple[CallStatus, ...] = (
     CallStatus.PENDING,
+    CallStatus.RINGING,
     CallStatus.STARTING,
     CallStatus.RUNNING,
     CallStatus.PROCESSING,
@@ -56,7 +60,8 @@ LIVE: tuple[CallStatus, ...] = (CallStatus.STARTING, CallStatus.RUNNING)
 
 # Where each status may be reached from; ``failed`` may be reached from any active one.
 ALLOWED_FROM: dict[CallStatus, tuple[CallStatus, ...]] = {
-    CallStatus.STARTING: (CallStatus.PENDING, CallStatus.STARTING),
+    CallStatus.RINGING: (CallStatus.PENDING,),
+    CallStatus.STARTING: (CallStatus.PENDING, CallStatus.RINGING, CallStatus.STARTING),
     CallStatus.RUNNING: (CallStatus.STARTING,),
     CallStatus.PROCESSING: (CallStatus.STARTING, CallStatus.RUNNING),
     CallStatus.COMPLETED: (CallStatus.PROCESSING,),
@@ -65,12 +70,15 @@ ALLOWED_FROM: dict[CallStatus, tuple[CallStatus, ...]] = {
 
 
 class EndReason(StrEnum):
-    """Why a call's pipeline ended (the runner's ``CallResult.end_reason``)."""
+    """Why a call's pipeline ended (the runner's ``CallResult.end_reason``), stored on
+    its thread (``workflow_threads.end_reason``; a call failed by another instance
+    reads ``instance_lost``)."""
 
     COMPLETED = "completed"  # the transport ended it: the caller hung up, the script ended
     STOPPED = "stopped"  # POST /api/bot/{id}/stop
     MAX_DURATION = "max_duration"  # FLOW_MAX_CALL_SECONDS
     IDLE = "idle"  # FLOW_IDLE_TIMEOUT_SECONDS without speech
+    BUDGET_EXHAUSTED = "budget_exhausted"  # the key's budget or the call's own limit
     ERROR = "error"  # a fatal pipeline error
     CANCELLED = "cancelled"  # the call's task was cancelled
     SHUTDOWN = "shutdown"  # the service shut down (SIGTERM)
@@ -82,7 +90,13 @@ class EndReason(StrEnum):
 
 
 NORMAL_ENDS = frozenset(
-    {EndReason.COMPLETED, EndReason.STOPPED, EndReason.MAX_DURATION, EndReason.IDLE}
+    {
+        EndReason.COMPLETED,
+        EndReason.STOPPED,
+        EndReason.MAX_DURATION,
+        EndReason.IDLE,
+        EndReason.BUDGET_EXHAUSTED,
+    }
 )
 
 

@@ -22,8 +22,8 @@ from supabase import AsyncClient
 from flow.db.client import call, loads_exact, rows_of
 
 CALL_COLUMNS = (
-    "workflow_thread_id,api_key_id,status,transport,end_user_id,error_code,created_at,"
-    "bot_started_at,bot_ended_at,usage_stats_json:usage_stats::text"
+    "workflow_thread_id,api_key_id,status,transport,end_user_id,error_code,end_reason,"
+    "created_at,bot_started_at,bot_ended_at,usage_stats_json:usage_stats::text"
 )
 
 
@@ -36,8 +36,9 @@ async def key_figures(
 ) -> list[dict[str, Any]]:
     """Per key (and UTC ``day`` or ``month`` when ``period`` is given) over [start, end):
     ``calls``, ``end_users``, ``events``, ``llm_calls``, tokens, ``tts_characters``,
-    ``stt_seconds``, ``cost_usd``, ``unpriced_events``, ``error_events`` and
-    ``call_seconds``; ordered by key then period. ``key_ids`` None: every key."""
+    ``stt_seconds``, ``telephony_seconds``, ``cost_usd``, ``unpriced_events``,
+    ``error_events`` and ``call_seconds``; ordered by key then period. ``key_ids``
+    None: every key."""
     params = {
         "p_key_ids": None if key_ids is None else [str(k) for k in key_ids],
         "p_start": start.isoformat(),

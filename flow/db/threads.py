@@ -18,8 +18,8 @@ from flow.db.client import call, first_of, loads_exact, rows_of
 THREAD_COLUMNS = (
     "workflow_thread_id,api_key_id,status,error_stage,error_code,error_message,transport,"
     "room_url,bot_config,script,end_user_id,process_insights,analysis_prompt,webhook_url,"
-    "metadata,transcript,insights,posthog_trace_id,bot_started_at,bot_ended_at,created_at,"
-    "updated_at,usage_stats_json:usage_stats::text"
+    "metadata,transcript,insights,posthog_trace_id,bot_started_at,bot_ended_at,end_reason,"
+    "created_at,updated_at,usage_stats_json:usage_stats::text"
 )
 
 
@@ -28,18 +28,23 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-async def create_thread(
-    sb: AsyncClient, *, api_key_id: UUID | str, **fields: Any
-) -> dict[str, Any]:
-    """Insert a pending thread; its PostHog trace id is the thread id."""
+def thread_row(*, api_key_id: UUID | str, **fields: Any) -> dict[str, Any]:
+    """The columns of a new pending thread; its PostHog trace id is the thread id."""
     thread_id = str(fields.pop("workflow_thread_id", None) or uuid4())
-    row = {
+    return {
         "workflow_thread_id": thread_id,
         "api_key_id": str(api_key_id),
         "posthog_trace_id": thread_id,
         "usage_stats": {"posthog_trace_id": thread_id},
         **fields,
     }
+
+
+async def create_thread(
+    sb: AsyncClient, *, api_key_id: UUID | str, **fields: Any
+) -> dict[str, Any]:
+    """Insert a pending thread (see :func:`thread_row`)."""
+    row = thread_row(api_key_id=api_key_id, **fields)
     res = await call(lambda: sb.table("workflow_threads").insert(row).execute())
     return rows_of(res)[0]
 

@@ -3,12 +3,15 @@
 It uses the local stack (starting it when it is not running), serves the API (the real
 app, served by uvicorn in this process) and joins simulated calls through
 ``POST /api/bot/join`` with the demo key: real Pipecat pipelines, the real OpenAI
-client, post-call insights and PostHog capture. With no ``OPENAI_API_KEY`` the OpenAI
+client, post-call insights and PostHog capture. Beside them one call runs over real
+audio (:mod:`flow.demo.voice_call`): a caller in this process says a recorded line
+over WebRTC, so Silero VAD, STT and the bot's voice run too, and the report sets the
+STT seconds metered beside the seconds spoken. With no ``OPENAI_API_KEY`` the OpenAI
 client talks to the offline responder in :mod:`flow.demo.responder`; with no PostHog
 configured, capture goes to a local sink. With ``OPENAI_API_KEY`` and
 ``FLOW_DEMO_DAILY_ROOM_URL`` set it joins that Daily room for a real call instead. It
 then prints what was metered and what it cost, per call and in total, and where each
-figure lives, and keeps the dashboard up until Ctrl-C.
+figure lives, and keeps the dashboard and ``/talk`` up until Ctrl-C.
 
 What it leaves behind: at exit it stops what it started (the API, the offline
 stand-ins, and the local stack only when this run started it; a stack that was
@@ -35,7 +38,7 @@ import time
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from supabase import AsyncClient
@@ -47,6 +50,9 @@ from flow.db.call_state import CallStatus
 from flow.db.client import DatabaseError, DatabaseUnavailable, create_client
 from flow.db.usage import thread_usage_events
 from flow.logs import configure_logging
+
+if TYPE_CHECKING:
+    from flow.demo.voice_call import VoiceCall
 
 DEMO_KEY_NAME = "demo"
 DEMO_KEY_OWNER = "flow demo"
@@ -96,6 +102,7 @@ class Demo:
         self._cleanups: list[Any] = []
         self.started_stack = False
         self.stack: localstack.StackInfo | None = None
+        self.voice: VoiceCall | None = None
 
     async def _services(self) -> tuple[dict[str, Any], localstack.StackInfo]:
         """Settings overrides (the local stack, and offline stand-ins where no real
@@ -116,9 +123,14 @@ class Demo:
             "supabase_service_role_key": info.service_role_key,
             "flow_env": "development",
             # /talk from a browser on this machine, even one whose only interface is
-            # loopback; the caller's speech ends a turn after a short, fixed silence.
+            # loopback.
             "flow_webrtc_loopback": True,
         }
+        # The caller's turn ends after a short, fixed silence (no turn model to load,
+        # and espeak's speech does not sound finished to it), unless the environment
+        # chose otherwise.
+        if "flow_turn_stop" not in base.model_fields_set:
+            overrides["flow_turn_stop"] = "timeout"
         self.real_call = bool(
             base.openai_api_key.get_secret_value() and base.flow_demo_daily_room_url
         )
@@ -180,8 +192,8 @@ class Demo:
                 return 0 if all(t["status"] == CallStatus.COMPLETED for t in finished) else 1
             _say(f"Dashboard: {base_url}/dashboard  (sign in with the demo key below)")
             _say(f"Demo key:  {key}")
-            _say(f"Talk to the bot from this machine's browser: {base_url}/talk")
             _say("Press Ctrl-C to stop everything the demo started.")
+            _say(f"Talk to the bot from this machine's browser: {base_url}/talk")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -226,6 +238,14 @@ class Demo:
             thread_id = resp.json()["workflow_thread_id"]
             ids.append(thread_id)
             _say(f"[demo] call {len(ids)}: {thread_id} ({end_user}, {len(script)} caller turns)")
+        from flow.demo.voice_call import END_USER, join_voice_call
+
+        self.voice = await join_voice_call(http)
+        ids.append(self.voice.thread_id)
+        _say(
+            f"[demo] call {len(ids)}: {self.voice.thread_id} ({END_USER}, real audio over "
+            "WebRTC: recorded speech, Silero VAD, STT, the bot's voice)"
+        )
         return ids
 
     async def _wait(self, http: httpx.AsyncClient, ids: list[str]) -> list[dict[str, Any]]:
@@ -288,6 +308,9 @@ class Demo:
             _say(f"Call {n}  {thread_id}  {status}{error}")
             for (category, kind, model), agg in sorted(lines.items()):
                 _say("  " + _line(category, kind, model, agg))
+            if self.voice is not None and thread_id == self.voice.thread_id:
+                for line in await self.voice.report(rows):
+                    _say(f"  {line}")
             stats_cost = Decimal(str(thread.get("usage_stats", {}).get("total_cost_usd", "0")))
             _say(
                 f"  call total {_usd(call_cost)}  (usage_stats.total_cost_usd {_usd(stats_cost)});"

@@ -10,8 +10,11 @@ stripe-customer KEY cus_...``); only the operator creates it. Each ledger row be
   ``payload.stripe_customer_id`` and ``payload.value`` = the cost in integer micro-USD,
   rounded half-up per event (``$0.0000125`` is 13);
 - optionally one event per unit meter named in ``unit_meters`` (``input_tokens``,
-  ``output_tokens``, ``tts_characters``, ``stt_milliseconds``), identifier
+  ``output_tokens``, ``tts_characters``, ``stt_milliseconds``,
+  ``telephony_milliseconds``: a phone call leg's exact duration), identifier
   ``<ledger id>-<unit>``, for rows that used that unit.
+
+Every kind of row (``llm``, ``tts``, ``stt``, ``telephony``) is billed by its cost alike.
 
 Rows that cannot be billed are skipped, counted in the integration's ``events_skipped``
 and named in its warning, never silently dropped: a key without a Stripe customer, an
@@ -61,7 +64,10 @@ MAX_AGE = timedelta(days=35) - timedelta(hours=1)
 MAX_VALUE = 10**15 - 1  # 15 digits: what every JSON reader holds exactly
 V1_CONCURRENCY = 8
 SESSION_MARGIN = timedelta(seconds=60)
-Unit = Literal["input_tokens", "output_tokens", "tts_characters", "stt_milliseconds"]
+Unit = Literal[
+    "input_tokens", "output_tokens", "tts_characters", "stt_milliseconds", "telephony_milliseconds"
+]
+SECONDS_UNITS = {"stt_milliseconds": "stt", "telephony_milliseconds": "telephony"}
 SECRET_KEY = r"^(sk|rk)_(test|live)_[A-Za-z0-9]{4,250}$"
 
 
@@ -73,8 +79,8 @@ def micro_usd(cost: Decimal) -> int:
 def unit_value(row: dict[str, Any], unit: str) -> int:
     if unit == "tts_characters":
         return int(row.get("characters") or 0) if row["kind"] == "tts" else 0
-    if unit == "stt_milliseconds":
-        if row["kind"] != "stt":
+    if unit in SECONDS_UNITS:
+        if row["kind"] != SECONDS_UNITS[unit]:
             return 0
         seconds = Decimal(str(row.get("audio_seconds") or 0))
         return int((seconds * 1000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
@@ -90,7 +96,8 @@ class StripeDestination:
         secret_key: a secret or restricted key allowed to write meter events.
         event_name: the cost meter's event name.
         unit_meters: more meters, by unit (``input_tokens``, ``output_tokens``,
-            ``tts_characters``, ``stt_milliseconds``): their event names.
+            ``tts_characters``, ``stt_milliseconds``, ``telephony_milliseconds``): their
+            event names.
     """
 
     max_batch = MAX_BATCH
@@ -283,7 +290,7 @@ class StripeSpec(DestinationSpec[StripeCreate]):
         "api_base": "Stripe API base URL (default https://api.stripe.com; also the meter "
         "event stream's host when given)",
         "unit_meters": "per-unit meters: input_tokens=EVENT,output_tokens=EVENT,"
-        "tts_characters=EVENT,stt_milliseconds=EVENT",
+        "tts_characters=EVENT,stt_milliseconds=EVENT,telephony_milliseconds=EVENT",
     }
 
     def split_body(self, body: StripeCreate) -> tuple[dict[str, Any], dict[str, Any]]:

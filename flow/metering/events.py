@@ -1,5 +1,5 @@
 """The usage event: one metered unit of work (an LLM inference, a TTS request, an STT
-increment), the row of the ledger.
+increment, a phone call leg), the row of the ledger.
 
 An event gets its id the moment it is created and keeps it through every retry, spool
 replay and export: the id is the idempotency key everywhere (the ledger's primary key,
@@ -34,6 +34,7 @@ class UsageKind(StrEnum):
     LLM = "llm"
     TTS = "tts"
     STT = "stt"
+    TELEPHONY = "telephony"
 
 
 class UsageCategory(StrEnum):
@@ -94,7 +95,7 @@ class UsageEvent(BaseModel):
 
     Parameters:
         id: idempotency key, fixed at creation.
-        kind: ``llm``, ``tts`` or ``stt``.
+        kind: ``llm``, ``tts``, ``stt`` or ``telephony`` (a phone call leg).
         category: ``bot`` (during the call) or ``insights`` (post-call).
         input_tokens: every prompt token, cached and audio included (gross).
         cache_read_tokens: the cached part of ``input_tokens``.
@@ -103,7 +104,7 @@ class UsageEvent(BaseModel):
         cache_read_audio_tokens: the cached audio, part of both ``cache_read_tokens`` and
             ``input_audio_tokens``.
         characters: TTS characters synthesised.
-        audio_seconds: STT audio transcribed.
+        audio_seconds: STT audio transcribed; a phone call leg's duration.
         input_cost_usd: what the input cost (prompt tokens, TTS characters, STT audio);
             ``None`` when unpriced.
         output_cost_usd: what the output cost (completion tokens); ``None`` when unpriced.

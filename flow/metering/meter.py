@@ -68,7 +68,8 @@ class Meter:
         self._sb = sb
         self._spool_dir = Path(spool_dir)
         self._flush_seconds = flush_seconds
-        self._listeners = tuple(listeners)
+        self._listeners = list(listeners)
+        self._provisional_listeners: list[Listener] = []
         self._max_attempts = max(1, max_attempts)
         self._backoff_seconds = backoff_seconds
         self._buffer: list[UsageEvent] = []
@@ -91,18 +92,31 @@ class Meter:
         self._log_ahead(event, provisional=False)
         self._buffer.append(event)
         self._events.append(event)
-        for listener in self._listeners:
+        self._tell(self._listeners, event)
+
+    def provisional(self, event: UsageEvent) -> None:
+        """Log usage that is being incurred but not reported yet (an LLM reply in
+        progress, as an estimate): the write-ahead log and the provisional listeners see
+        it. An event added later with the same id supersedes it; if the process dies
+        first, the replay records it."""
+        self._log_ahead(event, provisional=True)
+        self._tell(self._provisional_listeners, event)
+
+    def listen(self, listener: Listener, *, provisional: bool = False) -> None:
+        """Tell ``listener`` of this meter's events from now on (and, with
+        ``provisional``, of its provisional ones too): a call's own listeners, beside
+        the process-wide ones. The same rules hold: it must not block."""
+        self._listeners.append(listener)
+        if provisional:
+            self._provisional_listeners.append(listener)
+
+    @staticmethod
+    def _tell(listeners: Sequence[Listener], event: UsageEvent) -> None:
+        for listener in listeners:
             try:
                 listener(event)
             except Exception:
                 log.exception("usage listener %r failed on event %s", listener, event.id)
-
-    def provisional(self, event: UsageEvent) -> None:
-        """Log usage that is being incurred but not reported yet (an LLM reply in
-        progress, as an estimate): only the write-ahead log sees it. An event added
-        later with the same id supersedes it; if the process dies first, the replay
-        records it."""
-        self._log_ahead(event, provisional=True)
 
     def _log_ahead(self, event: UsageEvent, *, provisional: bool) -> None:
         try:

@@ -9,6 +9,8 @@
   with ``FLOW_VOICE_PRICES``.
 - STT that reports tokens (OpenAI's ``gpt-4o-transcribe`` and ``gpt-4o-mini-transcribe``
   are sold by the token) is priced by its tokens, like an LLM.
+- Phone call legs: the same table (``twilio/inbound``, ``twilio/outbound``), per minute;
+  a leg is billed per started minute, as Twilio bills it.
 
 Every price says where it came from (``price_source`` on the usage event): the
 genai-prices version and the model id it matched (``genai-prices 0.2.3
@@ -28,7 +30,8 @@ another model's price.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -37,6 +40,7 @@ from genai_prices import __version__ as GENAI_PRICES_VERSION
 
 from flow.config import Settings
 from flow.metering.events import quantize_cost
+from flow.metering.voice_table import DEFAULT_VOICE_PRICES, OVERRIDE_SOURCE, VoiceRate
 
 log = logging.getLogger(__name__)
 
@@ -46,98 +50,7 @@ MTOK = Decimal(1_000_000)
 # the vendor's numbers through): Anthropic's Messages API and Bedrock's Converse API.
 NET_PROMPT_PROVIDERS = frozenset({"anthropic", "aws", "bedrock", "aws_bedrock"})
 
-OVERRIDE_SOURCE = "override"
 GENAI_PRICES_SOURCE = f"genai-prices {GENAI_PRICES_VERSION}"
-
-
-@dataclass(frozen=True)
-class VoiceRate:
-    """One row of the voice table: a vendor's published rate and where it comes from.
-
-    Parameters:
-        rates: USD ``per_character`` (TTS), ``per_second`` or ``per_minute`` (STT).
-        source_url: the vendor's page the rate was read from.
-        checked: the day (``YYYY-MM-DD``) the rate was last compared with that page.
-        tier: the plan and mode the rate assumes, most telling first ("streaming, pay as
-            you go"); its first part names the row in ``price_source``.
-        note: what a reader should know (sources that disagree, and which was chosen).
-        override: a negotiated rate from ``FLOW_VOICE_PRICES`` (no source of ours).
-    """
-
-    rates: dict[str, Decimal] = field(hash=False)
-    source_url: str = ""
-    checked: str = ""
-    tier: str = ""
-    note: str = ""
-    override: bool = False
-
-    def price_source(self, key: str) -> str:
-        if self.override:
-            return OVERRIDE_SOURCE
-        return f"voice-table {self.checked} {key} {self.tier.split(',')[0].strip()}"
-
-
-OPENAI_PRICING = "https://platform.openai.com/docs/pricing"
-DEEPGRAM_PRICING = "https://deepgram.com/pricing"
-
-# Keys are ``provider/model``; ``provider/*`` applies to any model of that vendor. A row
-# is checked against its vendor's page on the date it gives; `flow prices` lists them.
-DEFAULT_VOICE_PRICES: dict[str, VoiceRate] = {
-    # OpenAI TTS: $15 / $30 per 1M characters. (gpt-4o-mini-tts bills tokens, not
-    # characters, so it has no row: its characters are recorded unpriced.)
-    "openai/tts-1": VoiceRate(
-        {"per_character": Decimal("0.000015")}, OPENAI_PRICING, "2026-11-28", "standard"
-    ),
-    "openai/tts-1-hd": VoiceRate(
-        {"per_character": Decimal("0.00003")}, OPENAI_PRICING, "2026-11-28", "standard"
-    ),
-    # OpenAI transcription: whisper-1 $0.006/min. The gpt-4o transcribe models are sold
-    # by the token and priced by their tokens when an answer reports usage; these rows
-    # (OpenAI's per-minute estimates) price only an answer that reports none.
-    "openai/whisper-1": VoiceRate(
-        {"per_second": Decimal("0.0001")}, OPENAI_PRICING, "2026-11-28", "standard"
-    ),
-    "openai/gpt-4o-transcribe": VoiceRate(
-        {"per_second": Decimal("0.0001")},
-        OPENAI_PRICING,
-        "2026-11-28",
-        "estimate, $0.006/min",
-        note="billed by OpenAI in audio and text tokens; the per-minute figure is its estimate",
-    ),
-    "openai/gpt-4o-mini-transcribe": VoiceRate(
-        {"per_second": Decimal("0.00005")},
-        OPENAI_PRICING,
-        "2026-11-28",
-        "estimate, $0.003/min",
-        note="billed by OpenAI in audio and text tokens; the per-minute figure is its estimate",
-    ),
-    # Deepgram TTS: Aura $0.015 / Aura-2 $0.030 per 1K characters.
-    "deepgram/aura": VoiceRate(
-        {"per_character": Decimal("0.000015")}, DEEPGRAM_PRICING, "2026-11-28", "pay as you go"
-    ),
-    "deepgram/aura-2": VoiceRate(
-        {"per_character": Decimal("0.00003")}, DEEPGRAM_PRICING, "2026-11-28", "pay as you go"
-    ),
-    # Deepgram STT, streaming (a bot transcribes live).
-    "deepgram/nova-3": VoiceRate(
-        {"per_minute": Decimal("0.0048")},
-        DEEPGRAM_PRICING,
-        "2026-11-28",
-        "streaming, pay as you go, monolingual",
-        note=(
-            "as quoted from this page in May and August 2026: $0.0048 streaming, $0.0043 "
-            "pre-recorded (Growth $0.0042 streaming; multilingual $0.0058 streaming); "
-            "$0.0077/min was the 2025 streaming price"
-        ),
-    ),
-    "deepgram/nova-2": VoiceRate(
-        {"per_minute": Decimal("0.0058")},
-        DEEPGRAM_PRICING,
-        "2026-11-28",
-        "streaming, pay as you go",
-        note="not confirmed against the 2026 price list: the streaming rate published before",
-    ),
-}
 
 
 def gross_input_tokens(
@@ -314,6 +227,21 @@ class PriceBook:
         key, row = found
         return VoicePrice(quantize_cost(cost), row.price_source(key))
 
+    def telephony(self, provider: str, model: str, seconds: Decimal) -> VoicePrice | None:
+        """A phone call leg of ``seconds``: per started minute at a ``per_minute`` rate
+        (``seconds`` exactly at a ``per_second`` one)."""
+        found = self.voice_rate(provider, model)
+        rates = found[1].rates if found else {}
+        if found is None or not ({"per_minute", "per_second"} & rates.keys()):
+            log.warning("no telephony price for %s/%s: recorded as unpriced", provider, model)
+            return None
+        if "per_minute" in rates:
+            cost = billed_minutes(seconds) * rates["per_minute"]
+        else:
+            cost = seconds * rates["per_second"]
+        key, row = found
+        return VoicePrice(quantize_cost(cost), row.price_source(key))
+
 
 def _audio_cost(rates: dict[str, Decimal], audio_seconds: Decimal) -> Decimal | None:
     if "per_second" in rates:
@@ -321,6 +249,11 @@ def _audio_cost(rates: dict[str, Decimal], audio_seconds: Decimal) -> Decimal | 
     if "per_minute" in rates:
         return audio_seconds * rates["per_minute"] / 60
     return None
+
+
+def billed_minutes(seconds: Decimal) -> int:
+    """The minutes a phone call leg is billed for: every started minute."""
+    return math.ceil(seconds / 60) if seconds > 0 else 0
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typing import Any
 
 from genai_prices import Usage, calc_price
 
-from flow.metering.pricing import GENAI_PRICES_SOURCE, OVERRIDE_SOURCE, PriceBook, VoiceRate
+from flow.metering.pricing import GENAI_PRICES_SOURCE, PriceBook
+from flow.metering.voice_table import OVERRIDE_SOURCE, VoiceRate
 
 UNITS = {"per_character": "per character", "per_second": "per second", "per_minute": "per minute"}
 

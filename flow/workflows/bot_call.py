@@ -2,13 +2,16 @@
 
 join (the API: thread ``pending``) -> the runner runs the bot (``starting``,
 ``running``) -> ``processing``: :meth:`BotCallWorkflow.post_call` runs
-``process_transcript`` -> ``extract_insights`` (when asked) -> ``completed``. A step
-that fails leaves the thread ``failed`` with ``error_stage`` naming the step,
-``error_code`` and ``error_message``; the transcript saved before it stays.
+``process_transcript`` -> ``extract_insights`` (when asked, and when the call's budget
+still allows it: else its insights read ``{"skipped": "budget_exhausted"}``) ->
+``completed``. A step that fails leaves the thread ``failed`` with ``error_stage``
+naming the step, ``error_code`` and ``error_message``; the transcript saved before it
+stays.
 
 After the workflow (either way) the call's ``$ai_trace`` goes to PostHog and, when the
 join named a ``webhook_url``, a signed ``call.completed``/``call.failed`` event is
-delivered in the background (retries never hold the call's slot).
+delivered in the background (retries never hold the call's slot); the budget alerts
+the call's spending crossed are claimed and sent.
 
 Every step is safe to run again: a saved transcript is kept, saved insights skip the
 LLM, usage ids derive from their source, the trace and webhook ids from the thread.
@@ -20,6 +23,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 from supabase import AsyncClient
@@ -28,18 +32,21 @@ from flow.analytics.posthog import PostHogAnalytics
 from flow.bot.contract import CallRequest
 from flow.bot.runner import BotRunner, create_runner
 from flow.config import Settings
-from flow.db import call_state
+from flow.db import budgets, call_state
 from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, ErrorStage
 from flow.db.client import DatabaseError, DatabaseUnavailable
 from flow.metering.meter import Metering
+from flow.workflows.budget_alerts import BudgetAlerts
 from flow.workflows.extract_insights import InsightsExtractor, InsightsFailed
 from flow.workflows.process_transcript import process_transcript
-from flow.workflows.webhook import WebhookSender
+from flow.workflows.webhook import WebhookSender, drain
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_DRAIN_SECONDS = 10.0
+# What a call's insights are when its budget left nothing for them.
+INSIGHTS_SKIPPED = {"skipped": "budget_exhausted"}
 
 
 class CallOutcome(Protocol):
@@ -93,6 +100,7 @@ class BotCallWorkflow:
         self.analytics = analytics
         self.insights = insights or InsightsExtractor(settings, sb, analytics, metering=metering)
         self.webhooks = webhooks or WebhookSender(settings)
+        self.budget_alerts = BudgetAlerts(settings, sb, self.webhooks)
         self._deliveries: set[asyncio.Task[bool]] = set()
 
     # --- the runner's hook -------------------------------------------------------
@@ -111,7 +119,15 @@ class BotCallWorkflow:
                     raise StepFailed(
                         ErrorStage.EXTRACT_INSIGHTS, "thread_missing", "the thread is gone"
                     )
-                await self._step(ErrorStage.EXTRACT_INSIGHTS, self.insights.run(thread, transcript))
+                if await self._budget_allows_insights(call, thread):
+                    await self._step(
+                        ErrorStage.EXTRACT_INSIGHTS, self.insights.run(thread, transcript)
+                    )
+                else:
+                    await self._step(
+                        ErrorStage.EXTRACT_INSIGHTS,
+                        threads_repo.update_thread(self.sb, thread_id, insights=INSIGHTS_SKIPPED),
+                    )
         except StepFailed as failed:
             log.warning(
                 "call %s failed at %s: %s (%s)",
@@ -126,6 +142,26 @@ class BotCallWorkflow:
         else:
             await call_state.move(self.sb, thread_id, CallStatus.COMPLETED)
         await self.call_finished(call, result, transcript_text=transcript)
+
+    async def _budget_allows_insights(self, call: CallRequest, thread: dict[str, Any]) -> bool:
+        """Insights cost money too: not once the call's own limit is reached, nor when
+        nothing remains of its key's budget."""
+        budget = call.budget
+        if budget is None:
+            return True
+        if budget.max_cost_usd is not None:
+            spent = (thread.get("usage_stats") or {}).get("total_cost_usd", 0)
+            if Decimal(str(spent)) >= budget.max_cost_usd:
+                return False
+        if budget.key_limited:
+            try:
+                state = await budgets.status(self.sb, call.api_key_id)
+            except (DatabaseUnavailable, DatabaseError) as exc:
+                log.warning("call %s: budget not read: %s", call.workflow_thread_id, exc)
+                return True
+            if state is not None and Decimal(state["remaining_usd"]) <= 0:
+                return False
+        return True
 
     async def _step(self, stage: str, work: Awaitable[Any]) -> Any:
         try:
@@ -170,6 +206,8 @@ class BotCallWorkflow:
             transcript_text=transcript_text or None,
             insights=thread.get("insights"),
         )
+        if call.budget is not None and call.budget.key_limited:
+            self.budget_alerts.check_soon(call.api_key_id)
         url = thread.get("webhook_url") or call.webhook_url
         status = CallStatus(thread["status"])
         if url and status.finished:
@@ -181,12 +219,8 @@ class BotCallWorkflow:
     # --- lifecycle ---------------------------------------------------------------
     async def drain(self, timeout_seconds: float = WEBHOOK_DRAIN_SECONDS) -> None:
         """Wait for webhook deliveries in flight (bounded), then give up on the rest."""
-        pending = list(self._deliveries)
-        if not pending:
-            return
-        _done, still = await asyncio.wait(pending, timeout=timeout_seconds)
-        for task in still:
-            task.cancel()
+        await self.budget_alerts.drain(timeout_seconds)
+        await drain(self._deliveries, timeout_seconds)
 
 
 def build_runner(
@@ -211,6 +245,7 @@ def build_runner(
         metering=metering,
         post_call=workflow.post_call,
         on_failed=workflow.call_finished,
+        on_budget_alerts=workflow.budget_alerts.send_soon,
         **runner_options,
     )
     return runner, workflow

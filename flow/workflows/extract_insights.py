@@ -277,7 +277,10 @@ class InsightsExtractor:
         response_id = getattr(response, "id", None)
         fields: dict[str, Any] = {}
         if response_id:
-            fields["id"] = event_id_from("openai-response", str(response_id))
+            # Scoped by the call: a vendor's response ids are unique, but a compatible
+            # server's may be unique only to itself (a counter from 1).
+            key = f"{thread['workflow_thread_id']}:{response_id}"
+            fields["id"] = event_id_from("openai-response", key)
         return UsageEvent(
             **fields,
             workflow_thread_id=UUID(str(thread["workflow_thread_id"])),

@@ -1,4 +1,5 @@
-"""Signed webhooks: tell the caller a call ended (``call.completed``/``call.failed``).
+"""Signed webhooks: tell the caller a call ended (``call.completed``/``call.failed``);
+budget alerts (:mod:`flow.workflows.budget_alerts`) go out the same way.
 
 The body is JSON with the call's usage (the ledger's ``usage_stats``, money as exact
 decimal strings) and insights. It is signed like Stripe's webhooks: header
@@ -124,6 +125,7 @@ def build_payload(event_type: str, thread: Mapping[str, Any]) -> dict[str, Any]:
             "metadata": thread.get("metadata") or {},
             "bot_started_at": thread.get("bot_started_at"),
             "bot_ended_at": thread.get("bot_ended_at"),
+            "end_reason": thread.get("end_reason"),
             "error": error,
             "usage": thread.get("usage_stats") or {},
             "insights": thread.get("insights"),
@@ -142,6 +144,16 @@ def encode(payload: Mapping[str, Any]) -> bytes:
         raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
     return json.dumps(payload, default=default, separators=(",", ":")).encode()
+
+
+async def drain(tasks: set[asyncio.Task[Any]], timeout_seconds: float) -> None:
+    """Wait for deliveries in flight (bounded), then give up on the rest."""
+    pending = list(tasks)
+    if not pending:
+        return
+    _done, still = await asyncio.wait(pending, timeout=timeout_seconds)
+    for task in still:
+        task.cancel()
 
 
 class WebhookSender:
@@ -168,17 +180,23 @@ class WebhookSender:
         self._resolver = resolver
 
     async def deliver(self, url: str, event_type: str, thread: Mapping[str, Any]) -> bool:
-        """Send one event; True once the receiver answered 2xx. Never raises."""
-        thread_id = thread.get("workflow_thread_id")
+        """Send one call's event; True once the receiver answered 2xx. Never raises."""
+        about = f"thread {thread.get('workflow_thread_id')}"
+        return await self.send(url, build_payload(event_type, thread), about=about)
+
+    async def send(self, url: str, payload: Mapping[str, Any], *, about: str = "") -> bool:
+        """Send one event (``{"id", "type", "created_at", "data"}``), signed; True once
+        the receiver answered 2xx. Never raises. ``about`` names it in the log."""
+        event_type = str(payload["type"])
+        what = about or f"event {payload['id']}"
         secret = self.settings.flow_webhook_secret.get_secret_value()
         try:
             if not secret:
                 raise WebhookURLError("webhooks are disabled (FLOW_WEBHOOK_SECRET is unset)")
             check_url_shape(url, self.settings)
         except (WebhookURLError, UrlNotAllowed) as exc:
-            log.warning("webhook for thread %s refused: %s", thread_id, exc)
+            log.warning("webhook for %s refused: %s", what, exc)
             return False
-        payload = build_payload(event_type, thread)
         body = encode(payload)
         async with outbound_client(
             self.settings, timeout=TIMEOUT_SECONDS, resolver=self._resolver
@@ -187,7 +205,7 @@ class WebhookSender:
                 headers = {
                     "Content-Type": "application/json",
                     "User-Agent": "flow-webhooks/1",
-                    EVENT_ID_HEADER: payload["id"],
+                    EVENT_ID_HEADER: str(payload["id"]),
                     EVENT_TYPE_HEADER: event_type,
                     SIGNATURE_HEADER: sign(secret, int(time.time()), body),
                 }
@@ -201,14 +219,14 @@ class WebhookSender:
                 except UrlNotAllowed as exc:
                     # Checked on this very connection: the host now resolves to an
                     # address Flow must not call.
-                    log.warning("webhook for thread %s refused: %s", thread_id, exc)
+                    log.warning("webhook for %s refused: %s", what, exc)
                     return False
                 except httpx.HTTPError:
                     reason = UNREACHABLE
                 log.warning(
-                    "webhook %s for thread %s: attempt %d failed (%s)",
+                    "webhook %s for %s: attempt %d failed (%s)",
                     event_type,
-                    thread_id,
+                    what,
                     attempt + 1,
                     reason,
                 )

@@ -6,10 +6,17 @@
 -- insert, like the others (it fires after them: triggers fire in name order, so locks
 -- are always taken table by table in the same order).
 --
+-- A row sums many calls of a key, so a transaction never waits for another to add to
+-- it: as usage_spend_daily does, each takes a shard of the key no other open
+-- transaction holds (a transaction-scoped advisory lock per key and shard, tried in
+-- order: usage_rollup_dims_shard), and writes only that shard's rows until it commits.
+-- Readers sum the shards. Only when all 16 shards of a key are held at once does a
+-- writer wait, for one of them.
+--
 -- end_user_cost_usd: the cost of the events that name an end user (the report's
 -- average per end user divides it by the distinct end users).
 --
--- usage_report: the version of 20261128100000_usage_modalities, reading this rollup for
+-- usage_report: the version of 20261128140000_telephony, reading this rollup for
 -- the sums by model, category and kind, the per-call rollup for the totals' distinct
 -- calls and end users, and the ledger's partial hours once; groups joined by hash.
 
@@ -34,25 +41,62 @@ create table public.usage_rollup_dims_hourly (
   latency_ms_sum numeric not null,
   latency_events bigint not null,
   error_events bigint not null,
-  primary key (api_key_id, bucket_hour, kind, category, model)
+  shard smallint not null default 0 check (shard between 0 and 15),
+  primary key (api_key_id, bucket_hour, kind, category, model, shard)
 );
 
 alter table public.usage_rollup_dims_hourly enable row level security;
 create policy service_role_all on public.usage_rollup_dims_hourly
   for all to service_role using (true) with check (true);
 
+-- The shard of p_key's dimensions rows this transaction writes: the first no other open
+-- transaction holds (the same one for the rest of the transaction: advisory locks are
+-- re-entrant), or, when all are held, one to wait for.
+create or replace function public.usage_rollup_dims_shard(p_key uuid)
+returns smallint
+language plpgsql
+set search_path = public
+as $$
+declare
+  v_lock integer := hashtext('usage_rollup_dims:' || p_key::text);
+begin
+  for i in 0..15 loop
+    if pg_try_advisory_xact_lock(v_lock, i) then
+      return i;
+    end if;
+  end loop;
+  perform pg_advisory_xact_lock(v_lock, (txid_current() % 16)::integer);
+  return (txid_current() % 16)::smallint;
+end
+$$;
+
 create or replace function public.usage_rollup_dims_apply() returns trigger
 language plpgsql
 set search_path = public
 as $$
+declare
+  v_keys uuid[];
+  v_key uuid;
+  v_shards smallint[] := '{}';
 begin
+  -- Keys in a fixed order, so writers that must wait cannot deadlock.
+  select array_agg(k.api_key_id order by k.api_key_id) into v_keys
+  from (select distinct n.api_key_id from new_rows n) k;
+  if v_keys is null then  -- an insert that added nothing (every event already recorded)
+    return null;
+  end if;
+  foreach v_key in array v_keys loop
+    v_shards := v_shards || usage_rollup_dims_shard(v_key);
+  end loop;
+
   insert into usage_rollup_dims_hourly as r (
-    api_key_id, bucket_hour, kind, category, model, events, input_tokens, output_tokens,
-    cache_read_tokens, input_audio_tokens, output_audio_tokens, cache_read_audio_tokens,
-    characters, audio_seconds, cost_usd, end_user_cost_usd, unpriced_events,
-    latency_ms_sum, latency_events, error_events)
+    api_key_id, bucket_hour, kind, category, model, shard, events, input_tokens,
+    output_tokens, cache_read_tokens, input_audio_tokens, output_audio_tokens,
+    cache_read_audio_tokens, characters, audio_seconds, cost_usd, end_user_cost_usd,
+    unpriced_events, latency_ms_sum, latency_events, error_events)
   select
     n.api_key_id, date_trunc('hour', n.occurred_at, 'UTC'), n.kind, n.category, n.model,
+    m.shard,
     count(*), sum(n.input_tokens), sum(n.output_tokens), sum(n.cache_read_tokens),
     sum(n.input_audio_tokens), sum(n.output_audio_tokens), sum(n.cache_read_audio_tokens),
     sum(n.characters), sum(n.audio_seconds), coalesce(sum(n.cost_usd), 0),
@@ -60,10 +104,10 @@ begin
     count(*) filter (where n.cost_usd is null), coalesce(sum(n.latency_ms), 0),
     count(n.latency_ms), count(*) filter (where n.is_error)
   from new_rows n
-  group by 1, 2, 3, 4, 5
-  -- A fixed order of row locks, so concurrent batches cannot deadlock.
-  order by 1, 2, 3, 4, 5
-  on conflict (api_key_id, bucket_hour, kind, category, model)
+  join unnest(v_keys, v_shards) m(api_key_id, shard) on m.api_key_id = n.api_key_id
+  group by 1, 2, 3, 4, 5, 6
+  order by 1, 2, 3, 4, 5, 6
+  on conflict (api_key_id, bucket_hour, kind, category, model, shard)
   do update set
     events = r.events + excluded.events,
     input_tokens = r.input_tokens + excluded.input_tokens,
@@ -90,6 +134,7 @@ create trigger usage_events_rollup_dims
   for each statement execute function public.usage_rollup_dims_apply();
 
 revoke execute on function public.usage_rollup_dims_apply() from public, anon, authenticated;
+revoke execute on function public.usage_rollup_dims_shard(uuid) from public, anon, authenticated;
 
 -- Rows recorded before this migration, from the finer rollup (same sums).
 insert into public.usage_rollup_dims_hourly (
@@ -160,7 +205,8 @@ begin
       case when p_group_by = 'day' then date_trunc('day', c.bucket_hour, 'UTC') end as key_day,
       c.events, c.llm_calls, c.input_tokens,
       c.output_tokens, c.cache_read_tokens, c.input_audio_tokens, c.output_audio_tokens,
-      c.cache_read_audio_tokens, c.tts_characters, c.stt_seconds, c.cost_usd,
+      c.cache_read_audio_tokens, c.tts_characters, c.stt_seconds, c.telephony_seconds,
+      c.cost_usd,
       case when c.end_user_id is not null then c.cost_usd else 0 end as end_user_cost_usd,
       c.unpriced_events, c.llm_latency_ms_sum, c.llm_latency_events, c.error_events
     from usage_rollup_call_hourly c
@@ -177,7 +223,8 @@ begin
       case when r.kind = 'llm' then r.events else 0 end, r.input_tokens, r.output_tokens,
       r.cache_read_tokens, r.input_audio_tokens, r.output_audio_tokens,
       r.cache_read_audio_tokens, case when r.kind = 'tts' then r.characters else 0 end,
-      case when r.kind = 'stt' then r.audio_seconds else 0 end, r.cost_usd,
+      case when r.kind = 'stt' then r.audio_seconds else 0 end,
+      case when r.kind = 'telephony' then r.audio_seconds else 0 end, r.cost_usd,
       r.end_user_cost_usd,
       r.unpriced_events, case when r.kind = 'llm' then r.latency_ms_sum else 0 end,
       case when r.kind = 'llm' then r.latency_events else 0 end, r.error_events
@@ -190,7 +237,8 @@ begin
       e.output_tokens, e.cache_read_tokens, e.input_audio_tokens, e.output_audio_tokens,
       e.cache_read_audio_tokens,
       case when e.kind = 'tts' then e.characters else 0 end,
-      case when e.kind = 'stt' then e.audio_seconds else 0 end, coalesce(e.cost_usd, 0),
+      case when e.kind = 'stt' then e.audio_seconds else 0 end,
+      case when e.kind = 'telephony' then e.audio_seconds else 0 end, coalesce(e.cost_usd, 0),
       case when e.end_user_id is not null then coalesce(e.cost_usd, 0) else 0 end,
       (e.cost_usd is null)::int,
       case when e.kind = 'llm' then coalesce(e.latency_ms, 0) else 0 end,
@@ -243,6 +291,7 @@ begin
       sum(cache_read_audio_tokens) as cache_read_audio_tokens,
       sum(tts_characters) as tts_characters,
       sum(stt_seconds) as stt_seconds,
+      sum(telephony_seconds) as telephony_seconds,
       sum(cost_usd) as cost_usd,
       sum(end_user_cost_usd) as end_user_cost_usd,
       sum(unpriced_events) as unpriced_events,
@@ -266,8 +315,8 @@ begin
   group_rows as (
     select false as is_total, s.key_text, s.key_day, s.events, s.llm_calls, s.input_tokens,
       s.output_tokens, s.cached_tokens, s.input_audio_tokens, s.output_audio_tokens,
-      s.cache_read_audio_tokens, s.tts_characters, s.stt_seconds, s.cost_usd,
-      s.end_user_cost_usd, s.unpriced_events, s.llm_latency_ms_sum, s.llm_latency_events,
+      s.cache_read_audio_tokens, s.tts_characters, s.stt_seconds, s.telephony_seconds,
+      s.cost_usd, s.end_user_cost_usd, s.unpriced_events, s.llm_latency_ms_sum, s.llm_latency_events,
       s.error_events, coalesce(c.calls, 0) as calls, coalesce(u.end_users, 0) as end_users
     from sums s
     left join calls c on c.gk = s.gk
@@ -281,8 +330,8 @@ begin
       coalesce(sum(s.cached_tokens), 0), coalesce(sum(s.input_audio_tokens), 0),
       coalesce(sum(s.output_audio_tokens), 0), coalesce(sum(s.cache_read_audio_tokens), 0),
       coalesce(sum(s.tts_characters), 0),
-      coalesce(sum(s.stt_seconds), 0), coalesce(sum(s.cost_usd), 0),
-      coalesce(sum(s.end_user_cost_usd), 0), coalesce(sum(s.unpriced_events), 0),
+      coalesce(sum(s.stt_seconds), 0), coalesce(sum(s.telephony_seconds), 0),
+      coalesce(sum(s.cost_usd), 0), coalesce(sum(s.end_user_cost_usd), 0), coalesce(sum(s.unpriced_events), 0),
       coalesce(sum(s.llm_latency_ms_sum), 0), coalesce(sum(s.llm_latency_events), 0),
       coalesce(sum(s.error_events), 0),
       (select count(*) from (select distinct workflow_thread_id from everyone) d),
@@ -306,6 +355,7 @@ begin
         'cache_read_audio_tokens', r.cache_read_audio_tokens,
         'tts_characters', r.tts_characters,
         'stt_seconds', r.stt_seconds::text,
+        'telephony_seconds', r.telephony_seconds::text,
         'cost_usd', r.cost_usd::text,
         'unpriced_events', r.unpriced_events,
         'avg_cost_per_call_usd', round(r.cost_usd / nullif(r.calls, 0), 10)::text,

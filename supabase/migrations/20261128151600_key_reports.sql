@@ -8,14 +8,19 @@
 -- the ledger); null means every key.
 --
 -- usage_key_figures: per key (and period) calls, end users, events, LLM calls, tokens,
--- TTS characters, STT seconds, cost, unpriced and error events, and call_seconds: the
--- summed duration (bot start to end, or to now while running) of the calls counted.
--- Money and seconds are text, so clients keep every digit.
+-- TTS characters, STT seconds, phone call seconds (telephony_seconds), cost, unpriced
+-- and error events, and call_seconds: the summed duration (bot start to end, or to now
+-- while running) of the calls counted. Money and seconds are text, so clients keep
+-- every digit.
 --
--- usage_keys_report: the operator's report of every key, from the two above, as JSON.
+-- usage_keys_report: the operator's report of every key, from the two above, as JSON,
+-- each key with its budget as it stands (budget_state; null without one).
 --
--- usage_cost_by_kind: per key and kind (llm, tts, stt, and any kind later added), the
--- events and their cost, from the dimensions rollup (usage_rollup_dims_hourly).
+-- usage_cost_by_kind: per key and kind (llm, tts, stt, telephony, and any kind later
+-- added), the events and their cost, from the dimensions rollup
+-- (usage_rollup_dims_hourly).
+--
+-- budget_states: every budgeted key's budget_state, by key id, in one statement.
 
 create or replace function public.usage_key_figures(
   p_key_ids uuid[],
@@ -36,6 +41,7 @@ returns table (
   cached_tokens bigint,
   tts_characters bigint,
   stt_seconds text,
+  telephony_seconds text,
   cost_usd text,
   unpriced_events bigint,
   error_events bigint,
@@ -73,8 +79,8 @@ begin
       case when $3 is null then $1
            else date_trunc($3, c.bucket_hour, 'UTC') end as bucket,
       c.workflow_thread_id, c.end_user_id, c.events, c.llm_calls, c.input_tokens,
-      c.output_tokens, c.cache_read_tokens, c.tts_characters, c.stt_seconds, c.cost_usd,
-      c.unpriced_events, c.error_events
+      c.output_tokens, c.cache_read_tokens, c.tts_characters, c.stt_seconds,
+      c.telephony_seconds, c.cost_usd, c.unpriced_events, c.error_events
     from usage_rollup_call_hourly c
     where %1$s
       and c.bucket_hour >= $4 and c.bucket_hour < $5
@@ -85,7 +91,8 @@ begin
       e.workflow_thread_id, e.end_user_id, 1, (e.kind = 'llm')::int, e.input_tokens,
       e.output_tokens, e.cache_read_tokens,
       case when e.kind = 'tts' then e.characters else 0 end,
-      case when e.kind = 'stt' then e.audio_seconds else 0 end, coalesce(e.cost_usd, 0),
+      case when e.kind = 'stt' then e.audio_seconds else 0 end,
+      case when e.kind = 'telephony' then e.audio_seconds else 0 end, coalesce(e.cost_usd, 0),
       (e.cost_usd is null)::int, e.is_error::int
     from usage_events e
     where %2$s
@@ -96,7 +103,8 @@ begin
     select key_id, bucket, sum(events) as events, sum(llm_calls) as llm_calls,
       sum(input_tokens) as input_tokens, sum(output_tokens) as output_tokens,
       sum(cache_read_tokens) as cached_tokens, sum(tts_characters) as tts_characters,
-      sum(stt_seconds) as stt_seconds, sum(cost_usd) as cost_usd,
+      sum(stt_seconds) as stt_seconds, sum(telephony_seconds) as telephony_seconds,
+      sum(cost_usd) as cost_usd,
       sum(unpriced_events) as unpriced_events, sum(error_events) as error_events
     from parts group by key_id, bucket
   ),
@@ -120,7 +128,8 @@ begin
     case when $3 is null then $2 else least(s.bucket + $6, $2) end,
     coalesce(c.calls, 0), coalesce(u.end_users, 0), s.events::bigint, s.llm_calls::bigint,
     s.input_tokens::bigint, s.output_tokens::bigint, s.cached_tokens::bigint,
-    s.tts_characters::bigint, s.stt_seconds::text, s.cost_usd::text,
+    s.tts_characters::bigint, s.stt_seconds::text, s.telephony_seconds::text,
+    s.cost_usd::text,
     s.unpriced_events::bigint, s.error_events::bigint,
     round(coalesce(c.call_seconds, 0), 3)::text
   from sums s
@@ -190,9 +199,22 @@ revoke execute on function public.usage_cost_by_kind(uuid[], timestamptz, timest
 grant execute on function public.usage_cost_by_kind(uuid[], timestamptz, timestamptz)
   to service_role;
 
+create or replace function public.budget_states()
+returns jsonb
+language sql
+stable
+set search_path = public
+as $$
+  select coalesce(jsonb_object_agg(b.api_key_id, budget_state(b.api_key_id)), '{}'::jsonb)
+  from api_key_budgets b;
+$$;
+
+revoke execute on function public.budget_states() from public, anon, authenticated;
+grant execute on function public.budget_states() to service_role;
+
 -- The operator's report: every key over [p_start, p_end), costliest first (then by
--- name), keys without usage with zeros, and the totals; built here in one statement so
--- the API passes it on as it is. Money, seconds and minutes are text.
+-- name), keys without usage with zeros, their budgets, and the totals; built here in
+-- one statement so the API passes it on as it is. Money, seconds and minutes are text.
 create or replace function public.usage_keys_report(p_start timestamptz, p_end timestamptz)
 returns jsonb
 language sql
@@ -220,14 +242,17 @@ as $$
       coalesce(f.cached_tokens, 0) as cached_tokens,
       coalesce(f.tts_characters, 0) as tts_characters,
       coalesce(f.stt_seconds::numeric, 0) as stt_seconds,
+      coalesce(f.telephony_seconds::numeric, 0) as telephony_seconds,
       coalesce(f.cost_usd::numeric, 0) as cost_usd,
       coalesce(f.unpriced_events, 0) as unpriced_events,
       coalesce(f.error_events, 0) as error_events,
       coalesce(f.call_seconds::numeric, 0) as call_seconds,
-      coalesce(k.cost_by_kind, '{}'::jsonb) as cost_by_kind
+      coalesce(k.cost_by_kind, '{}'::jsonb) as cost_by_kind,
+      b.state -> a.id::text as budget
     from api_keys a
     left join figures f on f.api_key_id = a.id
     left join kinds k on k.api_key_id = a.id
+    cross join (select budget_states() as state) b
   ),
   totals as (
     select coalesce(sum(calls), 0) as calls, coalesce(sum(end_users), 0) as end_users,
@@ -236,7 +261,9 @@ as $$
       coalesce(sum(output_tokens), 0) as output_tokens,
       coalesce(sum(cached_tokens), 0) as cached_tokens,
       coalesce(sum(tts_characters), 0) as tts_characters,
-      coalesce(sum(stt_seconds), 0) as stt_seconds, coalesce(sum(cost_usd), 0) as cost_usd,
+      coalesce(sum(stt_seconds), 0) as stt_seconds,
+      coalesce(sum(telephony_seconds), 0) as telephony_seconds,
+      coalesce(sum(cost_usd), 0) as cost_usd,
       coalesce(sum(unpriced_events), 0) as unpriced_events,
       coalesce(sum(error_events), 0) as error_events,
       coalesce(sum(call_seconds), 0) as call_seconds,
@@ -253,7 +280,7 @@ as $$
         'llm_calls', t.llm_calls, 'input_tokens', t.input_tokens,
         'output_tokens', t.output_tokens, 'cached_tokens', t.cached_tokens,
         'tts_characters', t.tts_characters, 'stt_seconds', t.stt_seconds::text,
-        'cost_usd', t.cost_usd::text, 'cost_by_kind', t.cost_by_kind,
+        'telephony_seconds', t.telephony_seconds::text, 'cost_usd', t.cost_usd::text, 'cost_by_kind', t.cost_by_kind,
         'unpriced_events', t.unpriced_events, 'error_events', t.error_events)
       from totals t),
     'keys', coalesce((
@@ -265,8 +292,10 @@ as $$
           'events', p.events, 'llm_calls', p.llm_calls, 'input_tokens', p.input_tokens,
           'output_tokens', p.output_tokens, 'cached_tokens', p.cached_tokens,
           'tts_characters', p.tts_characters, 'stt_seconds', p.stt_seconds::text,
+          'telephony_seconds', p.telephony_seconds::text,
           'cost_usd', p.cost_usd::text, 'cost_by_kind', p.cost_by_kind,
-          'unpriced_events', p.unpriced_events, 'error_events', p.error_events)
+          'unpriced_events', p.unpriced_events, 'error_events', p.error_events,
+          'budget', p.budget)
         order by p.cost_usd desc, p.name, p.id)
       from per_key p), '[]'::jsonb));
 $$;

@@ -5,10 +5,14 @@
 -- price_source, correction_id}] and, in one transaction: prices each event that is
 -- still unpriced (its cost, split and source; an event priced meanwhile is left alone,
 -- so a repeated or concurrent run adds nothing twice), adds the cost to its call's
--- usage_stats (total, bot or insights, the model's cost; one unpriced event fewer) and
--- to the three hourly rollups (cost; one unpriced event fewer), and records one
--- usage_corrections row per event priced. Row locks are taken threads first, in id
--- order, like record_usage_events, so the two never deadlock.
+-- usage_stats (total, bot or insights, the model's cost; one unpriced event fewer;
+-- seconds and counts untouched), to the three hourly rollups and to the key's spend of
+-- the event's UTC day that budgets read (usage_spend_daily: cost; one unpriced event
+-- fewer), and records one usage_corrections row per event priced. Row locks are taken
+-- threads first, in id order, like record_usage_events, then the per-call rollups; the
+-- rollup over many calls (dimensions) and the day's spend are written in the shards the
+-- ledger's triggers use (usage_rollup_dims_shard, usage_spend_add), so the two never
+-- deadlock.
 --
 -- usage_corrections: what the exports send. Every destination received (or will
 -- receive) the original event as it was recorded, unpriced: the sync cycle sends an
@@ -50,6 +54,36 @@ alter table public.analytics_integrations
   add column correction_txid xid8 not null default '0'::xid8,
   add column correction_seq bigint not null default 0;
 
+-- Add to a key's spend of a UTC day, as the ledger's trigger (usage_spend_apply) does:
+-- in a shard of the day no other open transaction holds, so no writer waits for another.
+create or replace function public.usage_spend_add(
+  p_key uuid, p_day date, p_cost numeric, p_unpriced bigint)
+returns void
+language plpgsql
+set search_path = public
+as $$
+declare
+  v_lock integer := hashtext(p_key::text || ':' || p_day::text);
+  v_shard integer;
+begin
+  for i in 0..15 loop
+    if pg_try_advisory_xact_lock(v_lock, i) then
+      v_shard := i;
+      exit;
+    end if;
+  end loop;
+  if v_shard is null then
+    v_shard := (txid_current() % 16)::integer;
+    perform pg_advisory_xact_lock(v_lock, v_shard);
+  end if;
+  insert into usage_spend_daily as s (api_key_id, day, shard, cost_usd, unpriced_events)
+  values (p_key, p_day, v_shard, p_cost, p_unpriced)
+  on conflict (api_key_id, day, shard) do update set
+    cost_usd = s.cost_usd + excluded.cost_usd,
+    unpriced_events = s.unpriced_events + excluded.unpriced_events;
+end
+$$;
+
 create or replace function public.reprice_usage_events(prices jsonb)
 returns jsonb
 language plpgsql
@@ -57,6 +91,9 @@ set search_path = public
 as $$
 declare
   result jsonb;
+  spend jsonb;
+  dims jsonb;
+  v_day jsonb;
 begin
   if prices is null or jsonb_typeof(prices) <> 'array' then
     raise exception 'prices must be a JSON array' using errcode = '22023';
@@ -141,19 +178,6 @@ begin
       and r.kind = g.kind and r.category = g.category and r.model = g.model
     returning 1
   ),
-  dims as (
-    update usage_rollup_dims_hourly r
-    set cost_usd = r.cost_usd + g.cost, end_user_cost_usd = r.end_user_cost_usd + g.user_cost,
-        unpriced_events = r.unpriced_events - g.n
-    from (select api_key_id, date_trunc('hour', occurred_at, 'UTC') as hour, kind, category,
-                 model, sum(cost_usd) as cost,
-                 coalesce(sum(cost_usd) filter (where end_user_id is not null), 0) as user_cost,
-                 count(*) as n
-          from priced group by 1, 2, 3, 4, 5) g
-    where r.api_key_id = g.api_key_id and r.bucket_hour = g.hour
-      and r.kind = g.kind and r.category = g.category and r.model = g.model
-    returning 1
-  ),
   coarse as (
     update usage_rollup_call_hourly r
     set cost_usd = r.cost_usd + g.cost, unpriced_events = r.unpriced_events - g.n
@@ -169,8 +193,44 @@ begin
   select jsonb_build_object(
     'priced', (select count(*) from priced),
     'cost_usd', coalesce((select sum(cost_usd) from priced), 0)::text,
-    'corrections', (select count(*) from corrections))
-  into result;
+    'corrections', (select count(*) from corrections)),
+    (select jsonb_agg(jsonb_build_array(d.api_key_id, d.day, d.cost::text, d.n)
+                      order by d.api_key_id, d.day)
+     from (select api_key_id, (occurred_at at time zone 'UTC')::date as day,
+                  sum(cost_usd) as cost, count(*) as n
+           from priced group by 1, 2) d),
+    (select jsonb_agg(to_jsonb(d) order by d.api_key_id, d.hour, d.kind, d.category, d.model)
+     from (select api_key_id, date_trunc('hour', occurred_at, 'UTC') as hour, kind, category,
+                  model, sum(cost_usd) as cost,
+                  coalesce(sum(cost_usd) filter (where end_user_id is not null), 0) as user_cost,
+                  count(*) as n
+           from priced group by 1, 2, 3, 4, 5) d)
+  into result, spend, dims;
+
+  -- The dimensions rollup sums many calls of a key: the cost goes to this transaction's
+  -- shard of the key (usage_rollup_dims_shard), as the ledger's trigger writes it.
+  insert into usage_rollup_dims_hourly as r (
+    api_key_id, bucket_hour, kind, category, model, shard, events, input_tokens,
+    output_tokens, cache_read_tokens, input_audio_tokens, output_audio_tokens,
+    cache_read_audio_tokens, characters, audio_seconds, cost_usd, end_user_cost_usd,
+    unpriced_events, latency_ms_sum, latency_events, error_events)
+  select d.api_key_id, d.hour, d.kind, d.category, d.model,
+    usage_rollup_dims_shard(d.api_key_id), 0, 0, 0, 0, 0, 0, 0, 0, 0, d.cost, d.user_cost,
+    -d.n, 0, 0, 0
+  from jsonb_to_recordset(coalesce(dims, '[]'::jsonb)) as d(
+    api_key_id uuid, hour timestamptz, kind text, category text, model text, cost numeric,
+    user_cost numeric, n bigint)
+  order by 1, 2, 3, 4, 5
+  on conflict (api_key_id, bucket_hour, kind, category, model, shard) do update set
+    cost_usd = r.cost_usd + excluded.cost_usd,
+    end_user_cost_usd = r.end_user_cost_usd + excluded.end_user_cost_usd,
+    unpriced_events = r.unpriced_events + excluded.unpriced_events;
+
+  -- Keys and days in a fixed order, as the ledger's trigger takes them.
+  for v_day in select x from jsonb_array_elements(coalesce(spend, '[]'::jsonb)) x loop
+    perform usage_spend_add((v_day ->> 0)::uuid, (v_day ->> 1)::date,
+                            (v_day ->> 2)::numeric, -(v_day ->> 3)::bigint);
+  end loop;
   return result;
 end
 $$;
@@ -275,6 +335,7 @@ declare
 begin
   foreach fn in array array[
     'reprice_usage_events(jsonb)',
+    'usage_spend_add(uuid, date, numeric, bigint)',
     'usage_corrected(uuid[])',
     'analytics_correction_page(uuid, text, integer)',
     'analytics_correction_advance(uuid, text, text, bigint, integer, integer, text, integer)',

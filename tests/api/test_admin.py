@@ -14,6 +14,7 @@ import httpx
 from supabase import AsyncClient
 
 from flow import localstack
+from flow.db import budgets
 from flow.db import keys as keys_repo
 from flow.db import operators as operators_repo
 from flow.db import threads as threads_repo
@@ -21,7 +22,7 @@ from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent
 from tests.api.conftest import bearer
 from tests.integration.test_cli_usage import flow_cli
-from tests.integration.test_ledger import llm_event, stt_event, tts_event
+from tests.integration.test_ledger import llm_event, stt_event, telephony_event, tts_event
 
 
 async def operator(sb: AsyncClient) -> dict[str, str]:
@@ -51,6 +52,7 @@ async def seeded_key(
             llm_event(thread, occurred_at=t, end_user_id=thread["end_user_id"]),
             tts_event(thread, rnd.randint(20, 300)).model_copy(update={"occurred_at": t}),
             stt_event(thread, "3.250").model_copy(update={"occurred_at": t}),
+            telephony_event(thread, "95.000").model_copy(update={"occurred_at": t}),
         ]
     await record_usage_events(sb, events)
     return key, threads, events
@@ -114,6 +116,8 @@ async def test_every_keys_usage_equals_its_ledger_rows_costliest_first(
     at = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
     small, _, small_events = await seeded_key(sb, calls=1, at=at, rnd=rnd)
     big, _, big_events = await seeded_key(sb, calls=3, at=at, rnd=rnd)
+    limits = budgets.Budget(Decimal(20), period="month", max_concurrent_calls=4)
+    await budgets.set_budget(sb, str(big["id"]), limits)
     ops = await operator(sb)
     # Partial hours at both ends: whole hours from the rollups, the rest from the ledger.
     params = {"start": "2026-03-10T11:30:00Z", "end": "2026-03-10T12:40:00Z"}
@@ -132,20 +136,34 @@ async def test_every_keys_usage_equals_its_ledger_rows_costliest_first(
         assert Decimal(got["cost_usd"]) == sum(e.cost_usd or 0 for e in events)
         assert got["input_tokens"] == sum(e.input_tokens for e in events)
         assert got["tts_characters"] == sum(e.characters for e in events)
-        assert Decimal(got["stt_seconds"]) == sum(e.audio_seconds for e in events)
+        for kind in ("stt", "telephony"):
+            seconds = sum(e.audio_seconds for e in events if e.kind == kind)
+            assert seconds > 0 and Decimal(got[f"{kind}_seconds"]) == seconds, kind
         by_kind: dict[str, Decimal] = {}
         for e in events:
             by_kind[str(e.kind)] = by_kind.get(str(e.kind), Decimal(0)) + (e.cost_usd or 0)
         assert {k: Decimal(v) for k, v in got["cost_by_kind"].items()} == by_kind
+        assert set(by_kind) == {"llm", "tts", "stt", "telephony"}
+    # Each key's budget as it stands, where it has one.
+    [got_big] = [k for k in keys if k["api_key_id"] == str(big["id"])]
+    [got_small] = [k for k in keys if k["api_key_id"] == str(small["id"])]
+    assert got_small["budget"] is None
+    state = await budgets.status(sb, str(big["id"]))
+    assert state is not None
+    for name in ("limit_usd", "spent_usd", "reserved_usd", "remaining_usd", "period"):
+        assert got_big["budget"][name] == state[name], name
+    assert got_big["budget"]["max_concurrent_calls"] == 4
 
     one = await client.get(
         f"/api/admin/keys/{big['id']}/usage", params={**params, "group_by": "kind"}, headers=ops
     )
     assert one.status_code == 200, one.text
     body = one.json()
-    assert {g["key"] for g in body["report"]["groups"]} == {"llm", "tts", "stt"}
+    assert {g["key"] for g in body["report"]["groups"]} == {"llm", "tts", "stt", "telephony"}
     assert Decimal(body["report"]["totals"]["cost_usd"]) == sum(e.cost_usd or 0 for e in big_events)
-    assert set(body["cost_by_kind"]) == {"llm", "tts", "stt"}
+    assert Decimal(body["report"]["totals"]["telephony_seconds"]) == 3 * Decimal(95)
+    assert set(body["cost_by_kind"]) == {"llm", "tts", "stt", "telephony"}
+    assert body["budget"]["limit_usd"] == state["limit_usd"]
     missing = await client.get(f"/api/admin/keys/{uuid.uuid4()}/usage", headers=ops)
     assert missing.status_code == 404
 
@@ -213,6 +231,7 @@ async def test_a_keys_calls_page_through_all_of_them_with_filters(
     assert later.json()["calls"] == []
     first = (await client.get("/api/bot", headers=bearer(key))).json()["calls"][0]
     assert Decimal(first["cost_usd"]) > 0 and first["duration_seconds"] == 90.0
+    assert Decimal(first["telephony_seconds"]) == 95 and first["end_reason"] is None
     bad = await client.get("/api/bot", params={"cursor": "not-a-cursor"}, headers=bearer(key))
     assert bad.status_code == 422
     ops = await operator(sb)

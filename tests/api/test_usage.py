@@ -57,6 +57,9 @@ def expected_figures(events: Iterable[UsageEvent]) -> dict[str, Any]:
         "cache_read_audio_tokens": sum(e.cache_read_audio_tokens for e in events),
         "tts_characters": sum(e.characters for e in events if e.kind == "tts"),
         "stt_seconds": sum((e.audio_seconds for e in events if e.kind == "stt"), Decimal(0)),
+        "telephony_seconds": sum(
+            (e.audio_seconds for e in events if e.kind == "telephony"), Decimal(0)
+        ),
         "cost_usd": cost,
         "unpriced_events": sum(1 for e in events if e.cost_usd is None),
         "avg_cost_per_call_usd": _round(cost / len(calls), 10) if calls else None,
@@ -72,7 +75,7 @@ def expected_figures(events: Iterable[UsageEvent]) -> dict[str, Any]:
 def as_reported(figures: dict[str, Any]) -> dict[str, Any]:
     """The API's figures with decimal strings parsed, for exact comparison."""
     out = dict(figures)
-    for name in ("stt_seconds", "cost_usd"):
+    for name in ("stt_seconds", "telephony_seconds", "cost_usd"):
         out[name] = Decimal(out[name])
     return out
 
@@ -88,7 +91,7 @@ def _events_for(
     span_seconds = (end - start).total_seconds()
     events = []
     for _ in range(count):
-        kind = rng.choice(["llm", "llm", "tts", "stt"])
+        kind = rng.choice(["llm", "llm", "tts", "stt", "telephony"])
         at = start + timedelta(seconds=rng.uniform(0, span_seconds))
         priced = rng.random() > 0.15
         fields: dict[str, Any] = {
@@ -118,6 +121,12 @@ def _events_for(
                 fields |= _audio_parts(rng, fields)
         elif kind == "tts":
             fields |= {"provider": "openai", "model": "tts-1", "characters": rng.randint(1, 400)}
+        elif kind == "telephony":
+            fields |= {
+                "provider": "twilio",
+                "model": rng.choice(["inbound", "outbound"]),
+                "audio_seconds": Decimal(rng.randint(1, 900000)).scaleb(-3),
+            }
         else:
             fields |= {
                 "provider": "deepgram",
@@ -300,6 +309,13 @@ async def test_dashboard_totals_carry_the_audio_parts(
     for name in ("input_audio_tokens", "output_audio_tokens", "cache_read_audio_tokens"):
         assert totals[name] == sum(getattr(e, name) for e in events), name
     assert totals["tokens"] == sum(e.total_tokens for e in events)
+    # STT seconds and phone call seconds, each of its own kind, in totals and per day.
+    days = res.json()["volume_by_day"]
+    for kind in ("stt", "telephony"):
+        seconds = sum((e.audio_seconds for e in events if e.kind == kind), Decimal(0))
+        assert seconds > 0
+        assert Decimal(totals[f"{kind}_seconds"]) == seconds, kind
+        assert sum(Decimal(d[f"{kind}_seconds"]) for d in days) == seconds, kind
 
 
 async def test_the_openapi_schema_lists_the_audio_parts(client: httpx.AsyncClient) -> None:

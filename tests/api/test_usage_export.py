@@ -27,7 +27,7 @@ from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent
 from tests.api.conftest import bearer
 from tests.integration.test_cli_usage import flow_cli
-from tests.integration.test_ledger import llm_event, stt_event, tts_event
+from tests.integration.test_ledger import llm_event, stt_event, telephony_event, tts_event
 
 START = datetime(2026, 2, 27, 22, 30, tzinfo=UTC)
 END = datetime(2026, 3, 2, 1, 15, tzinfo=UTC)
@@ -46,6 +46,9 @@ async def seed(sb: AsyncClient, rnd: random.Random) -> tuple[dict[str, Any], lis
                     lambda t: llm_event(t, model="mystery-model", cost_usd=None),
                     lambda t: tts_event(t, rnd.randint(10, 200)),
                     lambda t: stt_event(t, f"{rnd.randint(1, 9)}.{rnd.randint(0, 999):03d}"),
+                    lambda t: telephony_event(
+                        t, f"{rnd.randint(1, 900)}.{rnd.randint(0, 999):03d}"
+                    ),
                 ]
             )
             events.append(make(thread).model_copy(update={"occurred_at": at}))
@@ -90,6 +93,7 @@ def expected_rows(
                 str(sum(e.output_tokens for e in group)),
                 str(sum(e.characters for e in group if e.kind == "tts")),
                 sum((e.audio_seconds for e in group if e.kind == "stt"), Decimal(0)),
+                sum((e.audio_seconds for e in group if e.kind == "telephony"), Decimal(0)),
                 sum((e.cost_usd or Decimal(0) for e in group), Decimal(0)),
                 str(sum(1 for e in group if e.cost_usd is None)),
             ]
@@ -100,7 +104,7 @@ def expected_rows(
 def parsed(text: str) -> tuple[list[str], list[list[Any]]]:
     header, *rows = list(csv.reader(io.StringIO(text)))
     for row in rows:
-        row[9], row[10] = Decimal(row[9]), Decimal(row[10])
+        row[9], row[10], row[11] = Decimal(row[9]), Decimal(row[10]), Decimal(row[11])
     return header, rows
 
 

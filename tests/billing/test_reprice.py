@@ -1,6 +1,7 @@
 """``flow reprice``: events recorded unpriced are priced from the current table, in the
-ledger, the call's usage_stats and both rollups at once; a dry run changes nothing; a
-second run adds nothing."""
+ledger (with the price's source), the call's usage_stats, the hourly rollups and the
+key's daily spend that budgets read, at once; a dry run changes nothing; a second run
+adds nothing."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from supabase import AsyncClient
 
 from flow import localstack
 from flow.billing.reprice import reprice
+from flow.db import budgets
 from flow.db import keys as keys_repo
 from flow.db import threads as threads_repo
 from flow.db.client import call, rows_of
@@ -24,7 +26,10 @@ from tests.integration.test_cli_usage import flow_cli
 from tests.integration.test_ledger import llm_event
 
 OVERRIDES = {"mystery-model": {"input": "1.5", "output": "6"}}
-VOICE = {"openai/mystery-tts": {"per_character": "0.00002"}}
+VOICE = {
+    "openai/mystery-tts": {"per_character": "0.00002"},
+    "twilio/mystery-line": {"per_minute": "0.0085"},
+}
 BOOK = PriceBook(
     {k: {r: Decimal(v) for r, v in rates.items()} for k, rates in OVERRIDES.items()},
     {k: {r: Decimal(v) for r, v in rates.items()} for k, rates in VOICE.items()},
@@ -76,6 +81,18 @@ async def unpriced_call(sb: AsyncClient) -> tuple[dict[str, Any], dict[str, Any]
             input_tokens=10,
         )
     )
+    events.append(  # a phone call leg: per started minute, 2 minutes
+        UsageEvent(
+            workflow_thread_id=thread["workflow_thread_id"],
+            api_key_id=key["id"],
+            end_user_id="ada",
+            occurred_at=at + timedelta(minutes=7),
+            kind=UsageKind.TELEPHONY,
+            provider="twilio",
+            model="mystery-line",
+            audio_seconds=Decimal("61.25"),
+        )
+    )
     await record_usage_events(sb, events)
     return key, thread, events
 
@@ -87,7 +104,25 @@ def expected_added(events: list[UsageEvent]) -> Decimal:
             added += (e.input_tokens * Decimal("1.5") + e.output_tokens * Decimal(6)) / 10**6
         elif e.model == "mystery-tts":
             added += e.characters * Decimal("0.00002")
+        elif e.model == "mystery-line":
+            added += 2 * Decimal("0.0085")
     return added
+
+
+async def daily_spend(sb: AsyncClient, key_id: str) -> tuple[Decimal, int]:
+    """What budgets read: the key's spend summed over its days, and its unpriced events."""
+    rows = rows_of(
+        await call(
+            sb.table("usage_spend_daily")
+            .select("cost_usd::text,unpriced_events")
+            .eq("api_key_id", key_id)
+            .execute
+        )
+    )
+    return (
+        sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0)),
+        sum(int(r["unpriced_events"]) for r in rows),
+    )
 
 
 async def test_repricing_prices_the_ledger_stats_and_rollups_once(sb: AsyncClient) -> None:
@@ -95,20 +130,39 @@ async def test_repricing_prices_the_ledger_stats_and_rollups_once(sb: AsyncClien
     start = min(e.occurred_at for e in events) - timedelta(minutes=10)  # partial hours
     end = max(e.occurred_at for e in events) + timedelta(minutes=50)
     before = await usage_report(sb, str(key["id"]), start, end, "model")
-    assert before["totals"]["unpriced_events"] == 5
+    assert before["totals"]["unpriced_events"] == 6
+    await budgets.set_budget(sb, str(key["id"]), budgets.Budget(Decimal(100), period="total"))
+    budget_before = await budgets.status(sb, str(key["id"]))
+    assert budget_before is not None and budget_before["unpriced_events"] == 6
+    spend_before = await daily_spend(sb, str(key["id"]))
 
     dry = await reprice(sb, BOOK, key_ids=[str(key["id"])])
-    assert dry.priced == 4 and dry.still_unpriced == 1 and dry.cost_usd == expected_added(events)
+    assert dry.priced == 5 and dry.still_unpriced == 1 and dry.cost_usd == expected_added(events)
     assert await usage_report(sb, str(key["id"]), start, end, "model") == before
 
     done = await reprice(sb, BOOK, key_ids=[str(key["id"])], apply=True)
-    assert done.recorded == 4 and done.recorded_cost_usd == expected_added(events)
+    assert done.recorded == 5 and done.recorded_cost_usd == expected_added(events)
     after = await usage_report(sb, str(key["id"]), start, end, "model")
     added = Decimal(after["totals"]["cost_usd"]) - Decimal(before["totals"]["cost_usd"])
     assert added == expected_added(events)
     assert after["totals"]["unpriced_events"] == 1
+    assert after["totals"]["telephony_seconds"] == before["totals"]["telephony_seconds"]
     by_model = {g["key"]: g for g in after["groups"]}
     assert by_model["mystery-model"]["unpriced_events"] == 0
+    assert Decimal(by_model["mystery-line"]["cost_usd"]) == 2 * Decimal("0.0085")
+    assert Decimal(by_model["mystery-line"]["telephony_seconds"]) == Decimal("61.25")
+
+    # Budgets count the repriced cost on the event's day, one unpriced event fewer each.
+    spend_after = await daily_spend(sb, str(key["id"]))
+    assert spend_after[0] - spend_before[0] == expected_added(events)
+    assert spend_before[1] - spend_after[1] == 5
+    budget_after = await budgets.status(sb, str(key["id"]))
+    assert budget_after is not None and budget_after["unpriced_events"] == 1
+    used = {
+        name: Decimal(state["spent_usd"]) + Decimal(state["reserved_usd"])
+        for name, state in (("before", budget_before), ("after", budget_after))
+    }
+    assert used["after"] - used["before"] == expected_added(events)
     for grouping in ("day", "kind", "category", "end_user", None):  # both rollups agree
         report = await usage_report(sb, str(key["id"]), start, end, grouping)
         assert report["totals"] == after["totals"], grouping
@@ -117,6 +171,7 @@ async def test_repricing_prices_the_ledger_stats_and_rollups_once(sb: AsyncClien
     assert row is not None
     stats = row["usage_stats"]
     assert stats["unpriced_events"] == 1
+    assert stats["telephony_seconds"] == Decimal("61.25")
     assert stats["total_cost_usd"] == sum(e.cost_usd or 0 for e in events) + expected_added(events)
     assert stats["models_used"]["mystery-model"]["calls"] == 3
     assert stats["models_used"]["mystery-model"]["input_tokens"] == 6000
@@ -132,7 +187,7 @@ async def test_repricing_prices_the_ledger_stats_and_rollups_once(sb: AsyncClien
         )
     )
     repriced = [r for r in ledger if r["price_source"] == "override"]
-    assert len(repriced) == 4
+    assert len(repriced) == 5
     corrections = rows_of(
         await call(
             sb.table("usage_corrections")
@@ -160,14 +215,15 @@ async def test_flow_reprice_is_a_dry_run_unless_told(
     }
     dry = flow_cli(stack, "reprice", "--key", str(key["id"]), **env)
     assert dry.returncode == 0, dry.stderr
-    assert "4 event(s) priced" in dry.stdout and "dry run" in dry.stdout
+    assert "5 event(s) priced" in dry.stdout and "dry run" in dry.stdout
     assert "1 event(s) still have no price" in dry.stdout
     out = flow_cli(stack, "reprice", "--key", str(key["id"]), "--apply", "--json", **env)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
-    assert summary["recorded"] == 4
+    assert summary["recorded"] == 5
     assert Decimal(summary["recorded_cost_usd"]) == expected_added(events)
     assert summary["by_model"]["openai/mystery-model"]["price_source"] == "override"
+    assert summary["by_model"]["twilio/mystery-line"]["price_source"] == "override"
     since = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     later = flow_cli(stack, "reprice", "--since", since, "--json", **env)
     assert json.loads(later.stdout)["priced"] == 0

@@ -21,7 +21,7 @@ from flow.metering.events import event_id_from
 from tests.api.conftest import bearer
 from tests.bot.helpers import ledger
 from tests.bot.test_webrtc_call import flow_app, webrtc_settings
-from tests.bot.webrtc_caller import Caller
+from tests.bot.webrtc_caller import Caller, recording
 from tests.fakes.openai_realtime_server import FakeRealtime
 from tests.fakes.openai_server import FakeOpenAI
 from tests.workflows.support import GOOD_INSIGHTS, good_answer
@@ -67,8 +67,8 @@ async def test_a_realtime_call_over_webrtc_hears_the_caller_and_bills_what_the_v
             thread_id = res.json()["workflow_thread_id"]
             await caller.accept(res.json()["webrtc_answer"])
             heard = []
-            for recording in ("order_status", "thank_you"):
-                await caller.say(recording)
+            for name in ("order_status", "thank_you"):
+                await caller.say(recording(name))
                 heard.append(await caller.hear_reply(quiet=0.5))
             await caller.hang_up()
             await asyncio.wait_for(app.state.runner.wait(thread_id), 30)

@@ -28,7 +28,7 @@ from flow.db import threads as threads_repo
 from flow.main import create_app
 from tests.api.conftest import bearer, local_mode
 from tests.bot.helpers import ledger
-from tests.bot.webrtc_caller import Caller
+from tests.bot.webrtc_caller import Caller, recording
 from tests.fakes.openai_server import PCM_BYTES_PER_CHARACTER, PCM_CHUNK_BYTES, PCM_RATE, FakeOpenAI
 from tests.fakes.recording_sink import RecordingSink
 from tests.workflows.support import GOOD_INSIGHTS, good_answer
@@ -130,9 +130,9 @@ async def test_a_webrtc_call_meters_exactly_what_the_vendors_received_and_served
         assert answer["type"] == "answer" and "a=candidate:" in answer["sdp"]
         await caller.accept(answer)
 
-        await caller.say("order_status")
+        await caller.say(recording("order_status"))
         first = await caller.hear_reply()
-        await caller.say("thank_you")
+        await caller.say(recording("thank_you"))
         second = await caller.hear_reply()
         await caller.hang_up()  # the caller hangs up: the call ends gracefully
         await _settled(app, thread_id)

@@ -1,6 +1,7 @@
 """The operator's console (/admin) in headless Chromium: every key of a chosen UTC
-period costliest first, with the same figures as the ledger; a key's breakdown and
-calls; a call's ledger rows; a customer key refused."""
+period costliest first, with the same figures as the ledger (phone call legs a kind of
+their own) and its budget where it has one; a key's breakdown and calls; a call's
+ledger rows; a customer key refused."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from typing import Any
 
 from supabase import AsyncClient
 
+from flow.db import budgets
 from flow.db import keys as keys_repo
 from flow.db import operators as operators_repo
 from flow.db import threads as threads_repo
 from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent
 from tests.e2e.test_dashboard import ARTIFACTS, chromium_path, live_server  # noqa: F401
-from tests.integration.test_ledger import llm_event, stt_event, tts_event
+from tests.integration.test_ledger import llm_event, stt_event, telephony_event, tts_event
 
 DAY = datetime(2025, 7, 14, tzinfo=UTC)  # a day no other test writes usage on
 
@@ -46,6 +48,7 @@ async def seed_key(
             lambda t: llm_event(t),
             lambda t: tts_event(t, rnd.randint(50, 900)),
             lambda t: stt_event(t, "4.500"),
+            lambda t: telephony_event(t, "75.500"),
         ):
             events.append(make(thread).model_copy(update={"occurred_at": at}))
     await record_usage_events(sb, events)
@@ -68,6 +71,7 @@ async def test_console_shows_who_to_bill_and_drills_down_to_ledger_rows(
     rnd = random.Random(4)
     big, big_events = await seed_key(sb, 3, rnd)
     small, small_events = await seed_key(sb, 1, rnd)
+    await budgets.set_budget(sb, str(big["id"]), budgets.Budget(Decimal(50), period="total"))
     _, token = await operators_repo.create_token(sb, "console test")
     _, customer_key = await keys_repo.create_local_key(sb, "console customer")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -104,7 +108,7 @@ async def test_console_shows_who_to_bill_and_drills_down_to_ledger_rows(
                           c.data.datasets[0].backgroundColor]; }"""
             )
             expected = by_kind(big_events + small_events)
-            labels = {"LLM": "llm", "TTS": "tts", "STT": "stt"}
+            labels = {"LLM": "llm", "TTS": "tts", "STT": "stt", "Telephony": "telephony"}
             assert {labels[label] for label in donut[0]} == set(expected)
             for label, value in zip(donut[0], donut[1], strict=True):
                 assert abs(Decimal(str(value)) - expected[labels[label]]) < Decimal("1e-9")
@@ -114,6 +118,16 @@ async def test_console_shows_who_to_bill_and_drills_down_to_ledger_rows(
                   .map(d => [d.label, d.backgroundColor]))"""
             )
             assert colours == dict(zip(donut[0], donut[2], strict=True))
+            # The budget where the key has one: spent of the limit, what remains.
+            state = await budgets.status(sb, str(big["id"]))
+            assert state is not None
+            cell = page.locator(f"#keys tbody tr[data-id='{big['id']}'] td.budget")
+            assert await cell.get_attribute("data-limit") == state["limit_usd"]
+            assert await cell.get_attribute("data-spent") == state["spent_usd"]
+            assert await cell.get_attribute("data-remaining") == state["remaining_usd"]
+            assert "of $50.00" in await cell.inner_text()
+            none = page.locator(f"#keys tbody tr[data-id='{small['id']}'] td.budget")
+            assert (await none.inner_text()).strip() == "—"
             await page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
 
             # A key: its breakdown by day and by kind, and its calls.
@@ -122,9 +136,10 @@ async def test_console_shows_who_to_bill_and_drills_down_to_ledger_rows(
             await page.wait_for_selector("#key-calls[data-loaded=true]", timeout=10_000)
             assert await page.locator("#key-calls table.calls tbody tr").count() == 3
             assert await page.locator("#key-groups tbody tr").count() == 1  # one day
+            assert "Budget:" in await page.inner_text("#key-budget")
             await page.click("#key-tabs button[data-group=kind]")
             await page.wait_for_function(
-                "() => document.querySelectorAll('#key-groups tbody tr').length === 3"
+                "() => document.querySelectorAll('#key-groups tbody tr').length === 4"
             )
             await page.fill("#key-calls input[name=end_user_id]", "caller-0")
             await page.evaluate(

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TOTAL = re.compile(
     r"^TOTAL cost_usd=(\S+) calls=(\d+) ledger_rows=(\d+) api_key_id=(\S+)$", re.MULTILINE
 )
+STT_METERED = re.compile(r"^  STT metered (\S+) s in \d+ segment", re.MULTILINE)
 
 
 def demo_env(state_dir: Path, tmp_path: Path) -> dict[str, str]:
@@ -65,9 +66,13 @@ def test_flow_demo_prints_the_ledgers_totals(tmp_path: Path) -> None:
         total = TOTAL.search(out.stdout)
         assert total, out.stdout
         cost, calls, rows, key_id = total.groups()
-        assert int(calls) == 2
+        assert int(calls) == 3, "two simulated calls and one over real audio"
         assert "offline responder" in out.stdout and "local sink" in out.stdout
-        assert out.stdout.count(" completed\n") >= 2
+        assert out.stdout.count(" completed\n") >= 3
+        # The call over real audio: its STT seconds as the report prints them.
+        printed_stt = STT_METERED.search(out.stdout)
+        assert printed_stt, out.stdout
+        assert "the caller heard" in out.stdout and "of the bot's voice" in out.stdout
 
         # The demo stopped the stack it started; bring the same data back, read the ledger.
         assert localstack.status(state_dir) is None
@@ -78,15 +83,17 @@ def test_flow_demo_prints_the_ledgers_totals(tmp_path: Path) -> None:
             "-At",
             "-c",
             "select count(*), coalesce(sum(cost_usd), 0), count(distinct workflow_thread_id), "
-            "count(*) filter (where category = 'insights'), count(*) filter (where kind = 'tts')"
+            "count(*) filter (where category = 'insights'), count(*) filter (where kind = 'tts'),"
+            " coalesce(sum(audio_seconds) filter (where kind = 'stt'), 0)"
             f" from usage_events where api_key_id = '{key_id}'",
         ).strip()
-        n_rows, ledger_cost, n_threads, n_insights, n_tts = ledger.split("|")
+        n_rows, ledger_cost, n_threads, n_insights, n_tts, stt_seconds = ledger.split("|")
         assert int(n_rows) == int(rows) > 0
         assert Decimal(ledger_cost) == Decimal(cost) > 0
-        assert int(n_threads) == 2
-        assert int(n_insights) == 2, "one insights call per call"
+        assert int(n_threads) == 3
+        assert int(n_insights) == 3, "one insights call per call"
         assert int(n_tts) > 0
+        assert Decimal(stt_seconds) == Decimal(printed_stt.group(1)) > 0
         # Per-call lines agree with each thread's usage_stats.
         for line in re.findall(
             r"call total \$(\S+)\s+\(usage_stats.total_cost_usd \$(\S+)\)", out.stdout

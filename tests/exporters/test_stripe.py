@@ -88,6 +88,10 @@ def test_cost_is_billed_in_micro_usd_rounded_half_up() -> None:
     assert micro_usd(Decimal("1.2345675")) == 1_234_568
     stt = {"kind": "stt", "audio_seconds": "4.0005"}
     assert unit_value(stt, "stt_milliseconds") == 4001
+    assert unit_value(stt, "telephony_milliseconds") == 0
+    leg = {"kind": "telephony", "audio_seconds": "61.25"}
+    assert unit_value(leg, "telephony_milliseconds") == 61250
+    assert unit_value(leg, "stt_milliseconds") == 0
     assert unit_value({"kind": "llm", "input_tokens": 7}, "input_tokens") == 7
 
 
@@ -224,7 +228,7 @@ async def test_v1_fallback_unit_meters_skips_and_a_resend_bills_nothing_twice(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stripe_fake.v2_enabled = False
-    stripe_fake.meters |= {"flow_tts_chars", "flow_input_tokens"}
+    stripe_fake.meters |= {"flow_tts_chars", "flow_input_tokens", "flow_phone_ms"}
     key, customer = await customer_key(sb, stripe_fake)
     thread = await threads_repo.create_thread(sb, api_key_id=key["id"], transport="simulated")
     now = datetime.now(UTC)
@@ -258,6 +262,16 @@ async def test_v1_fallback_unit_meters_skips_and_a_resend_bills_nothing_twice(
             input_tokens=10,
             cost_usd=Decimal("0.0000015"),
         ),
+        UsageEvent(
+            workflow_thread_id=thread["workflow_thread_id"],
+            api_key_id=key["id"],
+            occurred_at=now - timedelta(minutes=3),
+            kind=UsageKind.TELEPHONY,
+            provider="twilio",
+            model="inbound",
+            audio_seconds=Decimal("61.25"),
+            cost_usd=Decimal("0.017"),
+        ),
     ]
     from flow.db.usage import record_usage_events
 
@@ -267,7 +281,11 @@ async def test_v1_fallback_unit_meters_skips_and_a_resend_bills_nothing_twice(
         export_settings,
         stripe_fake,
         backfill={"from": (now - timedelta(days=41)).isoformat()},
-        unit_meters={"tts_characters": "flow_tts_chars", "input_tokens": "flow_input_tokens"},
+        unit_meters={
+            "tts_characters": "flow_tts_chars",
+            "input_tokens": "flow_input_tokens",
+            "telephony_milliseconds": "flow_phone_ms",
+        },
     )
     await bill(sb, export_settings)
     tts = str(events[0].id)
@@ -275,6 +293,11 @@ async def test_v1_fallback_unit_meters_skips_and_a_resend_bills_nothing_twice(
     assert mine[tts]["value"] == 1800 and mine[tts]["event_name"] == "flow_cost"
     assert mine[f"{tts}-tts_characters"]["value"] == 120
     assert f"{tts}-input_tokens" not in mine  # a TTS row used no tokens
+    assert f"{tts}-telephony_milliseconds" not in mine
+    leg = str(events[3].id)
+    assert stripe_fake.billed[leg]["value"] == 17000  # a phone call leg, billed like any row
+    assert stripe_fake.billed[f"{leg}-telephony_milliseconds"]["value"] == 61250
+    assert stripe_fake.billed[f"{leg}-telephony_milliseconds"]["event_name"] == "flow_phone_ms"
     assert str(events[1].id) not in stripe_fake.billed  # unpriced
     assert str(events[2].id) not in stripe_fake.billed  # older than 35 days
     assert stripe_fake.stream_requests == 0 and stripe_fake.v1_requests >= 2

@@ -19,6 +19,8 @@ from flow.db.usage import record_usage_events
 from flow.exporters.base import export_uuid
 from flow.exporters.integrations import create_integration
 from flow.exporters.posthog import PostHogCreate
+from flow.metering.events import UsageEvent, UsageKind
+from flow.metering.pricing import PriceBook, cost_fields
 from tests.exporters.conftest import (
     PH_KEY,
     exporter,
@@ -315,3 +317,31 @@ async def test_export_events_carry_the_audio_parts(
         ) == (ev.input_audio_tokens, ev.output_audio_tokens, ev.cache_read_audio_tokens)
         assert sent["input_tokens"] == ev.input_tokens
     assert by_uuid[export_uuid(str(spoken[1].id))]["input_audio_tokens"] == 1_501
+
+
+async def test_a_phone_call_leg_is_exported_like_any_usage(
+    sb: AsyncClient,
+    export_settings: Settings,
+    posthog_sink: PostHogSink,
+    api_key: dict[str, Any],
+    thread: dict[str, Any],
+) -> None:
+    seconds = Decimal("61.500")
+    leg = UsageEvent(
+        workflow_thread_id=thread["workflow_thread_id"],
+        api_key_id=thread["api_key_id"],
+        kind=UsageKind.TELEPHONY,
+        provider="twilio",
+        model="outbound",
+        audio_seconds=seconds,
+        **cost_fields(PriceBook().telephony("twilio", "outbound", seconds)),
+    )
+    assert await record_usage_events(sb, [leg]) == 1
+    integ = await create_posthog(sb, export_settings, posthog_sink, api_key)
+    outcomes = await exporter(sb, export_settings).run_due(force=True, ids=[integ["id"]])
+    assert outcomes[0].exported == 1
+    [sent] = posthog_sink.events
+    assert sent["uuid"] == export_uuid(str(leg.id))
+    p = sent["properties"]
+    assert (p["kind"], p["provider"], p["model"]) == ("telephony", "twilio", "outbound")
+    assert Decimal(str(p["cost"])) == Decimal("0.028")  # two started minutes

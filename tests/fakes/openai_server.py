@@ -36,6 +36,7 @@ import json
 import math
 import struct
 import time
+import uuid
 import wave
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -154,6 +155,8 @@ class FakeOpenAI:
     uploads: list[Upload] = field(default_factory=list)
     transcription_status: int = 200
     port: int = 0
+    # Response ids unique across servers, as OpenAI's are.
+    id_prefix: str = field(default_factory=lambda: f"{uuid.uuid4().hex[:12]}-")
     _runner: web.AppRunner | None = None
 
     def usage_for(self, n: int, reply: str) -> Usage:
@@ -197,7 +200,7 @@ class FakeOpenAI:
             served.usage_sent = True
             return web.json_response(
                 {
-                    "id": f"chatcmpl-{n}",
+                    "id": f"chatcmpl-{self.id_prefix}{n}",
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": served.model,
@@ -214,7 +217,7 @@ class FakeOpenAI:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         created = int(time.time())
-        cid = f"chatcmpl-{n}"
+        cid = f"chatcmpl-{self.id_prefix}{n}"
 
         def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
             payload = {

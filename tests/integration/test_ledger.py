@@ -98,6 +98,19 @@ def stt_event(thread: dict[str, Any], seconds: str) -> UsageEvent:
     )
 
 
+def telephony_event(thread: dict[str, Any], seconds: str, direction: str = "inbound") -> UsageEvent:
+    """A phone call leg, priced per started minute as the stream prices it."""
+    return UsageEvent(
+        workflow_thread_id=thread["workflow_thread_id"],
+        api_key_id=thread["api_key_id"],
+        kind=UsageKind.TELEPHONY,
+        provider="twilio",
+        model=direction,
+        audio_seconds=Decimal(seconds),
+        **cost_fields(BOOK.telephony("twilio", direction, Decimal(seconds))),
+    )
+
+
 async def ledger_rows(sb: AsyncClient, thread_id: str) -> list[dict[str, Any]]:
     res = await call(
         sb.table("usage_events")

@@ -144,7 +144,7 @@ async def test_call_with_insights_reaches_posthog_with_the_ledgers_tokens_and_co
     p = props(insights_generation[0])
     insights_row = next(r for r in rows.values() if r["category"] == "insights")
     assert insights_row["id"] == str(
-        event_id_from("openai-response", openai_server.response_ids[0])
+        event_id_from("openai-response", f"{thread_id}:{openai_server.response_ids[0]}")
     )
     assert (
         (p["$ai_input_tokens"], p["$ai_output_tokens"], p["$ai_cache_read_input_tokens"])
@@ -346,15 +346,20 @@ async def test_a_realtime_inference_reaches_posthog_with_its_audio_parts(
     analytics.shutdown()
 
 
+class RecordingClient:
+    """Stands in for the SDK client: keeps what would be captured."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.events: list[str] = []
+
+    def capture(self, name: str, **kwargs: Any) -> None:
+        self.events.append(name)
+        self.sent.append(kwargs["properties"])
+
+
 def test_a_text_inference_says_it_had_no_audio() -> None:
-    class Recording:
-        def __init__(self) -> None:
-            self.sent: list[dict[str, Any]] = []
-
-        def capture(self, name: str, **kwargs: Any) -> None:
-            self.sent.append(kwargs["properties"])
-
-    client = Recording()
+    client = RecordingClient()
     analytics = PostHogAnalytics(client, prices=PriceBook())  # type: ignore[arg-type]
     thread = {"workflow_thread_id": event_id_from("t", "2"), "api_key_id": event_id_from("k", "2")}
     analytics.capture_usage(bot_usage(thread)[0])
@@ -364,3 +369,29 @@ def test_a_text_inference_says_it_had_no_audio() -> None:
         p["$ai_audio_output_tokens"],
         p["$ai_cache_read_audio_tokens"],
     ) == (0, 0, 0)
+
+
+def test_a_phone_call_leg_is_a_span_with_its_seconds_and_its_cost() -> None:
+    client = RecordingClient()
+    analytics = PostHogAnalytics(client, prices=PriceBook())  # type: ignore[arg-type]
+    seconds = Decimal("61.250")
+    event = UsageEvent(
+        workflow_thread_id=event_id_from("t", "3"),
+        api_key_id=event_id_from("k", "3"),
+        kind="telephony",
+        provider="twilio",
+        model="inbound",
+        processor="telephony",
+        audio_seconds=seconds,
+        **cost_fields(PriceBook().telephony("twilio", "inbound", seconds)),
+    )
+    analytics.capture_usage(event)
+    [p] = client.sent
+    assert client.events == ["$ai_span"]
+    assert (p["$ai_span_name"], p["$ai_provider"], p["$ai_model"]) == (
+        "telephony",
+        "twilio",
+        "inbound",
+    )
+    assert p["telephony_seconds"] == seconds and "stt_audio_seconds" not in p
+    assert p["$ai_total_cost_usd"] == Decimal("0.017")  # two started minutes

@@ -1,6 +1,6 @@
 """The tree tells the story: imports point one way, and the API starts without Pipecat.
 
-api, cli -> workflows, bot, auth, exporters, reconcile, billing -> analytics -> metering
+api, cli -> workflows, bot, telephony, auth, exporters, reconcile, billing -> analytics -> metering
 -> db, net -> config
 """
 
@@ -24,6 +24,7 @@ LAYERS = {
     "auth": 4,
     "bot": 4,
     "exporters": 4,
+    "telephony": 4,
     "workflows": 4,
     "reconcile": 4,
     "billing": 4,

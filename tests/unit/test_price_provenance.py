@@ -17,7 +17,8 @@ from genai_prices import __version__ as genai_prices_version
 from pydantic import ValidationError
 
 from flow.metering.events import UsageEvent, UsageKind
-from flow.metering.pricing import DEFAULT_VOICE_PRICES, PriceBook, cost_fields
+from flow.metering.pricing import PriceBook, cost_fields
+from flow.metering.voice_table import DEFAULT_VOICE_PRICES
 
 ROOT = Path(__file__).resolve().parents[2]
 

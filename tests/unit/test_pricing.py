@@ -225,3 +225,18 @@ def test_transcription_is_priced_by_its_tokens_when_it_has_them_else_by_its_seco
     assert by_tokens.source is not None and by_tokens.source.startswith("genai-prices ")
     assert _cost(book.stt("openai", "gpt-4o-transcribe", Decimal("2.5"))) == Decimal("0.00025")
     assert book.stt("openai", "made-up-transcribe", Decimal(1), input_tokens=5) is None
+
+
+def test_a_phone_call_leg_is_billed_per_started_minute() -> None:
+    book = PriceBook()
+    # Twilio: $0.0085 a minute answered, $0.014 placed; every started minute counts.
+    assert _cost(book.telephony("twilio", "inbound", Decimal("0.001"))) == Decimal("0.0085")
+    assert _cost(book.telephony("twilio", "inbound", Decimal("60.000"))) == Decimal("0.0085")
+    assert _cost(book.telephony("twilio", "inbound", Decimal("60.001"))) == Decimal("0.017")
+    assert _cost(book.telephony("twilio", "outbound", Decimal("125.5"))) == Decimal("0.042")
+    assert _cost(book.telephony("twilio", "outbound", Decimal(0))) == Decimal(0)
+    assert _cost(book.telephony("vonage", "inbound", Decimal(30))) is None
+    negotiated = PriceBook(voice_prices={"twilio/inbound": {"per_minute": Decimal("0.004")}})
+    assert _cost(negotiated.telephony("twilio", "inbound", Decimal("61"))) == Decimal("0.008")
+    exact = PriceBook(voice_prices={"twilio/outbound": {"per_second": Decimal("0.0002")}})
+    assert _cost(exact.telephony("twilio", "outbound", Decimal("61"))) == Decimal("0.0122")

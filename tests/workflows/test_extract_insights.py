@@ -78,7 +78,8 @@ async def test_malformed_answer_is_retried_once_and_each_completion_is_billed_on
     events = await ledger(sb, thread_id)
     assert [e["category"] for e in events] == ["insights", "insights"]
     assert {e["id"] for e in events} == {
-        str(event_id_from("openai-response", rid)) for rid in openai_server.response_ids
+        str(event_id_from("openai-response", f"{thread_id}:{rid}"))
+        for rid in openai_server.response_ids
     }
     assert [(e["input_tokens"], e["output_tokens"], e["cache_read_tokens"]) for e in events] == [
         (300, 12, 0),

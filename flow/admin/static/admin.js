@@ -49,6 +49,17 @@ function kindBar(costByKind, total) {
   return bar;
 }
 
+// A key's budget as it stands: spent (and reserved by live calls) of the limit, what
+// remains, in the budget's own period; "—" for a key without one.
+function budgetCell(b) {
+  if (!b) return el("td", { class: "budget muted" }, "—");
+  const period = { day: "today", month: "this month", total: "in total" }[b.period] || b.period;
+  const reserved = Number(b.reserved_usd) > 0 ? ` + ${usd(b.reserved_usd)} live` : "";
+  const left = Number(b.remaining_usd) <= 0 ? "exhausted" : `${usd(b.remaining_usd)} left`;
+  return el("td", { class: "budget" + (Number(b.remaining_usd) <= 0 ? " exhausted" : ""), dataset: { spent: b.spent_usd, limit: b.limit_usd, remaining: b.remaining_usd } },
+    `${usd(b.spent_usd)}${reserved} of ${usd(b.limit_usd)}`, el("div", { class: "muted" }, `${period}; ${left}`));
+}
+
 function render(data) {
   const t = data.totals;
   $("kpi-cost").textContent = usd(t.cost_usd);
@@ -75,7 +86,8 @@ function render(data) {
   tbody.replaceChildren(...data.keys.map((k) => el("tr", { dataset: { id: k.api_key_id, cost: k.cost_usd }, class: k.api_key_id === state.key ? "selected" : "", onclick: () => { location.hash = "#key/" + k.api_key_id; } },
     el("td", {}, el("a", { href: "#key/" + k.api_key_id }, k.name), el("div", { class: "muted" }, `${k.key || k.api_key_id.slice(0, 8)}${k.is_active ? "" : " (revoked)"}${k.stripe_customer_id ? " · " + k.stripe_customer_id : ""}`)),
     el("td", {}, int(k.calls)), el("td", {}, Number(k.minutes).toFixed(1)), el("td", {}, int(k.input_tokens)), el("td", {}, int(k.output_tokens)),
-    el("td", {}, int(k.tts_characters)), el("td", {}, Number(k.stt_seconds).toFixed(1)), el("td", {}, int(k.unpriced_events)),
+    el("td", {}, int(k.tts_characters)), el("td", {}, Number(k.stt_seconds).toFixed(1)), el("td", {}, Number(k.telephony_seconds).toFixed(1)),
+    el("td", {}, int(k.unpriced_events)), budgetCell(k.budget),
     el("td", {}, kindBar(k.cost_by_kind, k.cost_usd)), el("td", { class: "cost" }, usd(k.cost_usd)))));
   $("error").hidden = true;
   $("content").hidden = false;
@@ -87,6 +99,10 @@ async function showKey() {
   if (!state.key) { $("key").hidden = true; return; }
   const data = await api(`/api/admin/keys/${state.key}/usage?${period()}&group_by=${state.group}`);
   $("key-name").textContent = `${data.key.name} (${data.key.key || data.key.api_key_id})`;
+  const b = data.budget;
+  $("key-budget").textContent = b
+    ? `Budget: ${usd(b.spent_usd)} spent and ${usd(b.reserved_usd)} reserved by ${int(b.live_calls)} live calls of ${usd(b.limit_usd)} (${b.period}); ${usd(b.remaining_usd)} remaining${b.resets_at ? ", resets " + utc(b.resets_at) : ""}`
+    : "No budget.";
   $("key-kinds").replaceChildren(...sortKinds(Object.keys(data.cost_by_kind)).map((k) =>
     el("span", { class: "chip", style: `border-color:${kindColour(k)}` }, `${kindLabel(k)} ${usd(data.cost_by_kind[k])}`)));
   for (const b of $("key-tabs").querySelectorAll("button")) b.classList.toggle("active", b.dataset.group === state.group);
@@ -101,8 +117,8 @@ async function showKey() {
     options: { responsive: true, maintainAspectRatio: false, animation: false, plugins: { legend: { display: false } } },
   });
   $("key-groups").replaceChildren(FlowCalls.table(
-    [state.group, "Calls", "LLM calls", "Input tok", "Output tok", "TTS chars", "STT s", "Unpriced", "Cost"],
-    groups.map((g) => ({ cells: [g.key ?? "(none)", int(g.calls), int(g.llm_calls), int(g.input_tokens), int(g.output_tokens), int(g.tts_characters), Number(g.stt_seconds).toFixed(1), int(g.unpriced_events), usd(g.cost_usd)] })),
+    [state.group, "Calls", "LLM calls", "Input tok", "Output tok", "TTS chars", "STT s", "Phone s", "Unpriced", "Cost"],
+    groups.map((g) => ({ cells: [g.key ?? "(none)", int(g.calls), int(g.llm_calls), int(g.input_tokens), int(g.output_tokens), int(g.tts_characters), Number(g.stt_seconds).toFixed(1), Number(g.telephony_seconds).toFixed(1), int(g.unpriced_events), usd(g.cost_usd)] })),
     { class: "groups" }));
   if (!state.keyCalls || state.keyCalls.extra.api_key_id !== state.key) {
     state.keyCalls = new FlowCalls.CallList($("key-calls"), api, "/api/admin/calls", null, { api_key_id: state.key });

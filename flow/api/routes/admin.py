@@ -2,9 +2,10 @@
 key's usage and calls, for the ``/admin`` console and for scripts.
 
 - ``GET /api/admin/usage``: every key over a period (any UTC start and end), costliest
-  first, with calls, minutes, tokens, characters, seconds, cost and cost by kind.
+  first, with calls, minutes, tokens, characters, seconds, cost, cost by kind and the
+  key's budget as it stands (where it has one).
 - ``GET /api/admin/keys/{id}/usage``: one key's report (``usage_report``) broken down
-  by day, model, category, kind or end user, and its cost by kind.
+  by day, model, category, kind or end user, its cost by kind and its budget.
 - ``GET /api/admin/calls``: calls of every key (or one, ``api_key_id``), filtered and
   paged; ``GET /api/admin/calls/{id}`` one call (transcript, insights, usage) and
   ``GET /api/admin/calls/{id}/usage`` its ledger rows.
@@ -14,6 +15,7 @@ A customer key is 403 ``operator_only`` on every route here, no credential 401.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +30,7 @@ from flow.api.deps import SupabaseDep, require_operator
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from flow.api.ranges import report_range
 from flow.api.routes.bot_models import ThreadOut, thread_out
+from flow.api.routes.budget import BudgetOut
 from flow.api.routes.call_models import (
     CallEvents,
     CallPage,
@@ -39,8 +42,9 @@ from flow.api.routes.calls import Cursor, EndUser, Limit, Since, Until, call_fil
 from flow.api.routes.usage import GroupBy, UsageFigures, UsageGroup, UsageReport
 from flow.api.schemas import DecimalText
 from flow.billing.reports import keys_usage
+from flow.db import budgets, reports
 from flow.db import keys as keys_repo
-from flow.db import reports
+from flow.db import telephony as telephony_repo
 from flow.db import threads as threads_repo
 from flow.db import usage as usage_repo
 
@@ -72,8 +76,9 @@ class KeyFigures(BaseModel):
     Parameters:
         calls: distinct calls with usage. minutes: their summed duration (bot start
             to end), in minutes. call_seconds: the same in seconds.
+        telephony_seconds: phone call legs' durations.
         cost_usd: priced cost (decimal string); cost_by_kind: the same split by
-            ``llm``, ``tts``, ``stt`` (and any later kind).
+            ``llm``, ``tts``, ``stt``, ``telephony`` (and any later kind).
     """
 
     calls: int
@@ -87,6 +92,7 @@ class KeyFigures(BaseModel):
     cached_tokens: int
     tts_characters: int
     stt_seconds: DecimalText
+    telephony_seconds: DecimalText
     cost_usd: DecimalText
     cost_by_kind: dict[str, DecimalText]
     unpriced_events: int
@@ -94,12 +100,16 @@ class KeyFigures(BaseModel):
 
 
 class KeyUsage(KeyFigures):
+    """A key's figures over the period, and its budget as it stands now (null for a
+    key without one): spent, reserved and remaining in the budget's own period."""
+
     api_key_id: UUID
     name: str
     owner: str | None
     key: str | None
     is_active: bool
     stripe_customer_id: str | None
+    budget: BudgetOut | None
 
 
 class AllKeysUsage(BaseModel):
@@ -121,6 +131,7 @@ class KeyReport(BaseModel):
     key: KeyInfo
     report: UsageReport
     cost_by_kind: dict[str, DecimalText]
+    budget: BudgetOut | None
 
 
 class AdminCall(ThreadOut):
@@ -163,8 +174,11 @@ async def key_usage(
     """One key's report over [start, end), broken down by ``group_by``."""
     start_at, end_at = report_range(start, end)
     row = await _key(sb, key_id)
-    data = await usage_repo.usage_report(sb, str(key_id), start_at, end_at, group_by)
-    kinds = await reports.cost_by_kind(sb, [str(key_id)], start_at, end_at)
+    data, kinds, budget = await asyncio.gather(
+        usage_repo.usage_report(sb, str(key_id), start_at, end_at, group_by),
+        reports.cost_by_kind(sb, [str(key_id)], start_at, end_at),
+        budgets.status(sb, str(key_id)),
+    )
     return KeyReport(
         key=KeyInfo(
             api_key_id=row["id"],
@@ -182,6 +196,7 @@ async def key_usage(
             groups=[UsageGroup(**g) for g in data["groups"]],
         ),
         cost_by_kind={r["kind"]: r["cost_usd"] for r in kinds},
+        budget=BudgetOut.model_validate(budget) if budget is not None else None,
     )
 
 
@@ -219,7 +234,8 @@ async def _call(sb: SupabaseDep, thread_id: UUID) -> dict[str, Any]:
 async def get_call(workflow_thread_id: UUID, sb: SupabaseDep) -> AdminCall:
     """Any key's call: status, timestamps, error, usage, transcript and insights."""
     row = await _call(sb, workflow_thread_id)
-    return AdminCall(**thread_out(row).model_dump(), api_key_id=row["api_key_id"])
+    sid = await telephony_repo.call_sid_of(sb, row)
+    return AdminCall(**thread_out(row, sid).model_dump(), api_key_id=row["api_key_id"])
 
 
 @router.get("/calls/{workflow_thread_id}/usage", response_model=CallEvents, responses=_NO_CALL)

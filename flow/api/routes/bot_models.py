@@ -33,6 +33,7 @@ WebUrl = Annotated[
 ]
 Utterance = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
 EndUserId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{1,14}$")]
 
 
 class SessionDescription(BaseModel):
@@ -49,11 +50,13 @@ class JoinRequest(BaseModel):
 
     Parameters:
         transport: ``daily`` (needs ``room_url``), ``webrtc`` (needs ``webrtc_offer``)
-            or ``simulated`` (needs ``script``; refused when ``FLOW_ENV=production``).
+            ``twilio`` (a phone call Flow places, needs ``to``) or ``simulated`` (needs
+            ``script``; refused when ``FLOW_ENV=production``).
         room_url: the Daily room, an https URL.
         token: the Daily meeting token; used for this call only, never stored.
         script: the caller's utterances, for the simulated transport.
         webrtc_offer: the caller's SDP offer (``{"sdp", "type": "offer"}``), for webrtc.
+        to: the number to call, in E.164 (``+15550001111``), for twilio.
         bot_config: mode (``pipeline`` or ``realtime``), prompt, greeting, model and
             voice; unset fields take the settings.
         process_insights: extract insights from the transcript after the call.
@@ -65,11 +68,12 @@ class JoinRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    transport: Literal["daily", "simulated", "webrtc"] = "daily"
+    transport: Literal["daily", "simulated", "webrtc", "twilio"] = "daily"
     room_url: HttpsUrl | None = None
     token: str | None = Field(default=None, min_length=1, max_length=4096)
     script: list[Utterance] | None = Field(default=None, max_length=1000)
     webrtc_offer: SessionDescription | None = None
+    to: PhoneNumber | None = None
     bot_config: BotConfig = Field(default_factory=BotConfig)
     process_insights: bool = True
     end_user_id: EndUserId | None = None
@@ -104,19 +108,22 @@ class JoinRequest(BaseModel):
             raise ValueError("webrtc_offer is only for the webrtc transport")
         if self.bot_config.mode == "realtime" and self.transport == "simulated":
             raise ValueError(
-                "realtime mode needs a transport that carries the caller's voice (daily or "
-                "webrtc): the simulated caller's script is text"
+                "realtime mode needs a transport that carries the caller's voice (daily, webrtc or "
+                "twilio): the simulated caller's script is text"
             )
+        if (self.transport == "twilio") != (self.to is not None):
+            raise ValueError("the twilio transport needs to (an E.164 number), and only it")
         return self
 
 
 class JoinResponse(BaseModel):
     """``webrtc_answer`` (webrtc joins only) is the bot's SDP answer, with its ICE
-    candidates."""
+    candidates; a twilio join answers ``ringing`` with Twilio's call SID."""
 
     workflow_thread_id: UUID
-    status: Literal[CallStatus.PENDING]
+    status: Literal[CallStatus.PENDING, CallStatus.RINGING]
     webrtc_answer: SessionDescription | None = None
+    twilio_call_sid: str | None = None
 
 
 class CandidateIn(BaseModel):
@@ -141,7 +148,8 @@ class CandidatesIn(BaseModel):
 
 class StopResponse(BaseModel):
     """``stopping``: the bot is ending the call (poll ``GET /api/bot/{id}``);
-    ``failed``: no live instance was running it, so it was ended at once."""
+    ``failed``: no live instance was running it (or a phone call Flow placed was still
+    ringing: it is canceled), so it was ended at once."""
 
     workflow_thread_id: UUID
     status: Literal["stopping", "failed"]
@@ -154,7 +162,8 @@ class ThreadError(BaseModel):
 
 
 class ThreadOut(BaseModel):
-    """A call as its owner sees it. Amounts of money are decimal strings."""
+    """A call as its owner sees it. Amounts of money are decimal strings; a phone call
+    has its Twilio call SID."""
 
     workflow_thread_id: UUID
     status: CallStatus
@@ -173,10 +182,15 @@ class ThreadOut(BaseModel):
     updated_at: str
     bot_started_at: str | None
     bot_ended_at: str | None
+    twilio_call_sid: str | None = None
+    end_reason: str | None = Field(
+        description="How the call ended (null while it runs): completed, stopped, "
+        "max_duration, idle, budget_exhausted, shutdown, cancelled, error, instance_lost"
+    )
 
 
-def thread_out(row: dict[str, Any]) -> ThreadOut:
-    """A ``workflow_threads`` row as the API shows it."""
+def thread_out(row: dict[str, Any], call_sid: str | None = None) -> ThreadOut:
+    """A ``workflow_threads`` row as the API shows it (a phone call with its leg's SID)."""
     has_error = any(row.get(k) for k in ("error_stage", "error_code", "error_message"))
     return ThreadOut(
         workflow_thread_id=row["workflow_thread_id"],
@@ -202,4 +216,21 @@ def thread_out(row: dict[str, Any]) -> ThreadOut:
         updated_at=row["updated_at"],
         bot_started_at=row.get("bot_started_at"),
         bot_ended_at=row.get("bot_ended_at"),
+        twilio_call_sid=call_sid,
+        end_reason=row.get("end_reason"),
     )
+
+
+class BudgetRefusal(BaseModel):
+    """A join the key's budget refused (402 ``budget_exhausted``, 429 ``too_many_calls``):
+    the budget's figures beside the error, money as decimal strings."""
+
+    error: str
+    message: str
+    spent_usd: str
+    reserved_usd: str
+    remaining_usd: str
+    limit_usd: str
+    resets_at: str | None
+    live_calls: int
+    max_concurrent_calls: int | None

@@ -2,10 +2,13 @@
 WebRTC caller's ICE candidates.
 
 A join creates the ``workflow_threads`` row (owned by the caller's key) and hands a
-:class:`CallRequest` to the runner. Capacity is checked before the row exists, so a
-refused join leaves nothing behind; a runner that fills up in between marks the row
-failed (``join``/``at_capacity``) and the caller gets the same 503. The Daily meeting
-token travels in memory only, never to the database.
+:class:`CallRequest` to the runner. The key's budget is checked in the same statement
+that creates the row (:func:`flow.db.budgets.admit_call`): a key whose budget is spent
+(402 ``budget_exhausted``) or that has as many live calls as it may (429
+``too_many_calls``) gets the budget's figures and leaves nothing behind. Capacity is
+checked before the row exists, so a refused join leaves nothing behind; a runner that
+fills up in between marks the row failed (``join``/``at_capacity``) and the caller gets
+the same 503. The Daily meeting token travels in memory only, never to the database.
 
 A ``webrtc`` join carries the caller's SDP offer. It is checked, then answered by the
 runner, before the row exists: an offer that cannot be answered is a 400
@@ -22,9 +25,11 @@ from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header, Response
 
-from flow.api.deps import ApiKeyDep, RunnerDep, SettingsDep, SupabaseDep
+from flow.api.deps import ApiKeyDep, BudgetAlertsDep, RunnerDep, SettingsDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
+from flow.api.routes.admission import budget_refusal, call_budget
 from flow.api.routes.bot_models import (
+    BudgetRefusal,
     CandidatesIn,
     JoinRequest,
     JoinResponse,
@@ -33,6 +38,7 @@ from flow.api.routes.bot_models import (
     ThreadOut,
     thread_out,
 )
+from flow.api.routes.telephony import cancel_ringing, place_call
 from flow.bot.contract import (
     AtCapacity,
     CallRequest,
@@ -43,7 +49,8 @@ from flow.bot.contract import (
     WebRTCOffer,
 )
 from flow.bot.services import configuration_problem
-from flow.db import call_state
+from flow.db import budgets, call_state
+from flow.db import telephony as telephony_repo
 from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, ErrorStage, StopOutcome
 from flow.net.outbound import UrlNotAllowed
@@ -94,8 +101,13 @@ def _at_capacity(retry_after_seconds: int) -> ApiError:
         400: {
             "model": ErrorBody,
             "description": "Transport not allowed here, a webhook_url Flow will not call, "
-            "or a WebRTC offer that cannot be answered",
-        }
+            "a WebRTC offer that cannot be answered, or a phone call Twilio refused",
+        },
+        402: {"model": BudgetRefusal, "description": "The key's budget is spent"},
+        429: {
+            "model": BudgetRefusal,
+            "description": "The key has as many live calls as its budget allows",
+        },
     },
 )
 async def join(
@@ -104,9 +116,12 @@ async def join(
     settings: SettingsDep,
     sb: SupabaseDep,
     runner: RunnerDep,
+    alerts: BudgetAlertsDep,
     x_flow_user: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JoinResponse:
-    """Start a bot on a call. Answers 202 at once; poll ``GET /api/bot/{id}``."""
+    """Start a bot on a call. Answers 202 at once; poll ``GET /api/bot/{id}``. A key
+    whose budget is spent is refused (402), as is one with as many live calls as its
+    budget allows (429); either creates nothing."""
     if body.transport == "simulated" and settings.flow_env == "production":
         raise ApiError(
             400, "transport_not_allowed", "the simulated transport is disabled in production"
@@ -134,22 +149,27 @@ async def join(
             raise ApiError(400, "url_not_allowed", f"webhook_url: {exc}") from None
         except WebhookURLError as exc:
             raise ApiError(400, "invalid_webhook_url", str(exc)) from None
+    if body.to is not None:
+        fields = _thread_fields(body, end_user_id, webhook_url)
+        tid, sid = await place_call(
+            settings, sb, api_key_id=api_key.id, to=body.to, thread_fields=fields
+        )
+        return JoinResponse(workflow_thread_id=tid, status=CallStatus.RINGING, twilio_call_sid=sid)
     thread_id = str(uuid4())
     answer = await _answer(runner, thread_id, offer) if offer is not None else None
-    await threads_repo.create_thread(
+    admission = await budgets.admit_call(
         sb,
         workflow_thread_id=thread_id,
         api_key_id=api_key.id,
         transport=body.transport,
         room_url=room_url,
-        bot_config=body.bot_config.model_dump(exclude_none=True),
         script=body.script,
-        end_user_id=end_user_id,
-        process_insights=body.process_insights,
-        analysis_prompt=body.analysis_prompt,
-        webhook_url=webhook_url,
-        metadata=body.metadata,
+        **_thread_fields(body, end_user_id, webhook_url),
     )
+    if not admission["admitted"]:
+        if admission["error"] == "budget_exhausted":
+            alerts.check_soon(api_key.id)
+        raise budget_refusal(admission)
     call = CallRequest(
         workflow_thread_id=thread_id,
         api_key_id=api_key.id,
@@ -163,6 +183,7 @@ async def join(
         analysis_prompt=body.analysis_prompt,
         webhook_url=webhook_url,
         metadata=body.metadata,
+        budget=call_budget(admission, body.bot_config.max_cost_usd),
     )
     try:
         await runner.submit(call)
@@ -185,6 +206,19 @@ async def join(
         status=CallStatus.PENDING,
         webrtc_answer=SessionDescription(sdp=answer.sdp, type=answer.type) if answer else None,
     )
+
+
+def _thread_fields(
+    body: JoinRequest, end_user_id: str | None, webhook_url: str | None
+) -> dict[str, Any]:
+    return {
+        "bot_config": body.bot_config.model_dump(mode="json", exclude_none=True),
+        "end_user_id": end_user_id,
+        "process_insights": body.process_insights,
+        "analysis_prompt": body.analysis_prompt,
+        "webhook_url": webhook_url,
+        "metadata": body.metadata,
+    }
 
 
 async def _answer(runner: RunnerDep, thread_id: str, offer: WebRTCOffer) -> WebRTCAnswer:
@@ -219,7 +253,8 @@ async def _owned_thread(sb: Any, thread_id: UUID, api_key_id: str) -> dict[str, 
 )
 async def get_bot(workflow_thread_id: UUID, api_key: ApiKeyDep, sb: SupabaseDep) -> ThreadOut:
     """A call's status, timestamps, error, usage, transcript and insights."""
-    return thread_out(await _owned_thread(sb, workflow_thread_id, api_key.id))
+    row = await _owned_thread(sb, workflow_thread_id, api_key.id)
+    return thread_out(row, await telephony_repo.call_sid_of(sb, row))
 
 
 @router.post(
@@ -245,6 +280,9 @@ async def stop_bot(
         raise ApiError(409, "already_finished", f"the call is already {row['status']}")
     if await runner.stop(str(workflow_thread_id)):
         return StopResponse(workflow_thread_id=workflow_thread_id, status="stopping")
+    ringing = row["status"] == CallStatus.RINGING
+    if ringing and await cancel_ringing(settings, sb, str(workflow_thread_id)):
+        return StopResponse(workflow_thread_id=workflow_thread_id, status="failed")
     # Not running here: the instance running it (behind the same load balancer) picks
     # the request up from the database within a second or two; if no live instance
     # runs it, the database ends it now.

@@ -17,18 +17,21 @@ from pydantic import BaseModel
 from flow.api.errors import ApiError
 from flow.api.schemas import DecimalText
 
-CallStatusName = Literal["pending", "starting", "running", "processing", "completed", "failed"]
+CallStatusName = Literal[
+    "pending", "ringing", "starting", "running", "processing", "completed", "failed"
+]
 
 
 class LedgerEvent(BaseModel):
     """One ledger row of a call: what was metered, how much, and what it cost.
 
     Parameters:
-        kind: ``llm``, ``tts``, ``stt`` (and any kind added later).
+        kind: ``llm``, ``tts``, ``stt``, ``telephony`` (and any kind added later).
         category: ``bot`` (during the call) or ``insights`` (after it).
         input_tokens: prompt tokens, cached and audio included; the other token counts
             are its parts or the output's (see the README's modalities).
-        characters: TTS characters. audio_seconds: STT audio (decimal string).
+        characters: TTS characters. audio_seconds: STT audio, or a phone call leg's
+            duration (decimal string).
         cost_usd: decimal string, null when the event is unpriced; ``input_cost_usd``
             and ``output_cost_usd`` its split, where recorded.
         price_source: where the price came from (null: unpriced, or recorded before
@@ -74,7 +77,8 @@ class CallSummary(BaseModel):
     Parameters:
         cost_usd: the call's cost so far (its ``usage_stats``), a decimal string.
         tokens: input + output tokens. duration_seconds: bot start to end (null before
-            the bot started; up to now while it runs).
+            the bot started; up to now while it runs). telephony_seconds: the phone call
+            leg's duration. end_reason: how the call ended (null while it runs).
     """
 
     workflow_thread_id: UUID
@@ -91,7 +95,9 @@ class CallSummary(BaseModel):
     tokens: int
     tts_characters: int
     stt_seconds: DecimalText
+    telephony_seconds: DecimalText
     unpriced_events: int
+    end_reason: str | None
 
 
 class CallPage(BaseModel):
@@ -121,7 +127,9 @@ def call_summary(row: dict[str, Any]) -> CallSummary:
         tokens=int(stats.get("total_tokens", 0)),
         tts_characters=int(stats.get("tts_characters", 0)),
         stt_seconds=stats.get("stt_seconds", 0),
+        telephony_seconds=stats.get("telephony_seconds", 0),
         unpriced_events=int(stats.get("unpriced_events", 0)),
+        end_reason=row.get("end_reason"),
     )
 
 

@@ -34,6 +34,7 @@ class UsageFigures(BaseModel):
         input_audio_tokens / output_audio_tokens: the audio parts of ``input_tokens``
             / ``output_tokens`` (text is the rest); cache_read_audio_tokens: the cached
             audio, part of both ``cached_tokens`` and ``input_audio_tokens``.
+        telephony_seconds: phone call legs' durations (each billed per started minute).
         cost_usd: priced cost; ``unpriced_events`` were recorded without a price.
         avg_cost_per_call_usd / avg_cost_per_end_user_usd: null when there is no call /
             no named end user (the latter averages the cost of events naming one).
@@ -53,6 +54,7 @@ class UsageFigures(BaseModel):
     cache_read_audio_tokens: int
     tts_characters: int
     stt_seconds: str
+    telephony_seconds: str = "0"
     cost_usd: str
     unpriced_events: int
     avg_cost_per_call_usd: str | None

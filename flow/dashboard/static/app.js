@@ -44,6 +44,8 @@ function render(data) {
   $("kpi-errors").textContent = t.error_rate === null ? "—" : (Number(t.error_rate) * 100).toFixed(2) + "%";
   $("kpi-tokens").textContent = int(t.tokens);
   $("kpi-unpriced").textContent = int(t.unpriced_events);
+  $("kpi-phone").textContent = (Number(t.telephony_seconds || 0) / 60).toFixed(1);
+  $("kpi-phone").title = `${t.telephony_seconds || 0} s of phone call legs (each billed per started minute)`;
 
   const days = [...new Set(data.volume_by_day.map((r) => r.day))];
   const models = [...new Set(data.cost_by_day_model.map((r) => r.model))];

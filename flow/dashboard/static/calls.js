@@ -45,7 +45,7 @@ const FlowCalls = (() => {
       Object.assign(this, { root, api, path, onOpen, extra, cursors: [null] });
       this.form = el("form", { class: "filters" },
         el("select", { name: "status", "aria-label": "status" },
-          ["", "pending", "starting", "running", "processing", "completed", "failed"].map((s) => el("option", { value: s }, s || "any status"))),
+          ["", "pending", "ringing", "starting", "running", "processing", "completed", "failed"].map((s) => el("option", { value: s }, s || "any status"))),
         el("input", { name: "end_user_id", placeholder: "end user", "aria-label": "end user" }),
         el("label", {}, "from ", el("input", { name: "start", type: "date", "aria-label": "from (UTC)" })),
         el("label", {}, "to ", el("input", { name: "end", type: "date", "aria-label": "to (UTC, excluded)" })),
@@ -77,11 +77,12 @@ const FlowCalls = (() => {
           el("a", { href: "#call/" + c.workflow_thread_id, title: c.workflow_thread_id }, c.workflow_thread_id.slice(0, 8)),
           utc(c.created_at), c.end_user_id || "—", c.status,
           c.duration_seconds === null ? "—" : c.duration_seconds.toFixed(1) + " s",
-          int(c.tokens), int(c.tts_characters), Number(c.stt_seconds).toFixed(1), usd(c.cost_usd),
+          int(c.tokens), int(c.tts_characters), Number(c.stt_seconds).toFixed(1),
+          Number(c.telephony_seconds || 0).toFixed(1), usd(c.cost_usd),
         ],
       }));
       this.body.replaceChildren(rows.length
-        ? table(["Call", "Created (UTC)", "End user", "Status", "Duration", "Tokens", "TTS chars", "STT s", "Cost"], rows, { class: "calls" })
+        ? table(["Call", "Created (UTC)", "End user", "Status", "Duration", "Tokens", "TTS chars", "STT s", "Phone s", "Cost"], rows, { class: "calls" })
         : el("p", { class: "muted" }, "No calls match."));
       this.pageInfo.textContent = `page ${this.cursors.length}`;
       this.prev.disabled = this.cursors.length <= 1;
@@ -138,12 +139,14 @@ const FlowCalls = (() => {
     const turns = Array.isArray(thread.transcript) ? thread.transcript : [];
     root.replaceChildren(
       el("dl", { class: "facts" },
-        el("dt", {}, "Status"), el("dd", {}, thread.status + (thread.error ? ` (${thread.error.code})` : "")),
+        el("dt", {}, "Status"), el("dd", { class: "call-status" }, thread.status + (thread.end_reason ? `, ${thread.end_reason}` : "") + (thread.error ? ` (${thread.error.code})` : "")),
+        el("dt", {}, "Transport"), el("dd", {}, thread.transport + (thread.twilio_call_sid ? ` (${thread.twilio_call_sid})` : "")),
         el("dt", {}, "End user"), el("dd", {}, thread.end_user_id || "—"),
         el("dt", {}, "Created"), el("dd", {}, utc(thread.created_at)),
         el("dt", {}, "Bot"), el("dd", {}, `${utc(thread.bot_started_at)} → ${utc(thread.bot_ended_at)}`),
         el("dt", {}, "Cost"), el("dd", { class: "call-cost", dataset: { value: stats.total_cost_usd || "0" } }, usd(stats.total_cost_usd || 0)),
-        el("dt", {}, "Events"), el("dd", {}, `${int(events.length)} (${int(stats.unpriced_events)} unpriced, ${int(stats.estimated_events)} estimated)`)),
+        el("dt", {}, "Events"), el("dd", {}, `${int(events.length)} (${int(stats.unpriced_events)} unpriced, ${int(stats.estimated_events)} estimated)`),
+        ...(Number(stats.telephony_seconds) > 0 ? [el("dt", {}, "Phone"), el("dd", {}, `${Number(stats.telephony_seconds).toFixed(1)} s`)] : [])),
       split,
       el("h3", {}, "Timeline"), timeline(thread, events),
       el("h3", {}, "Ledger rows"), ledger(events),
