@@ -15,7 +15,9 @@ The services come from :mod:`flow.bot.services`. Usage metrics are on
 ``daily`` (a Daily room), ``webrtc`` (a caller's peer connection, :mod:`flow.bot.webrtc`,
 built by the runner) and ``simulated`` (:mod:`flow.bot.simulated`). On real audio
 Silero VAD finds the caller's speech (``FLOW_VAD_STOP_SECS``) and the turn ends by
-Pipecat's smart-turn model or after a fixed silence (``FLOW_TURN_STOP``).
+Pipecat's smart-turn model or after a fixed silence (``FLOW_TURN_STOP``). Pipecat's
+``UserBotLatencyObserver`` times each answer, from the end of the caller's speech to the
+bot's first audio (``flow_voice_to_voice_seconds``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from pipecat.frames.frames import EndFrame, LLMRunFrame, TTSSpeakFrame
+from pipecat.observers.user_bot_latency_observer import UserBotLatencyObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext, LLMContextMessage
@@ -37,6 +40,7 @@ from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies, UserTurnStrategies
 
+from flow import metrics
 from flow.bot.contract import CallRequest
 from flow.bot.inference_tracker import LLMInferenceTracker
 from flow.bot.services import CallServices, llm_model_for
@@ -107,6 +111,13 @@ class BotCall:
     greeting: str | None = None
     caller_joined: bool = False
     realtime: bool = False
+
+    async def hang_up_with(self, last_words: str) -> None:
+        """Say ``last_words`` (after a reply in progress; the caller cannot cut them
+        off), then end the call gracefully."""
+        goodbye = TTSSpeakFrame(last_words)
+        goodbye.interruptible = False
+        await self.worker.queue_frames([goodbye, EndFrame()])
 
     async def greet(self) -> None:
         """Say the greeting, once: through the TTS, or (realtime) as a response the
@@ -199,6 +210,12 @@ def build_call(
     processors += [user_agg, services.llm]
     processors += [p for p in (tracker, services.tts) if p is not None]
     processors += [transport.output(), assistant_agg, usage]
+    latency = UserBotLatencyObserver()
+
+    @latency.event_handler("on_latency_measured")
+    async def _voice_to_voice(_observer: Any, seconds: float) -> None:
+        metrics.VOICE_TO_VOICE.observe(seconds)
+
     worker = PipelineWorker(
         Pipeline(processors),
         params=PipelineParams(
@@ -207,6 +224,7 @@ def build_call(
             send_initial_empty_metrics=False,
         ),
         enable_rtvi=False,
+        observers=[latency],
         idle_timeout_secs=idle_timeout_seconds,
         cancel_on_idle_timeout=True,
         cancel_runner_on_idle_timeout=False,

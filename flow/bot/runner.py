@@ -7,8 +7,10 @@ answered for a call not yet submitted counts as one). A call ends
 when its transport ends it (the caller hangs up, the script is done), on
 :meth:`BotRunner.stop`, after ``FLOW_MAX_CALL_SECONDS``, after
 ``FLOW_IDLE_TIMEOUT_SECONDS`` without speech, on a fatal pipeline error, when its task
-is cancelled, or on :meth:`BotRunner.shutdown` (SIGTERM). A WebRTC call whose caller's
-peer is not connected within ``FLOW_WEBRTC_CONNECT_TIMEOUT_SECONDS`` fails
+is cancelled, with a goodbye when a draining instance's time is up
+(:meth:`BotRunner.hang_up`, :mod:`flow.bot.drain`), or at once on
+:meth:`BotRunner.shutdown` (failed, ``shutdown``). A WebRTC call whose caller's peer
+is not connected within ``FLOW_WEBRTC_CONNECT_TIMEOUT_SECONDS`` fails
 (``webrtc_timeout``), as does one whose peer closes before it connects
 (``webrtc_failed``).
 
@@ -34,6 +36,7 @@ from typing import Any
 from pipecat.workers.runner import WorkerRunner
 from supabase import AsyncClient
 
+from flow import metrics
 from flow.bot.call_end import SHUT_DOWN, CallEnd, RunningCall
 from flow.bot.contract import (
     AtCapacity,
@@ -51,8 +54,8 @@ from flow.bot.simulated import SimulatedParams
 from flow.bot.thread_writes import ThreadWrites
 from flow.bot.webrtc import WaitingPeers, answer_offer, webrtc_transport
 from flow.config import Settings
-from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, EndReason, ErrorStage
+from flow.logs import bind
 from flow.metering.meter import Listener, Metering
 
 log = logging.getLogger(__name__)
@@ -103,7 +106,6 @@ class BotRunner:
         self._shutting_down = False
         self.jobs = jobs
         self.writes = ThreadWrites(sb)
-        self._transcript_saves: set[str] = set()
         self.ending = CallEnd(self.writes, post_call, on_failed)
 
     # --- CallRunner ----------------------------------------------------------------
@@ -127,11 +129,16 @@ class BotRunner:
             raise AtCapacity(RETRY_AFTER_SECONDS)
         running = RunningCall(call, peer=peer)
         self._calls[call.workflow_thread_id] = running
+        metrics.CALLS_LIVE.inc()
         running.task = asyncio.create_task(
             self._run(running), name=f"call-{call.workflow_thread_id}"
         )
+        running.task.add_done_callback(lambda _t: self._release(call.workflow_thread_id))
+
+    def _release(self, tid: str) -> None:
         # A task cancelled before its first step never runs its own cleanup.
-        running.task.add_done_callback(lambda _t: self._calls.pop(call.workflow_thread_id, None))
+        self._calls.pop(tid, None)
+        metrics.CALLS_LIVE.dec()
 
     async def answer_webrtc(self, workflow_thread_id: str, offer: WebRTCOffer) -> WebRTCAnswer:
         tid = workflow_thread_id
@@ -161,12 +168,31 @@ class BotRunner:
         await self._end(running, EndReason.STOPPED)
         return True
 
+    def stop_taking_calls(self) -> None:
+        """Refuse every new call from now on (the instance drains)."""
+        self._shutting_down = True
+
+    async def hang_up(self, goodbye: str) -> None:
+        """Have the bot say ``goodbye`` on every live call, then end it (end reason
+        ``shutdown``; its post-call step runs as after any call)."""
+        self._shutting_down = True
+        for running in list(self._calls.values()):
+            bot = running.bot
+            if running.end_reason is not None or (bot is not None and bot.worker.has_finished()):
+                continue  # ending already, or in its post-call step
+            running.end_reason = EndReason.SHUTDOWN
+            if bot is not None:  # else it ends before its pipeline runs
+                await bot.hang_up_with(goodbye)
+
     async def shutdown(self) -> None:
-        """End every call, flush every meter, mark every unfinished thread failed."""
+        """End every call at once, flush every meter, mark every unfinished thread
+        failed (a call already hanging up with a goodbye is only cut short)."""
         self._shutting_down = True
         await self._waiting.close()
         running = list(self._calls.values())
         for r in running:
+            if r.end_reason is None:
+                r.abrupt, r.error = True, SHUT_DOWN
             await self._end(r, EndReason.SHUTDOWN)
         tasks = [r.task for r in running if r.task is not None]
         if tasks:
@@ -226,6 +252,7 @@ class BotRunner:
     async def _run(self, running: RunningCall) -> None:
         call = running.call
         tid = call.workflow_thread_id
+        bind(thread_id=tid, key_id=call.api_key_id)
         meter = self._metering.meter()
         started_at = datetime.now(UTC)
         cancelled = False
@@ -248,7 +275,9 @@ class BotRunner:
             )
             running.bot = bot
             self._watch(running, bot)
-            bot.transcript.on_turn = lambda: self._save_transcript_soon(tid, bot)
+            bot.transcript.on_turn = lambda: self.writes.save_transcript_soon(
+                tid, bot.transcript.to_json
+            )
             if running.peer is not None and running.peer.closed:
                 self._peer_failed(running)  # before the transport could hear of it
             meter.start()
@@ -320,24 +349,6 @@ class BotRunner:
         running.error_code = "webrtc_timeout"
         running.error = f"the caller's WebRTC connection was not up within {seconds:g} s"
         await self._end(running, EndReason.ERROR)
-
-    def _save_transcript_soon(self, tid: str, bot: BotCall) -> None:
-        """Save the transcript so far, off the frame path; a save already in flight
-        takes the newest turns when it runs, so at most one waits."""
-        if tid in self._transcript_saves:
-            return
-        self._transcript_saves.add(tid)
-
-        async def save() -> None:
-            try:
-                await asyncio.sleep(0)  # the turns of one moment go in one write
-                await threads_repo.update_thread(self._sb, tid, transcript=bot.transcript.to_json())
-            except Exception:  # the end of the call saves it anyway
-                log.debug("call %s: live transcript not saved", tid, exc_info=True)
-            finally:
-                self._transcript_saves.discard(tid)
-
-        asyncio.get_running_loop().create_task(save(), name=f"transcript-{tid}")
 
     def _watch(self, running: RunningCall, bot: BotCall) -> None:
         @bot.worker.event_handler("on_idle_timeout")

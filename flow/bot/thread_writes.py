@@ -12,7 +12,9 @@ end never leaves it ``running``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from supabase import AsyncClient
@@ -40,6 +42,7 @@ class ThreadWrites:
     def __init__(self, sb: AsyncClient) -> None:
         self._sb = sb
         self._unwritten: set[str] = set()
+        self._transcript_saves: set[str] = set()
         self.unsettled: dict[str, dict[str, Any]] = {}
 
     async def move(self, tid: str, status: CallStatus, **columns: Any) -> bool:
@@ -69,6 +72,25 @@ class ThreadWrites:
         except Exception:
             log.exception("thread %s: could not mark it failed", tid)
             self._unwritten.add(tid)
+
+    def save_transcript_soon(self, tid: str, transcript: Callable[[], Any]) -> None:
+        """Save a live call's transcript so far, off the frame path; a save already in
+        flight takes the newest turns when it runs, so at most one waits. A failure is
+        only logged: the end of the call saves it anyway."""
+        if tid in self._transcript_saves:
+            return
+        self._transcript_saves.add(tid)
+
+        async def save() -> None:
+            try:
+                await asyncio.sleep(0)  # the turns of one moment go in one write
+                await threads_repo.update_thread(self._sb, tid, transcript=transcript())
+            except Exception:
+                log.debug("call %s: live transcript not saved", tid, exc_info=True)
+            finally:
+                self._transcript_saves.discard(tid)
+
+        asyncio.get_running_loop().create_task(save(), name=f"transcript-{tid}")
 
     def keep_if_unwritten(self, tid: str, end: dict[str, Any]) -> None:
         """At the end of a call: if any of its writes was lost, keep its end to write."""

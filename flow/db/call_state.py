@@ -73,7 +73,7 @@ class EndReason(StrEnum):
     IDLE = "idle"  # FLOW_IDLE_TIMEOUT_SECONDS without speech
     ERROR = "error"  # a fatal pipeline error
     CANCELLED = "cancelled"  # the call's task was cancelled
-    SHUTDOWN = "shutdown"  # the service shut down (SIGTERM)
+    SHUTDOWN = "shutdown"  # the instance shut down (SIGTERM: a goodbye, or at once)
 
     @property
     def normal(self) -> bool:
@@ -82,7 +82,13 @@ class EndReason(StrEnum):
 
 
 NORMAL_ENDS = frozenset(
-    {EndReason.COMPLETED, EndReason.STOPPED, EndReason.MAX_DURATION, EndReason.IDLE}
+    {
+        EndReason.COMPLETED,
+        EndReason.STOPPED,
+        EndReason.MAX_DURATION,
+        EndReason.IDLE,
+        EndReason.SHUTDOWN,
+    }
 )
 
 
