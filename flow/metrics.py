@@ -23,18 +23,17 @@ import logging
 import threading
 from collections.abc import Callable
 from decimal import Decimal
+from http.server import HTTPServer
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
-    start_http_server,
 )
+from prometheus_client.exposition import MetricsHandler
 
 log = logging.getLogger(__name__)
 
@@ -181,21 +180,30 @@ def watch_posthog(queue_size: Callable[[], int]) -> None:
     POSTHOG_QUEUE.set_function(lambda: float(queue_size()))
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics in Prometheus's text format, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+class _Scrape(MetricsHandler):
+    timeout = 5  # seconds a client may take to send its request: one slow client
+    # cannot hold the (single) serving thread longer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every few seconds is not worth a log line
 
 
 class MetricsServer:
-    """``GET /metrics`` on its own port, in a thread (prometheus-client's server)."""
+    """``GET /metrics`` on its own port, served by one thread of its own, one request at
+    a time: under load, each thread switch waits for the interpreter lock, so the fewer
+    switches a scrape takes (no thread per request, as prometheus-client's own server
+    starts), the sooner it is answered."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.server, self._thread = start_http_server(port, addr=host, registry=REGISTRY)
+        self.server = HTTPServer((host, port), _Scrape.factory(REGISTRY))
         self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="flow-metrics", daemon=True
+        )
+        self._thread.start()
         log.info("metrics on http://%s:%d/metrics", host, self.port)
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-        if isinstance(self._thread, threading.Thread):
-            self._thread.join(timeout=5)
+        self._thread.join(timeout=5)

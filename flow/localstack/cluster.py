@@ -72,8 +72,11 @@ def haproxy_config(
         "    option httpchk GET /health/ready",
         "    http-check expect status 200",
         "    cookie flow_instance insert indirect nocache",
+        # Two failed checks in a row take a server out (one slow answer does not), one
+        # good check brings it back; the check waits at most 3 s for the answer.
+        "    timeout check 3s",
         f"    default-server inter {check_ms} fastinter {check_ms} downinter {check_ms} "
-        "fall 1 rise 1",
+        "fall 2 rise 1",
     ]
     lines += [f"    server {name} 127.0.0.1:{p} check cookie {name}" for name, p in servers.items()]
     lines += [
