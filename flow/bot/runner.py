@@ -104,12 +104,17 @@ class BotRunner:
         self._calls: dict[str, RunningCall] = {}
         self._waiting = WaitingPeers(settings.flow_webrtc_connect_timeout_seconds)
         self._shutting_down = False
+        self._draining = False
         self.jobs = jobs
         self.writes = ThreadWrites(sb)
         self.ending = CallEnd(self.writes, post_call, on_failed)
 
     # --- CallRunner ----------------------------------------------------------------
     def has_capacity(self) -> bool:
+        return not self._draining and self._room()
+
+    def _room(self) -> bool:
+        # A join already past the door when the drain began still gets its call.
         held = len(self._calls) + len(self._waiting)
         return not self._shutting_down and held < self._settings.flow_max_bots
 
@@ -119,7 +124,7 @@ class BotRunner:
 
     async def submit(self, call: CallRequest) -> None:
         peer = self._waiting.take(call.workflow_thread_id)
-        full = not self.has_capacity() or call.workflow_thread_id in self._calls
+        full = not self._room() or call.workflow_thread_id in self._calls
         unanswered = (call.transport == "webrtc") != (peer is not None)
         if full or unanswered:
             if peer is not None:
@@ -170,7 +175,7 @@ class BotRunner:
 
     def stop_taking_calls(self) -> None:
         """Refuse every new call from now on (the instance drains)."""
-        self._shutting_down = True
+        self._draining = True
 
     async def hang_up(self, goodbye: str) -> None:
         """Have the bot say ``goodbye`` on every live call, then end it (end reason
