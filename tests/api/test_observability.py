@@ -140,6 +140,9 @@ async def test_json_log_lines_name_request_key_and_call_and_hold_no_secret(
     assert all(line.get("request_id") for line in about_call), "named by the join's request"
     joins = [line for line in lines if "POST /api/bot/join" in line["message"]]
     assert joins and all(line.get("request_id") for line in joins)
+    assert any(line.get("key_id") == str(api_key["id"]) for line in joins), "the key, once known"
+    usage = [line for line in lines if "GET /api/usage HTTP" in line["message"]]
+    assert usage and all("key_id" not in line for line in usage), "no key was valid"
 
 
 def test_the_log_of_the_served_process_is_all_json(served: ServedFlow, tmp_path: Path) -> None:
