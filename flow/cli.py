@@ -28,26 +28,31 @@ async def _client() -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the API; SIGTERM drains the instance (:mod:`flow.server`), then exits 0."""
     import uvicorn
 
     from flow.api.limits import MAX_HEADER_BYTES
     from flow.logs import uvicorn_log_config
+    from flow.main import create_app
+    from flow.server import GRACEFUL_SHUTDOWN_SECONDS, FlowServer
 
     settings = get_settings()
-    configure_logging(settings.flow_log_level)
-    uvicorn.run(
-        "flow.main:create_app",
-        factory=True,
+    configure_logging(settings.flow_log_level, settings.flow_log_format)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=settings.flow_log_level.lower(),
-        log_config=uvicorn_log_config(),
+        log_config=uvicorn_log_config(settings.flow_log_format),
         proxy_headers=True,
         # The h11 server stops reading a header block past this size (400, connection
         # closed): a huge header never fills memory. The app answers 431 for too many.
         http="h11",
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
+    FlowServer(config, app).run()
     return 0
 
 

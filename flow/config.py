@@ -50,7 +50,16 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     flow_log_level: str = "INFO"
+    flow_log_format: Literal["text", "json"] = "text"
     flow_max_body_bytes: int = 64 * 1024
+
+    # --- running several instances: drain, metrics -------------------------
+    flow_drain_seconds: float = Field(default=600.0, ge=0, le=86_400)
+    flow_shutdown_goodbye: str = Field(
+        default="Sorry, this line is closing now. Please call again later. Goodbye.",
+        max_length=2_000,
+    )
+    flow_metrics_port: int = Field(default=0, ge=0, le=65_535)
 
     # --- database ----------------------------------------------------------
     supabase_url: str = ""

@@ -1,5 +1,6 @@
-"""The FastAPI app: settings, clients and the bot runner on ``app.state``, the routers,
-the error format and the body size limit.
+"""The FastAPI app: settings, clients, the bot runner and its drain on ``app.state``, the
+routers, the error format, request ids and the body size limit; the metrics port when
+``FLOW_METRICS_PORT`` is set.
 
 ``uvicorn flow.main:create_app --factory`` (the Procfile, ``flow serve``) builds it from
 the environment; tests pass their own settings and a runner they can observe.
@@ -14,8 +15,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from flow import metrics
 from flow.analytics.posthog import PostHogAnalytics
 from flow.api.errors import install_error_handlers
+from flow.api.gate import JoinGateMiddleware, RequestContextMiddleware
 from flow.api.limits import BodySizeLimitMiddleware, HeaderLimitMiddleware, refuse_lone_surrogates
 from flow.api.routes import (
     admin,
@@ -33,6 +36,7 @@ from flow.api.routes import (
 )
 from flow.auth import Authenticator
 from flow.bot.contract import CallRunner
+from flow.bot.drain import Drain
 from flow.config import Settings, get_settings
 from flow.db.client import create_client
 from flow.metering.meter import Metering
@@ -42,6 +46,7 @@ from flow.workflows.budget_alerts import BudgetAlerts
 
 def create_app(settings: Settings | None = None, runner: CallRunner | None = None) -> FastAPI:
     settings = settings or get_settings()
+    drain = Drain(settings.flow_drain_seconds, settings.flow_shutdown_goodbye)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,7 +72,15 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
             app.state.runner = runner
         workflow = app.state.workflow
         app.state.budget_alerts = workflow.budget_alerts if workflow else BudgetAlerts(settings, sb)
+        drain.runner = app.state.runner
+        metrics.watch_spool(settings.flow_spool_dir)
+        if (client := app.state.analytics.client) is not None:
+            metrics.watch_posthog(client.queue.qsize)
         async with AsyncExitStack() as services:
+            if settings.flow_metrics_port:
+                # Last to stop: an operator sees the drain and the shutdown to the end.
+                served = metrics.MetricsServer(settings.host, settings.flow_metrics_port)
+                services.callback(served.close)
             # Stopped in reverse order: background services first, the runner last
             # but one (it ends calls and flushes their meters), auth's pending writes last.
             services.push_async_callback(app.state.auth.aclose)
@@ -97,9 +110,12 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
         dependencies=[Depends(refuse_lone_surrogates)],
     )
     app.state.settings = settings
+    app.state.drain = drain
     install_error_handlers(app)
+    app.add_middleware(JoinGateMiddleware, drain=drain)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.flow_max_body_bytes)
     app.add_middleware(HeaderLimitMiddleware)
+    app.add_middleware(RequestContextMiddleware)
 
     app.include_router(health.router)
     app.include_router(bots.router)

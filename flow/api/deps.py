@@ -18,6 +18,7 @@ from supabase import AsyncClient
 from flow.auth import ApiKey, Authenticator, Operator, OperatorAuthenticator
 from flow.bot.contract import CallRunner
 from flow.config import Settings
+from flow.logs import bind
 from flow.workflows.budget_alerts import BudgetAlerts
 
 # Declares the scheme in OpenAPI; parsing and refusals are ours (auto_error=False), so a
@@ -61,6 +62,7 @@ async def get_api_key(
 ) -> ApiKey:
     api_key = await get_authenticator(request).authenticate(request.headers.get("authorization"))
     request.state.api_key_id = api_key.id
+    bind(key_id=api_key.id)  # the request's log lines name the key from here on
     return api_key
 
 
@@ -90,6 +92,7 @@ async def get_caller(
     caller = await get_operator_authenticator(request).caller(request.headers.get("authorization"))
     if isinstance(caller, ApiKey):
         request.state.api_key_id = caller.id
+        bind(key_id=caller.id)
     return caller
 
 

@@ -4,9 +4,11 @@
 from cancellation): the recorder's pending usage is recorded, the WebRTC peer (if any)
 closed, a phone call's leg metered, the meter closed (everything buffered goes to the
 ledger or the spool), then the transcript and end time are saved. A call that ended
-abnormally is ``failed`` (``error_stage`` ``call``, its code and message) and the
-failure hook is told; one that ended normally moves to ``processing`` and its post-call
-step runs, then ``completed``.
+abnormally (or was cut short by a shutdown that could not wait) is ``failed``
+(``error_stage`` ``call``, its code and message) and the failure hook is told; one that
+ended normally (a draining instance's goodbye included) moves to ``processing`` and its
+post-call step runs, then ``completed``. Each end is counted in the metrics, by its
+reason.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from flow import metrics
 from flow.bot.contract import CallRequest, CallResult, OnFailed, PostCall
 from flow.bot.pipeline import BotCall
 from flow.bot.thread_writes import ThreadWrites
@@ -42,6 +45,8 @@ class RunningCall:
         error: the message of a failure.
         error_code: the failure's ``error_code``, instead of the end reason's.
         peer: the caller's WebRTC peer, for a webrtc call.
+        abrupt: a shutdown ended it at once, with no goodbye: it fails, with no
+            post-call step.
     """
 
     call: CallRequest
@@ -51,6 +56,7 @@ class RunningCall:
     error: str | None = None
     error_code: str | None = None
     peer: WebRTCPeer | None = None
+    abrupt: bool = False
 
     def over_budget(self, last_words: str) -> None:
         """Its budget guard's word: the next reply would cross the budget. The bot says
@@ -89,6 +95,9 @@ class CallEnd:
         tid = call.workflow_thread_id
         ended_at = datetime.now(UTC)
         reason = running.end_reason or EndReason.COMPLETED
+        metrics.CALLS_ENDED.labels(str(reason)).inc()
+        if running.bot is not None:
+            metrics.CALL_DURATION.observe((ended_at - started_at).total_seconds())
         if running.bot is not None and running.bot.recorder is not None:
             running.bot.recorder.finish()
         if running.peer is not None:
@@ -124,7 +133,7 @@ class CallEnd:
         tid = call.workflow_thread_id
         reason = result.end_reason
         await self.writes.update(tid, **end)
-        if not reason.normal:
+        if not reason.normal or running.abrupt:
             code = running.error_code or (
                 "pipeline_error" if reason is EndReason.ERROR else str(reason)
             )

@@ -225,8 +225,18 @@ class CallRunner(Protocol):
     async def stop(self, workflow_thread_id: str) -> bool:
         """End a running call; False when this runner is not running it."""
 
+    @property
+    def active_calls(self) -> list[str]:
+        """The calls this runner holds (their post-call steps included)."""
+
+    def stop_taking_calls(self) -> None:
+        """Refuse every new call from now on (the instance drains)."""
+
+    async def hang_up(self, goodbye: str) -> None:
+        """Say ``goodbye`` on every live call, then end it (end reason ``shutdown``)."""
+
     async def shutdown(self) -> None:
-        """End every call cleanly, flush every meter, mark unfinished threads."""
+        """End every call at once, flush every meter, mark unfinished threads."""
 
 
 @dataclass

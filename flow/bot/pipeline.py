@@ -20,7 +20,9 @@ usage processor): the baseline the benchmarks measure Flow's cost against. Trans
 built by the runner), ``twilio`` (a phone call's Media Stream, :mod:`flow.bot.twilio`,
 built by the runner) and ``simulated`` (:mod:`flow.bot.simulated`). On real audio
 Silero VAD finds the caller's speech (``FLOW_VAD_STOP_SECS``) and the turn ends by
-Pipecat's smart-turn model or after a fixed silence (``FLOW_TURN_STOP``).
+Pipecat's smart-turn model or after a fixed silence (``FLOW_TURN_STOP``). Pipecat's
+``UserBotLatencyObserver`` times each answer, from the end of the caller's speech to the
+bot's first audio (``flow_voice_to_voice_seconds``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from pipecat.frames.frames import EndFrame, LLMRunFrame, TTSSpeakFrame
+from pipecat.observers.user_bot_latency_observer import UserBotLatencyObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext, LLMContextMessage
@@ -42,6 +45,7 @@ from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies, UserTurnStrategies
 
+from flow import metrics
 from flow.bot.contract import CallRequest
 from flow.bot.inference_tracker import LLMInferenceTracker
 from flow.bot.services import CallServices, llm_model_for
@@ -226,6 +230,12 @@ def build_call(
         usage,
     ]
     processors = [p for p in stages if p is not None]
+    latency = UserBotLatencyObserver()
+
+    @latency.event_handler("on_latency_measured")
+    async def _voice_to_voice(_observer: Any, seconds: float) -> None:
+        metrics.VOICE_TO_VOICE.observe(seconds)
+
     worker = PipelineWorker(
         Pipeline(processors),
         params=PipelineParams(
@@ -234,6 +244,7 @@ def build_call(
             send_initial_empty_metrics=False,
         ),
         enable_rtvi=False,
+        observers=[latency],
         idle_timeout_secs=idle_timeout_seconds,
         cancel_on_idle_timeout=True,
         cancel_runner_on_idle_timeout=False,

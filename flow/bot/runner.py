@@ -8,8 +8,10 @@ ends it (the caller hangs up, the script is done), on :meth:`BotRunner.stop`, wh
 next reply would cross its budget (after ``FLOW_BUDGET_GOODBYE``;
 :mod:`flow.bot.budget_guard`), after ``FLOW_MAX_CALL_SECONDS``, after
 ``FLOW_IDLE_TIMEOUT_SECONDS`` without speech, on a fatal pipeline error, when its task
-is cancelled, or on :meth:`BotRunner.shutdown` (SIGTERM). A WebRTC call whose caller's
-peer is not connected within ``FLOW_WEBRTC_CONNECT_TIMEOUT_SECONDS`` fails
+is cancelled, with a goodbye when a draining instance's time is up
+(:meth:`BotRunner.hang_up`, :mod:`flow.bot.drain`), or at once on
+:meth:`BotRunner.shutdown` (failed, ``shutdown``). A WebRTC call whose caller's peer
+is not connected within ``FLOW_WEBRTC_CONNECT_TIMEOUT_SECONDS`` fails
 (``webrtc_timeout``), as does one whose peer closes before it connects
 (``webrtc_failed``).
 
@@ -30,12 +32,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from pipecat.workers.runner import WorkerRunner
 from supabase import AsyncClient
 
-from flow.bot.budget_guard import AlertsHook, BudgetGate, BudgetGuard, guard_call
+from flow import metrics
+from flow.bot.assemble import assemble_call
+from flow.bot.budget_guard import AlertsHook, BudgetGuard
 from flow.bot.call_end import SHUT_DOWN, CallEnd, RunningCall
 from flow.bot.contract import (
     AtCapacity,
@@ -47,15 +50,14 @@ from flow.bot.contract import (
     WebRTCOffer,
 )
 from flow.bot.instance import HOUSEKEEPING_SECONDS, STOP_POLL_SECONDS, InstanceJobs
-from flow.bot.pipeline import BotCall, build_call
 from flow.bot.services import ServicesFactory, default_services
 from flow.bot.simulated import SimulatedParams
 from flow.bot.thread_writes import ThreadWrites
-from flow.bot.twilio import twilio_transport
 from flow.bot.twilio_stream import TelephonyLegs
-from flow.bot.webrtc import WaitingPeers, answer_offer, webrtc_transport
+from flow.bot.webrtc import WaitingPeers, answer_offer
 from flow.config import Settings
 from flow.db.call_state import CallStatus, EndReason, ErrorStage
+from flow.logs import bind
 from flow.metering.meter import Listener, Metering
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ class BotRunner:
         self._calls: dict[str, RunningCall] = {}
         self._waiting = WaitingPeers(settings.flow_webrtc_connect_timeout_seconds)
         self._shutting_down = False
+        self._draining = False
         self.jobs = jobs
         self.writes = ThreadWrites(sb)
         self.ending = CallEnd(
@@ -115,6 +118,10 @@ class BotRunner:
 
     # --- CallRunner ----------------------------------------------------------------
     def has_capacity(self) -> bool:
+        return not self._draining and self._room()
+
+    def _room(self) -> bool:
+        # A join already past the door when the drain began still gets its call.
         held = len(self._calls) + len(self._waiting)
         return not self._shutting_down and held < self._settings.flow_max_bots
 
@@ -124,7 +131,7 @@ class BotRunner:
 
     async def submit(self, call: CallRequest) -> None:
         peer = self._waiting.take(call.workflow_thread_id)
-        full = not self.has_capacity() or call.workflow_thread_id in self._calls
+        full = not self._room() or call.workflow_thread_id in self._calls
         unanswered = (call.transport == "webrtc") != (peer is not None)
         if full or unanswered:
             if peer is not None:
@@ -134,11 +141,16 @@ class BotRunner:
             raise AtCapacity(RETRY_AFTER_SECONDS)
         running = RunningCall(call, peer=peer)
         self._calls[call.workflow_thread_id] = running
+        metrics.CALLS_LIVE.inc()
         running.task = asyncio.create_task(
             self._run(running), name=f"call-{call.workflow_thread_id}"
         )
+        running.task.add_done_callback(lambda _t: self._release(call.workflow_thread_id))
+
+    def _release(self, tid: str) -> None:
         # A task cancelled before its first step never runs its own cleanup.
-        running.task.add_done_callback(lambda _t: self._calls.pop(call.workflow_thread_id, None))
+        self._calls.pop(tid, None)
+        metrics.CALLS_LIVE.dec()
 
     async def answer_webrtc(self, workflow_thread_id: str, offer: WebRTCOffer) -> WebRTCAnswer:
         tid = workflow_thread_id
@@ -168,12 +180,31 @@ class BotRunner:
         await self._end(running, EndReason.STOPPED)
         return True
 
+    def stop_taking_calls(self) -> None:
+        """Refuse every new call from now on (the instance drains)."""
+        self._draining = True
+
+    async def hang_up(self, goodbye: str) -> None:
+        """Have the bot say ``goodbye`` on every live call, then end it (end reason
+        ``shutdown``; its post-call step runs as after any call)."""
+        self._shutting_down = True
+        for running in list(self._calls.values()):
+            bot = running.bot
+            if running.end_reason is not None or (bot is not None and bot.worker.has_finished()):
+                continue  # ending already, or in its post-call step
+            running.end_reason = EndReason.SHUTDOWN
+            if bot is not None:  # else it ends before its pipeline runs
+                await bot.hang_up_with(goodbye)
+
     async def shutdown(self) -> None:
-        """End every call, flush every meter, mark every unfinished thread failed."""
+        """End every call at once, flush every meter, mark every unfinished thread
+        failed (a call already hanging up with a goodbye is only cut short)."""
         self._shutting_down = True
         await self._waiting.close()
         running = list(self._calls.values())
         for r in running:
+            if r.end_reason is None:
+                r.abrupt, r.error = True, SHUT_DOWN
             await self._end(r, EndReason.SHUTDOWN)
         tasks = [r.task for r in running if r.task is not None]
         if tasks:
@@ -233,42 +264,24 @@ class BotRunner:
     async def _run(self, running: RunningCall) -> None:
         call = running.call
         tid = call.workflow_thread_id
+        bind(thread_id=tid, key_id=call.api_key_id)
         meter = self._metering.meter()
         started_at = datetime.now(UTC)
         cancelled = False
         guard: BudgetGuard | None = None
         try:
             await self.writes.move(tid, CallStatus.STARTING, instance_id=self.instance_id)
-            services = self._services_factory(self._settings, call)
-            guard = guard_call(
-                self._sb,
+            bot, guard = assemble_call(
                 self._settings,
-                call,
-                services,
+                self._sb,
+                running,
                 meter,
-                self._metering.prices,
-                on_exhausted=lambda: running.over_budget(self._settings.flow_budget_goodbye),
+                self._metering,
+                services_factory=self._services_factory,
+                simulated=self._simulated,
                 on_alerts=self._on_budget_alerts,
             )
-            simulated = SimulatedParams(**vars(self._simulated)) if self._simulated else None
-            transport = None
-            if running.peer is not None:
-                transport = webrtc_transport(running.peer)
-            elif call.stream is not None:
-                transport = twilio_transport(call.stream, self._settings)
-            bot = build_call(
-                call,
-                self._settings,
-                services=services,
-                meter=meter,
-                price_book=self._metering.prices,
-                transport=transport,
-                simulated=simulated,
-                idle_timeout_seconds=self._settings.flow_idle_timeout_seconds,
-                llm_gates=BudgetGate.around_llm(guard) if guard is not None else None,
-            )
             running.bot = bot
-            self._watch(running, bot)
             bot.transcript.on_turn = lambda: self.writes.save_transcript_soon(
                 tid, bot.transcript.to_json
             )
@@ -347,23 +360,6 @@ class BotRunner:
         running.error_code = "webrtc_timeout"
         running.error = f"the caller's WebRTC connection was not up within {seconds:g} s"
         await self._end(running, EndReason.ERROR)
-
-    def _watch(self, running: RunningCall, bot: BotCall) -> None:
-        @bot.worker.event_handler("on_idle_timeout")
-        async def _idle(_worker: Any) -> None:
-            if running.end_reason is None:
-                running.end_reason = EndReason.IDLE
-
-        @bot.worker.event_handler("on_pipeline_error")
-        async def _error(_worker: Any, frame: Any) -> None:
-            running.error = running.error or str(getattr(frame, "error", frame))
-            processor = getattr(frame, "processor", None)
-            if getattr(frame, "fatal", False) or (
-                processor is not None and not processor.is_usable
-            ):
-                if running.end_reason is None:
-                    running.end_reason = EndReason.ERROR
-                await bot.worker.cancel(reason=str(EndReason.ERROR))
 
 
 def create_runner(

@@ -81,7 +81,7 @@ class EndReason(StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"  # the key's budget or the call's own limit
     ERROR = "error"  # a fatal pipeline error
     CANCELLED = "cancelled"  # the call's task was cancelled
-    SHUTDOWN = "shutdown"  # the service shut down (SIGTERM)
+    SHUTDOWN = "shutdown"  # the instance shut down (SIGTERM: a goodbye, or at once)
 
     @property
     def normal(self) -> bool:
@@ -96,6 +96,7 @@ NORMAL_ENDS = frozenset(
         EndReason.MAX_DURATION,
         EndReason.IDLE,
         EndReason.BUDGET_EXHAUSTED,
+        EndReason.SHUTDOWN,
     }
 )
 

@@ -72,6 +72,13 @@ async def export_backlog(sb: AsyncClient, integration_id: str) -> int:
     return int(res.data or 0)
 
 
+async def export_lag(sb: AsyncClient) -> list[dict[str, Any]]:
+    """Every integration's lag behind the ledger: ``id``, ``provider``, ``status``,
+    ``lag_rows`` (rows after its cursor) and ``lag_seconds`` (since the oldest of them
+    was recorded; 0 when caught up)."""
+    return rows_of(await call(sb.rpc("analytics_export_lag", {}).execute))
+
+
 async def export_page(sb: AsyncClient, integration_id: str, owner: str, limit: int) -> ExportPage:
     """Up to ``limit`` ledger rows after the cursor, for the lease holder."""
     params = {"p_id": integration_id, "p_owner": owner, "p_limit": limit}

@@ -3,12 +3,14 @@ reports computed over it in SQL."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from supabase import AsyncClient
 
+from flow import metrics
 from flow.db.client import call, rows_of
 
 MAX_BATCH = 10_000
@@ -28,7 +30,12 @@ async def record_usage_events(sb: AsyncClient, events: Sequence[LedgerRow]) -> i
     inserted = 0
     for start in range(0, len(events), MAX_BATCH):
         rows = [e.to_row() for e in events[start : start + MAX_BATCH]]
-        res: Any = await call(sb.rpc("record_usage_events", {"events": rows}).execute)
+        began, outcome = time.perf_counter(), "error"
+        try:
+            res: Any = await call(sb.rpc("record_usage_events", {"events": rows}).execute)
+            outcome = "ok"
+        finally:
+            metrics.LEDGER_WRITE.labels(outcome).observe(time.perf_counter() - began)
         inserted += int(res.data)
     return inserted
 

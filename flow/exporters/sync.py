@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 from supabase import AsyncClient
 
+from flow import metrics
 from flow.config import Settings
 from flow.db import billing as billing_db
 from flow.db import exports as exports_db
@@ -279,6 +280,7 @@ class Exporter:
             if final:
                 outcome.status = final
         if outcome.error:
+            metrics.EXPORT_ERRORS.labels(str(row["provider"])).inc()
             log.warning("export %s: %s", iid, outcome.error)
         else:
             log.info("export %s: %d events exported", iid, outcome.exported)

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flow.localstack.install import StackError, ensure_postgres, ensure_postgrest
+from flow.localstack.install import StackError, ensure_haproxy, ensure_postgres, ensure_postgrest
 from flow.localstack.supervisor import (
     StackInfo,
     default_state_dir,
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "install":
             ensure_postgres()
             ensure_postgrest()
+            ensure_haproxy()
         elif args.action == "up":
             _emit(up(state_dir), args.write)
         elif args.action == "down":

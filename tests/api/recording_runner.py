@@ -38,9 +38,23 @@ class RecordingRunner:
         self.offers: dict[str, WebRTCOffer] = {}
         self.candidates: dict[str, list[IceCandidate]] = {}
         self.refuse_next_offer: str | None = None
+        # Draining: whether new calls are refused, and the goodbyes said.
+        self.taking_calls = True
+        self.goodbyes: list[str] = []
 
     def has_capacity(self) -> bool:
-        return len(self.running) < self.capacity
+        return self.taking_calls and len(self.running) < self.capacity
+
+    @property
+    def active_calls(self) -> list[str]:
+        return list(self.running)
+
+    def stop_taking_calls(self) -> None:
+        self.taking_calls = False
+
+    async def hang_up(self, goodbye: str) -> None:
+        self.goodbyes.append(goodbye)
+        self.running.clear()
 
     async def submit(self, call: CallRequest) -> None:
         if self.refuse_next_submit is not None:

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from supabase import AsyncClient
 
+from flow import metrics
 from flow.bot.webrtc import use_loopback_candidates
 from flow.config import Settings
 from flow.db import threads as threads_repo
@@ -111,6 +112,7 @@ async def test_a_webrtc_call_meters_exactly_what_the_vendors_received_and_served
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
+    timed = metrics.REGISTRY.get_sample_value("flow_voice_to_voice_seconds_count") or 0
     s = webrtc_settings(settings, openai_server.base_url, tmp_path)
     webhooks = await RecordingSink().start()
     async with flow_app(s) as (app, client):
@@ -208,6 +210,10 @@ async def test_a_webrtc_call_meters_exactly_what_the_vendors_received_and_served
     [delivery] = webhooks.requests
     assert delivery["path"] == "/calls"
     assert json.loads(delivery["body"])["type"] == "call.completed"
+
+    # Each answer was timed from the end of the caller's speech to the bot's first audio.
+    timed = (metrics.REGISTRY.get_sample_value("flow_voice_to_voice_seconds_count") or 0) - timed
+    assert timed == len(REPLIES)
 
     # The caller heard the bot: its speech came back as sound, about as long as served.
     heard = first + second

@@ -214,11 +214,12 @@ async def test_sigterm_mid_call_loses_and_doubles_nothing(
     with ServedFlow(stack, tmp_path / "flow.log", **env) as flow:
         tid = await join(flow, api_key)
         await asyncio.sleep(1.2)
-        # Uvicorn re-raises the signal once it has shut down gracefully.
-        assert flow.terminate(timeout=40) in (0, -15)
+        # The instance drains: the call goes on to its end (the vendor answers meanwhile,
+        # in this loop), then the process exits 0.
+        assert await asyncio.to_thread(flow.terminate, 40) == 0
         assert "Application shutdown complete" in flow.log()
     row = await settled(sb, tid, spool, statuses=("failed", "completed"))
-    assert row["status"] == "completed" or row["error_code"] == "shutdown"
+    assert row["status"] == "completed"
     rows = await call_ledger(sb, tid)
     result = tally("SIGTERM mid-call", vendor, rows)
     result.report()

@@ -17,6 +17,7 @@ FLOW = Path(__file__).resolve().parents[2] / "flow"
 LAYERS = {
     "config": 0,
     "logs": 0,
+    "metrics": 0,
     "db": 1,
     "net": 1,
     "metering": 2,
@@ -31,6 +32,7 @@ LAYERS = {
     "api": 5,
     "cli": 5,
     "main": 5,
+    "server": 5,
     "demo": 5,
     "localstack": 5,
     "dashboard": 5,
