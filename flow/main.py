@@ -29,6 +29,7 @@ from flow.api.routes import (
     dashboard,
     health,
     integrations,
+    scrape,
     talk,
     telephony,
     usage,
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
     app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="dashboard-static")
     app.include_router(admin.router)
     app.include_router(admin_integrations.router)
+    app.include_router(scrape.router)
     app.include_router(admin.page)
     app.mount("/admin/static", StaticFiles(directory=admin.STATIC), name="admin-static")
     app.include_router(talk.page)

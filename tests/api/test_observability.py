@@ -1,12 +1,13 @@
 """What an operator sees of a running ``flow serve``: Prometheus metrics on
-``FLOW_METRICS_PORT`` (no auth there, nothing on the API's port) with bounded labels,
-and with ``FLOW_LOG_FORMAT=json`` one JSON object a line naming the request, key and
-call, with no secret in any of them."""
+``FLOW_METRICS_PORT`` (no auth there; on the API's port behind the operator token) with
+bounded labels, and with ``FLOW_LOG_FORMAT=json`` one JSON object a line naming the
+request, key and call, with no secret in any of them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flow import localstack
+from flow.db import operators as operators_repo
 from flow.db import threads as threads_repo
 from tests.api.conftest import bearer
 from tests.fakes.openai_server import FakeOpenAI
@@ -83,11 +85,20 @@ async def finished_call(flow: ServedFlow, sb: Any, key: dict[str, Any]) -> str:
     raise AssertionError("the call did not finish")
 
 
-def test_metrics_are_on_their_own_port_only(served: ServedFlow) -> None:
+async def test_metrics_are_open_on_their_port_and_the_operators_on_the_api_port(
+    served: ServedFlow, sb: Any, api_key: dict[str, Any]
+) -> None:
     samples = scrape(served)
     assert value(samples, "flow_draining") == 0
     assert ("flow_calls_live", ()) in samples
-    assert httpx.get(f"{served.url}/metrics", timeout=5).status_code == 404
+    _, token = await operators_repo.create_token(sb, f"scraper-{uuid.uuid4().hex[:6]}")
+    async with httpx.AsyncClient(base_url=served.url, timeout=5) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers=bearer(api_key))).status_code == 403
+        res = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/plain")
+    names = {f.name for f in text_string_to_metric_families(res.text)}
+    assert {"flow_calls_live", "flow_draining"} <= names
 
 
 async def test_a_call_is_counted_with_its_usage_cost_and_timings_under_bounded_labels(
