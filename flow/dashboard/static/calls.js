@@ -70,7 +70,11 @@ const FlowCalls = (() => {
     }
 
     async load() {
+      // Only the latest load shows: an older answer arriving late (a filter submitted
+      // while the first page loads) is dropped.
+      const seq = (this.seq = (this.seq || 0) + 1);
       const page = await this.api(this.path + "?" + this.params());
+      if (seq !== this.seq) return;
       const rows = page.calls.map((c) => ({
         attrs: { dataset: { id: c.workflow_thread_id } },
         cells: [
