@@ -17,8 +17,10 @@ inference of a process loaded the tiktoken encoding. So:
   (:class:`CallSileroVAD`), the smart-turn model is stateless
   (:class:`CallSmartTurn`), and ONNX Runtime runs one session from several threads at
   once (each analyzer runs its model on a thread of its own).
-- :func:`warm_up` loads all of it, with the modules a call imports on first use and the
-  LLM's tiktoken encoding, in a thread: the API's lifespan awaits it before serving.
+- :func:`warm_up` loads all of it in a thread, with what a call would otherwise load
+  at its first use: the modules it imports (the OpenAI SDK's resources included),
+  genai-prices' data and the LLM's tiktoken encoding. The API's lifespan awaits it
+  before serving.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import importlib
+import json
 import logging
 import ssl
 from functools import cache
 from typing import Any
 
 import httpx2
+from genai_prices.data_snapshot import get_snapshot
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
@@ -140,14 +144,69 @@ class CallSmartTurn(LocalSmartTurnAnalyzerV3):
         self._session = _smart_turn()._session
 
 
+# In-memory answers to the requests a call makes (OpenAI's formats, nothing sent).
+_REHEARSAL_CHUNKS = (
+    {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi."}}]},
+    {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
+)
+_REHEARSAL_TRANSCRIPTION = {"text": "Hi.", "usage": {"type": "duration", "seconds": 1}}
+
+
+def _rehearsal_answer(request: httpx2.Request) -> httpx2.Response:
+    path = request.url.path
+    if path.endswith("/chat/completions"):
+        head = {"id": "rehearsal", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+        events = [f"data: {json.dumps({**head, **chunk})}\n\n" for chunk in _REHEARSAL_CHUNKS]
+        body = "".join(events) + "data: [DONE]\n\n"
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+    if path.endswith("/audio/transcriptions"):
+        return httpx2.Response(200, json=_REHEARSAL_TRANSCRIPTION)
+    return httpx2.Response(200, content=bytes(320))  # speech: PCM
+
+
+async def _rehearse_openai_requests() -> None:
+    """One request of each kind a call makes (a streamed completion, a transcription, a
+    streamed speech), answered in memory: the SDK loads at its first request of each
+    what it loads lazily (its resources' modules, parsers, type checks' caches)."""
+    client = AsyncOpenAI(
+        api_key="unused",
+        base_url="http://rehearsal.invalid/v1",
+        http_client=openai_http_client(transport=httpx2.MockTransport(_rehearsal_answer)),
+        max_retries=0,
+    )
+    async with client:
+        stream = await client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "Hi."}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        async for _chunk in stream:
+            pass
+        await client.audio.transcriptions.create(
+            file=("audio.wav", bytes(44), "audio/wav"), model="m"
+        )
+        async with client.audio.speech.with_streaming_response.create(
+            model="m", voice="alloy", input="Hi.", response_format="pcm"
+        ) as speech:
+            async for _part in speech.iter_bytes():
+                pass
+    # Its first real connection loads the HTTP stack's async backend.
+    importlib.import_module("anyio._backends._asyncio")
+
+
 def warm_up_now(settings: Settings) -> None:
-    """Load what every call uses, now (blocking: run it in a thread)."""
+    """Load what every call uses, now (blocking, and it runs an event loop of its own:
+    call it in a thread)."""
     modules = list(CALL_MODULES)
     if settings.deepgram_api_key.get_secret_value() or settings.flow_tts_provider == "deepgram":
         modules += DEEPGRAM_MODULES
     for name in modules:
         importlib.import_module(name)
     tls_context()
+    asyncio.run(_rehearse_openai_requests())
+    get_snapshot()  # the price data genai-prices otherwise loads at a call's first price
     _silero()
     _smart_turn()
     if not tokenizer.preload(settings.flow_llm_model):

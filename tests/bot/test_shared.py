@@ -125,3 +125,9 @@ async def test_a_failed_warm_up_leaves_loading_to_the_first_call(
     with caplog.at_level(logging.ERROR, logger="flow.bot.shared"):
         await shared.warm_up(settings())
     assert "load at the first call" in caplog.text
+
+
+async def test_warming_up_loads_every_model_and_sends_nothing() -> None:
+    # Its rehearsed requests go to a host that does not resolve: one sent would fail.
+    await asyncio.to_thread(shared.warm_up_now, settings())
+    assert shared._silero.cache_info().currsize == shared._smart_turn.cache_info().currsize == 1
