@@ -22,7 +22,9 @@ A probe task asks the loop to wake it every 2 ms; how late it wakes during a bui
 the stall that build made. Printed: per way, the median and the largest stall of a
 build, and the ratio flow / stock. Before the rounds, :func:`~flow.bot.shared.warm_up`
 runs (as the API's lifespan does) and the largest stall it made is printed: it runs in
-a thread. No database, no vendor: nothing is run, only built.
+a thread. Last, with Flow's calls still built, a full garbage collection is timed with
+what warm-up loaded frozen (``gc.freeze``, as Flow runs) and unfrozen. No database, no
+vendor: nothing is run, only built.
 
 Run: ``.venv/bin/python bench/call_build.py`` (``--calls 8 --rounds 3``).
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import statistics
 import sys
@@ -163,8 +166,9 @@ async def build_round(
     probe: LoopProbe,
     n: int,
     factory: Callable[[Settings, CallRequest], Any],
+    keep: list[Any] | None = None,
 ) -> list[float]:
-    """Build n calls, one every 50 ms; the stall each build made."""
+    """Build n calls, one every 50 ms (kept in ``keep``); the stall each build made."""
     from flow.bot.pipeline import build_call
     from flow.bot.webrtc import webrtc_transport
     from flow.metering.pricing import PriceBook
@@ -177,7 +181,7 @@ async def build_round(
             await asyncio.sleep(GAP_SECONDS)
             probe.take()
             call = new_call()
-            build_call(
+            bot = build_call(
                 call,
                 settings,
                 services=factory(settings, call),
@@ -185,6 +189,8 @@ async def build_round(
                 price_book=prices,
                 transport=webrtc_transport(peer),
             )
+            if keep is not None:
+                keep.append(bot)
             await asyncio.sleep(PROBE_SECONDS * 3)  # the probe wakes and measures
             stalls.append(probe.take())
     finally:
@@ -197,6 +203,20 @@ async def build_round(
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:7.1f} ms"
+
+
+def full_collections(repeat: int = 3) -> dict[str, float]:
+    """The median time of a full garbage collection with what warm-up loaded frozen
+    (as Flow runs), then unfrozen (walked by every full collection)."""
+    times: dict[str, list[float]] = {"frozen": [], "unfrozen": []}
+    for way in times:
+        if way == "unfrozen":
+            gc.unfreeze()
+        for _ in range(repeat):
+            started = time.perf_counter()
+            gc.collect()
+            times[way].append(time.perf_counter() - started)
+    return {way: statistics.median(t) for way, t in times.items()}
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -219,10 +239,11 @@ async def main_async(args: argparse.Namespace) -> None:
     await build_round(settings, probe, 1, default_services)
     with stock_turns():
         await build_round(settings, probe, 1, stock_services)
+    built: list[Any] = []
     for r in range(args.rounds):
         for way in ("flow", "stock") if r % 2 == 0 else ("stock", "flow"):
             if way == "flow":
-                ways[way] += await build_round(settings, probe, args.calls, default_services)
+                ways[way] += await build_round(settings, probe, args.calls, default_services, built)
             else:
                 with stock_turns():
                     ways[way] += await build_round(settings, probe, args.calls, stock_services)
@@ -235,6 +256,12 @@ async def main_async(args: argparse.Namespace) -> None:
     ratio = statistics.median(ways["flow"]) / statistics.median(ways["stock"])
     print(f"\nratio flow / stock (medians): {ratio:.2f}")
     print("(a stall of 10 ms or more is heard as a gap in the speech of every call talking)")
+    collections = full_collections()
+    print(
+        f"\na full garbage collection, {len(built)} calls built: {ms(collections['frozen'])} "
+        f"with what warm-up loaded frozen, {ms(collections['unfrozen'])} without "
+        f"(ratio {collections['frozen'] / collections['unfrozen']:.2f})"
+    )
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ own state, and every OpenAI service keeps a client of its own with its limits.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import uuid
 from typing import Any
@@ -131,3 +132,4 @@ async def test_warming_up_loads_every_model_and_sends_nothing() -> None:
     # Its rehearsed requests go to a host that does not resolve: one sent would fail.
     await asyncio.to_thread(shared.warm_up_now, settings())
     assert shared._silero.cache_info().currsize == shared._smart_turn.cache_info().currsize == 1
+    assert gc.get_freeze_count() > 0
