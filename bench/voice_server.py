@@ -88,10 +88,12 @@ class VoiceServer:
 
     async def start(self) -> None:
         from flow.bot.runner import BotRunner
+        from flow.bot.shared import warm_up
         from flow.db.client import create_client
         from flow.metering.meter import Metering
         from flow.metering.pricing import PriceBook
 
+        await warm_up(self.settings)  # as the API's lifespan does
         self.sb = await create_client(self.settings)
         self.prices = PriceBook.from_settings(self.settings)
         metering = Metering.from_settings(self.settings, self.sb, prices=self.prices)

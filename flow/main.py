@@ -64,11 +64,14 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
         )
         app.state.workflow = None
         if runner is None:
+            from flow.bot.shared import warm_up
             from flow.workflows.bot_call import build_runner
 
             app.state.runner, app.state.workflow = build_runner(
                 settings, sb, app.state.analytics, metering=metering
             )
+            # What every call uses is loaded before the first call, off the event loop.
+            await warm_up(settings)
         else:
             app.state.runner = runner
         workflow = app.state.workflow

@@ -80,21 +80,28 @@ CALLER_EVENTS = {
 
 def audio_turns(settings: Settings) -> LLMUserAggregatorParams:
     """The user aggregator of a call on real audio: Silero VAD and the turn-stop
-    strategy from settings."""
-    from pipecat.audio.vad.silero import SileroVADAnalyzer
+    strategy from settings (Pipecat's default, the smart-turn model, or a fixed
+    silence), their models the process's (:mod:`flow.bot.shared`)."""
     from pipecat.audio.vad.vad_analyzer import VADParams
+    from pipecat.turns.user_stop import (
+        BaseUserTurnStopStrategy,
+        SpeechTimeoutUserTurnStopStrategy,
+        TurnAnalyzerUserTurnStopStrategy,
+    )
 
-    vad = SileroVADAnalyzer(params=VADParams(stop_secs=settings.flow_vad_stop_secs))
+    from flow.bot.shared import CallSileroVAD, CallSmartTurn
+
+    vad = CallSileroVAD(params=VADParams(stop_secs=settings.flow_vad_stop_secs))
+    stop: BaseUserTurnStopStrategy
     if settings.flow_turn_stop == "timeout":
-        from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
-
         stop = SpeechTimeoutUserTurnStopStrategy(
             user_speech_timeout=settings.flow_turn_stop_timeout_seconds
         )
-        return LLMUserAggregatorParams(
-            vad_analyzer=vad, user_turn_strategies=UserTurnStrategies(stop=[stop])
-        )
-    return LLMUserAggregatorParams(vad_analyzer=vad)
+    else:  # Pipecat's default stop strategy, named: its default loads the model per call
+        stop = TurnAnalyzerUserTurnStopStrategy(turn_analyzer=CallSmartTurn())
+    return LLMUserAggregatorParams(
+        vad_analyzer=vad, user_turn_strategies=UserTurnStrategies(stop=[stop])
+    )
 
 
 # How a speech-to-speech model is asked to say the greeting.

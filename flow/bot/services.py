@@ -12,7 +12,8 @@ Services get stable names (``stt``, ``llm``, ``tts``): a metric's ``processor`` 
 service's name, which is how usage is attributed to a vendor and a model.
 
 Pipecat is imported only when services are built, so :func:`configuration_problem`
-(the join route's check) costs the API nothing.
+(the join route's check) costs the API nothing. The OpenAI services' HTTP clients use
+the process's SSL context (:mod:`flow.bot.shared`): building them loads no certificates.
 """
 
 from __future__ import annotations
@@ -72,13 +73,13 @@ def llm_model_for(settings: Settings, call: CallRequest) -> str:
 
 def openai_llm(settings: Settings, call: CallRequest) -> LLMService[Any]:
     """The real OpenAI LLM service, honouring ``OPENAI_BASE_URL``."""
-    from pipecat.services.openai.llm import OpenAILLMService
+    from flow.bot.shared import OpenAILLM
 
-    return OpenAILLMService(
+    return OpenAILLM(
         name=LLM_NAME,
         api_key=settings.openai_api_key.get_secret_value() or None,
         base_url=settings.openai_base_url or None,
-        settings=OpenAILLMService.Settings(
+        settings=OpenAILLM.Settings(
             model=llm_model_for(settings, call),
             system_instruction=system_prompt_for(settings, call),
         ),
@@ -132,10 +133,13 @@ def default_services(settings: Settings, call: CallRequest) -> CallServices:
     else:
         from pipecat.services.openai.tts import OpenAITTSService
 
+        from flow.bot.shared import openai_http_client
+
         tts = OpenAITTSService(
             name=TTS_NAME,
             api_key=openai_key,
             base_url=base_url,
+            http_client=openai_http_client(),
             settings=OpenAITTSService.Settings(model=settings.flow_tts_model, voice=voice),
         )
         models[TTS_NAME] = settings.flow_tts_model
@@ -153,6 +157,7 @@ def default_services(settings: Settings, call: CallRequest) -> CallServices:
             )
             providers[STT_NAME] = "deepgram"
         else:
+            from flow.bot.shared import openai_http_client
             from flow.bot.transcription import MeteredOpenAISTTService
 
             stt_model = settings.flow_stt_model or "gpt-4o-transcribe"
@@ -160,6 +165,7 @@ def default_services(settings: Settings, call: CallRequest) -> CallServices:
                 name=STT_NAME,
                 api_key=openai_key,
                 base_url=base_url,
+                http_client=openai_http_client(),
                 settings=MeteredOpenAISTTService.Settings(model=stt_model),
             )
             providers[STT_NAME] = "openai"

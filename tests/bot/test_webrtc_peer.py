@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from flow.bot.contract import IceCandidate, InvalidIceCandidate, InvalidWebRTCOffer, WebRTCOffer
 from flow.bot.pipeline import audio_turns
+from flow.bot.shared import CallSileroVAD, CallSmartTurn
 from flow.bot.webrtc import WaitingPeers, answer_offer, use_loopback_candidates
 from flow.config import Settings
 
@@ -120,9 +121,17 @@ def test_webrtc_settings_are_checked() -> None:
 def test_real_audio_takes_the_vad_and_turn_settings() -> None:
     defaults = audio_turns(bare())
     assert defaults.vad_analyzer is not None and defaults.vad_analyzer.params.stop_secs == 0.2
-    assert defaults.user_turn_strategies is None  # Pipecat's: the smart-turn model
-    [smart] = UserTurnStrategies().stop or []
+    # Pipecat's default strategies (the smart-turn model stops a turn), over the
+    # process's models.
+    assert isinstance(defaults.vad_analyzer, CallSileroVAD)
+    pipecats = UserTurnStrategies()
+    assert defaults.user_turn_strategies is not None
+    starts = [type(s) for s in defaults.user_turn_strategies.start or []]
+    assert starts == [type(s) for s in pipecats.start or []]
+    [smart] = defaults.user_turn_strategies.stop or []
     assert isinstance(smart, TurnAnalyzerUserTurnStopStrategy)
+    assert isinstance(smart._turn_analyzer, CallSmartTurn)
+    assert [type(s) for s in pipecats.stop or []] == [TurnAnalyzerUserTurnStopStrategy]
 
     timed = audio_turns(
         bare(flow_vad_stop_secs=0.5, flow_turn_stop="timeout", flow_turn_stop_timeout_seconds=0.8)
