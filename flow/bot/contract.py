@@ -216,6 +216,10 @@ class CallRunner(Protocol):
         raises :class:`InvalidWebRTCOffer` or :class:`AtCapacity`. A peer whose call is
         never submitted is closed after ``FLOW_WEBRTC_CONNECT_TIMEOUT_SECONDS``."""
 
+    async def release_webrtc(self, workflow_thread_id: str) -> None:
+        """Close the peer answered for a call that will not be submitted (its join was
+        refused after the answer), now rather than at the connect timeout."""
+
     async def add_ice_candidates(
         self, workflow_thread_id: str, candidates: list[IceCandidate]
     ) -> bool:

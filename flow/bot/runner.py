@@ -163,6 +163,10 @@ class BotRunner:
         self._waiting.add(tid, peer)
         return peer.answer
 
+    async def release_webrtc(self, workflow_thread_id: str) -> None:
+        if (peer := self._waiting.take(workflow_thread_id)) is not None:
+            await peer.close()
+
     async def add_ice_candidates(
         self, workflow_thread_id: str, candidates: list[IceCandidate]
     ) -> bool:

@@ -36,6 +36,7 @@ class RecordingRunner:
         # WebRTC: offers answered (by thread id), candidates received, and the reason to
         # refuse the next offer with (as a runner whose WebRTC library refuses it).
         self.offers: dict[str, WebRTCOffer] = {}
+        self.released: list[str] = []
         self.candidates: dict[str, list[IceCandidate]] = {}
         self.refuse_next_offer: str | None = None
         # Draining: whether new calls are refused, and the goodbyes said.
@@ -75,6 +76,10 @@ class RecordingRunner:
             raise AtCapacity(1)
         self.offers[workflow_thread_id] = offer
         return WebRTCAnswer(sdp=ANSWER_SDP)
+
+    async def release_webrtc(self, workflow_thread_id: str) -> None:
+        self.offers.pop(workflow_thread_id, None)
+        self.released.append(workflow_thread_id)
 
     async def add_ice_candidates(
         self, workflow_thread_id: str, candidates: list[IceCandidate]

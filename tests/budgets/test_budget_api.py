@@ -16,6 +16,7 @@ from flow.config import Settings
 from flow.db.client import call, rows_of
 from tests.api.conftest import bearer, serve
 from tests.api.recording_runner import RecordingRunner
+from tests.api.test_webrtc import webrtc_join
 from tests.budgets.support import spend, with_budget
 
 JOIN = {"transport": "simulated", "script": ["hello"], "process_insights": False}
@@ -51,6 +52,12 @@ async def test_a_join_past_the_budget_is_402_with_the_figures_and_creates_nothin
     assert Decimal(body["spent_usd"]) == Decimal("0.5")
     assert Decimal(body["limit_usd"]) == Decimal("0.5")
     assert Decimal(body["remaining_usd"]) == 0 and body["resets_at"]
+    assert await key_threads(sb, key_id) == before and runner.submitted == []
+
+    # A WebRTC join refused after its offer was answered: the peer is closed at once.
+    res = await client.post("/api/bot/join", json=webrtc_join(), headers=auth)
+    assert res.status_code == 402, res.text
+    assert len(runner.released) == 1 and runner.offers == {}
     assert await key_threads(sb, key_id) == before and runner.submitted == []
 
 

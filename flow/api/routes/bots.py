@@ -167,6 +167,8 @@ async def join(
         **_thread_fields(body, end_user_id, webhook_url),
     )
     if not admission["admitted"]:
+        if answer is not None:
+            await runner.release_webrtc(thread_id)
         if admission["error"] == "budget_exhausted":
             alerts.check_soon(api_key.id)
         raise budget_refusal(admission)
