@@ -36,6 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.processes import wait_ready
 from flow import localstack
 from flow.db.keys import hash_key, new_key_secret
 from flow.localstack.cluster import HAProxy, haproxy_config
@@ -74,15 +75,7 @@ def started(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[in
         args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(ready_url, timeout=1)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{args} did not start") from None
-                time.sleep(0.1)
+        wait_ready(proc, ready_url)
         yield proc.pid
     finally:
         proc.kill()

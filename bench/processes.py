@@ -20,6 +20,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(proc: subprocess.Popen[bytes], ready_url: str, seconds: float = 60) -> None:
+    """Wait until ``ready_url`` answers; RuntimeError if ``proc`` exits or ``seconds``
+    pass first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(ready_url, timeout=1)
+            return
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.args} did not start") from None
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def process(
     args: list[str], env: dict[str, str], ready_url: str | None
@@ -28,15 +42,8 @@ def process(
     that answers. Terminated (then killed) on the way out."""
     proc = subprocess.Popen([sys.executable, *args], env={**os.environ, **env})
     try:
-        deadline = time.monotonic() + 60
-        while ready_url:
-            try:
-                httpx.get(ready_url, timeout=1)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{args} did not start") from None
-                time.sleep(0.1)
+        if ready_url:
+            wait_ready(proc, ready_url)
         yield proc
     finally:
         proc.terminate()

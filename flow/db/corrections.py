@@ -15,7 +15,7 @@ from typing import Any
 from supabase import AsyncClient
 
 from flow.db.client import call, rows_of
-from flow.db.exports import ExportPage
+from flow.db.exports import ExportPage, leased_page
 
 UNPRICED_COLUMNS = (
     "id,api_key_id,occurred_at,kind,category,provider,model,input_tokens,output_tokens,"
@@ -69,20 +69,7 @@ async def correction_page(
 ) -> ExportPage:
     """Up to ``limit`` corrections after the integration's correction cursor, shaped as
     ledger rows (``corrects`` names the original), for the lease holder."""
-    params = {"p_id": integration_id, "p_owner": owner, "p_limit": limit}
-    res: Any = await call(sb.rpc("analytics_correction_page", params).execute)
-    data: dict[str, Any] = res.data
-    if not data.get("leased"):
-        return ExportPage(status=str(data.get("status")), leased=False)
-    last_txid, last_seq = data["last"] or ("0", 0)
-    return ExportPage(
-        status=str(data["status"]),
-        leased=True,
-        scanned=int(data["scanned"]),
-        rows=list(data["rows"]),
-        last_txid=str(last_txid),
-        last_seq=int(last_seq),
-    )
+    return await leased_page(sb, "analytics_correction_page", integration_id, owner, limit)
 
 
 async def advance_corrections(

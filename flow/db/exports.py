@@ -81,8 +81,16 @@ async def export_lag(sb: AsyncClient) -> list[dict[str, Any]]:
 
 async def export_page(sb: AsyncClient, integration_id: str, owner: str, limit: int) -> ExportPage:
     """Up to ``limit`` ledger rows after the cursor, for the lease holder."""
+    return await leased_page(sb, "analytics_export_page", integration_id, owner, limit)
+
+
+async def leased_page(
+    sb: AsyncClient, function: str, integration_id: str, owner: str, limit: int
+) -> ExportPage:
+    """A page from one of the export cursors' SQL functions (``function``), for the
+    lease holder."""
     params = {"p_id": integration_id, "p_owner": owner, "p_limit": limit}
-    res: Any = await call(sb.rpc("analytics_export_page", params).execute)
+    res: Any = await call(sb.rpc(function, params).execute)
     data: dict[str, Any] = res.data
     if not data.get("leased"):
         return ExportPage(status=str(data.get("status")), leased=False)
