@@ -23,6 +23,11 @@ transcript and its cost is known. There is no STT or TTS service: the model does
   cancels the answer and waits briefly for its ``response.done`` before the socket
   closes, so that answer is billed too.
 
+A response the caller talked over (``response.done`` with status ``cancelled``) is
+followed downstream by an ``InterruptionFrame`` before its end, so the assistant turn is
+recorded as interrupted whichever way the pipeline's own interruption (from the
+caller's speech, by way of the user aggregator and the task) races the response's end.
+
 It also tells ``on_user_transcript(service, text, started_at)`` each caller turn the
 model transcribed: the call's transcript takes the caller's words from there. And when
 the caller speaks first (no greeting), the first context the aggregators hand it is
@@ -37,7 +42,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from pipecat.frames.frames import CancelFrame, EndFrame, MetricsFrame
+from pipecat.frames.frames import CancelFrame, EndFrame, InterruptionFrame, MetricsFrame
 from pipecat.metrics.metrics import LLMTokenUsage, STTUsageMetricsData
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
@@ -109,6 +114,7 @@ class RealtimeLLMService(OpenAIRealtimeLLMService):
         self._done_response_id: str | None = None
         self._caller_spoke = False
         self._response_settled = asyncio.Event()
+        self._settling = False
         self._register_event_handler("on_user_transcript", sync=True)
 
     async def _receive_task_handler(self) -> None:
@@ -136,6 +142,11 @@ class RealtimeLLMService(OpenAIRealtimeLLMService):
     async def _handle_evt_response_done(self, evt: Any) -> None:
         self._done_response_id = evt.response.id
         try:
+            if getattr(evt.response, "status", None) == "cancelled" and not self._settling:
+                # The vendor's word that the caller cut this answer off: the turn ends
+                # interrupted, not as a whole answer, even when the response's end
+                # overtakes the interruption on its way round the pipeline.
+                await self.push_frame(InterruptionFrame())
             await super()._handle_evt_response_done(evt)
         finally:
             self._done_response_id = None
@@ -155,11 +166,14 @@ class RealtimeLLMService(OpenAIRealtimeLLMService):
         self._response_settled.clear()
         if not self._response_active or self._websocket is None:
             return
+        self._settling = True
         await self.send_client_event(events.ResponseCancelEvent())
         try:
             await asyncio.wait_for(self._response_settled.wait(), SETTLE_SECONDS)
         except TimeoutError:
             log.warning("the last response's usage did not arrive: it is not metered")
+        finally:
+            self._settling = False
 
     async def start_llm_usage_metrics(self, tokens: LLMTokenUsage) -> None:
         if self._done_response_id:
