@@ -2,8 +2,8 @@
 authenticated ``GET /api/bot/{id}`` with the auth cache on versus off, side by side.
 
 One run brings up its own local stack, seeds the ledger in bulk with SQL
-(``generate_series``, 10,000 calls x 100 events over the last 29 days, one LLM
-model per call; the rollup
+(``generate_series``, 10,000 calls x 100 events over the last 29 days, the last call
+ending a few minutes ago, none in the future; one LLM model per call; the rollup
 trigger sees the same statement a batch of ``record_usage_events`` would), then serves
 the real app with uvicorn in separate processes and drives it over HTTP:
 
@@ -101,7 +101,7 @@ def seed(info: localstack.StackInfo, events: int) -> tuple[str, str, str, str]:
       values ('{unkey_row}', 'bench unkey', '{UNKEY_KEY_ID}');
     insert into workflow_threads (api_key_id, transport, status, end_user_id, created_at)
       select '{key_id}', 'simulated', 'completed', 'user-' || (g % 500),
-             now() - interval '29 days' + (g::float / {calls}) * interval '29 days'
+             now() - interval '29 days 10 minutes' + (g::float / {calls}) * interval '29 days'
       from generate_series(1, {calls}) g;
     insert into workflow_threads (api_key_id, transport, status)
       values ('{unkey_row}', 'simulated', 'running');

@@ -13,7 +13,8 @@ own and drives it over HTTP:
   ``usage_report_before``) and by today's. Target: p50 < 100 ms for every grouping.
 - ``/api/admin/usage`` (every key, 30 days) with an operator token; the baseline is
   what ``flow usage`` does, the key list then one ``usage_report`` per key, through
-  supabase-py. Target: p50 < 100 ms.
+  supabase-py. Target: p50 < 100 ms. Side by side in SQL: ``usage_keys_report`` with
+  the range's closed days kept, keeping them, and with nothing kept.
 - ``/api/usage/export.csv?group_by=day`` with the operator token (every key and day):
   throughput (ledger rows covered per second, CSV rows per second) and the server's
   peak RSS before and after (constant memory: the export is streamed a page of keys at
@@ -56,7 +57,8 @@ KEYS_PER_STATEMENT = 100
 
 
 def seed_keys(info: localstack.StackInfo, keys: int, per_key: int) -> None:
-    """``keys`` keys with ``per_key`` ledger rows each (20 per call, over 29 days)."""
+    """``keys`` keys with ``per_key`` ledger rows each (20 per call, over 29 days, each
+    key's last call a few minutes ago: every key was busy this hour)."""
     calls = max(1, per_key // 20)
     sql = f"""
     insert into api_keys (name, key_hash, key_prefix)
@@ -65,9 +67,9 @@ def seed_keys(info: localstack.StackInfo, keys: int, per_key: int) -> None:
     insert into workflow_threads (api_key_id, transport, status, end_user_id, created_at,
                                   bot_started_at, bot_ended_at)
       select k.id, 'simulated', 'completed', 'user-' || (c % 7),
-             now() - interval '29 days' + (c::float / {calls}) * interval '29 days',
-             now() - interval '29 days' + (c::float / {calls}) * interval '29 days',
-             now() - interval '29 days' + (c::float / {calls}) * interval '29 days'
+             now() - interval '29 days 10 minutes' + (c::float / {calls}) * interval '29 days',
+             now() - interval '29 days 10 minutes' + (c::float / {calls}) * interval '29 days',
+             now() - interval '29 days 10 minutes' + (c::float / {calls}) * interval '29 days'
                + interval '90 seconds'
       from api_keys k cross join generate_series(1, {calls}) c
       where k.key_prefix like 'flow_sk_c%';
@@ -117,6 +119,10 @@ def sql_ms(info: localstack.StackInfo, sql: str) -> float:
     out = localstack.psql(info, "-At", "-c", f"explain (analyze, timing off, summary on) {sql}")
     line = next(x for x in out.splitlines() if x.startswith("Execution Time"))
     return float(line.split(":")[1].split()[0])
+
+
+def keys_report_sql(use_cache: bool) -> str:
+    return f"select usage_keys_report(now() - interval '30 days', now(), {use_cache})"
 
 
 def report_sql(function: str, key_id: str, group_by: str | None) -> str:
@@ -255,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 ops,
             )
             results: dict[str, list[dict[str, float]]] = {n: [] for n in scenarios}
+            keys_sql: dict[str, list[float]] = {"first": [], "kept": [], "none": []}
             before: dict[str, list[float]] = {str(g): [] for g in GROUPINGS}
             after: dict[str, list[float]] = {str(g): [] for g in GROUPINGS}
             for _ in range(args.rounds):
@@ -267,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
                         sql_ms(info, report_sql("usage_report_before", key_id, g))
                     )
                     after[str(g)].append(sql_ms(info, report_sql("usage_report", key_id, g)))
+                # Every key's report in SQL: the first over its days (keeping them), the
+                # next (reading what was kept), and with nothing kept.
+                localstack.psql(info, "-c", "delete from usage_report_cache")
+                keys_sql["first"].append(sql_ms(info, keys_report_sql(True)))
+                keys_sql["kept"].append(sql_ms(info, keys_report_sql(True)))
+                keys_sql["none"].append(sql_ms(info, keys_report_sql(False)))
             per_key = asyncio.run(per_key_reports_ms(info))
 
             rss_before = peak_rss_kib(server.pid)
@@ -288,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         for g in GROUPINGS:
             old, new = statistics.median(before[str(g)]), statistics.median(after[str(g)])
             print(f"  group_by={g!s:<9} before {old:>8.1f}   now {new:>8.1f}   {old / new:>5.1f}x")
+        first, kept, none = (statistics.median(keys_sql[k]) for k in ("first", "kept", "none"))
+        print(
+            f"usage_keys_report in SQL alone (median ms): with its closed days kept {kept:.1f}, "
+            f"keeping them (the first report over them) {first:.1f}, nothing kept {none:.1f} "
+            f"-> {none / kept:.1f}x"
+        )
         admin = statistics.median(
             x["p50_ms"] for x in results[f"GET /api/admin/usage ({args.keys + 2} keys)"]
         )

@@ -19,7 +19,7 @@ from typing import Any
 
 from supabase import AsyncClient
 
-from flow.db.client import call, loads_exact, rows_of
+from flow.db.client import call, loads_exact, rows_of, rpc_body
 
 CALL_COLUMNS = (
     "workflow_thread_id,api_key_id,status,transport,end_user_id,error_code,end_reason,"
@@ -60,13 +60,23 @@ async def cost_by_kind(
     return rows_of(await call(sb.rpc("usage_cost_by_kind", params).execute))
 
 
-async def keys_report(sb: AsyncClient, start: datetime, end: datetime) -> dict[str, Any]:
+async def keys_report(
+    sb: AsyncClient, start: datetime, end: datetime, *, use_cache: bool = True
+) -> dict[str, Any]:
     """``usage_keys_report``: every key over [start, end), costliest first, with the
-    totals (see :mod:`flow.billing.reports`)."""
-    params = {"p_start": start.isoformat(), "p_end": end.isoformat()}
+    totals (see :mod:`flow.billing.reports`). The closed UTC days of the range are read
+    from what an earlier report kept of them, unless ``use_cache`` is false."""
+    params = {"p_start": start.isoformat(), "p_end": end.isoformat(), "p_use_cache": use_cache}
     res: Any = await call(sb.rpc("usage_keys_report", params).execute)
     data: dict[str, Any] = res.data
     return data
+
+
+async def keys_report_body(sb: AsyncClient, start: datetime, end: datetime) -> bytes:
+    """:func:`keys_report` as the JSON text the database built (``{"totals": ...,
+    "keys": [...]}``), unparsed: what the API passes on."""
+    params = {"p_start": start.isoformat(), "p_end": end.isoformat()}
+    return await rpc_body(sb, "usage_keys_report", params)
 
 
 async def key_page(
