@@ -17,7 +17,10 @@ fixed reason (the status; a host the outbound-URL policy now refuses is
 refuses on their own (Mixpanel strict mode, too old for /track) are logged with the
 reason, counted as skipped, and never resent. A lost lease ends the cycle without
 releasing (the new holder owns the row); a pause or deletion seen mid-cycle ends it and
-releases the lease.
+releases the lease. Any other exception (a fault of Flow's own) is logged with its
+traceback, ends that integration's cycle with the lease released, ``active``, a retry
+scheduled and only the exception's type in ``last_error``; the pass goes on with the
+next integration.
 """
 
 from __future__ import annotations
@@ -265,6 +268,13 @@ class Exporter:
                 self._release(iid, IntegrationStatus.ACTIVE, "interrupted", synced=False)
             )
             raise
+        except Exception as exc:
+            # A fault of Flow's own (a bug): logged with its traceback, kept out of
+            # last_error (only its type), the lease released with a backoff so that the
+            # cycle resumes from the cursor later and the rest of the pass still runs.
+            log.exception("export %s: unexpected error", iid)
+            outcome.error = f"internal error ({type(exc).__name__}), retrying later"
+            retry_in = int(min(self.backoff_max_seconds * 5, 300))
         if outcome.status == IntegrationStatus.SYNCING:
             outcome.status = IntegrationStatus.ACTIVE
         if release:

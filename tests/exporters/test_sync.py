@@ -19,6 +19,7 @@ from flow.db.usage import record_usage_events
 from flow.exporters.base import export_uuid
 from flow.exporters.integrations import create_integration
 from flow.exporters.posthog import PostHogCreate
+from flow.exporters.sync import Exporter
 from flow.metering.events import UsageEvent, UsageKind
 from flow.metering.pricing import PriceBook, cost_fields
 from tests.exporters.conftest import (
@@ -345,3 +346,40 @@ async def test_a_phone_call_leg_is_exported_like_any_usage(
     p = sent["properties"]
     assert (p["kind"], p["provider"], p["model"]) == ("telephony", "twilio", "outbound")
     assert Decimal(str(p["cost"])) == Decimal("0.028")  # two started minutes
+
+
+async def test_a_fault_of_flows_own_releases_the_lease_and_the_pass_goes_on(
+    sb: AsyncClient,
+    export_settings: Settings,
+    posthog_sink: PostHogSink,
+    api_key: dict[str, Any],
+    thread: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = await seed(sb, thread, 20)
+    broken = await create_posthog(sb, export_settings, posthog_sink, api_key)
+    sound = await create_posthog(sb, export_settings, posthog_sink, api_key)
+    deliver = Exporter._deliver
+
+    async def fail_for_one(self: Exporter, iid: str, *args: Any) -> Any:
+        if iid == broken["id"]:
+            raise RuntimeError("a bug, with a secret: phc_do_not_show")
+        return await deliver(self, iid, *args)
+
+    monkeypatch.setattr(Exporter, "_deliver", fail_for_one)
+    ids = [broken["id"], sound["id"]]
+    outcomes = {
+        o.integration_id: o
+        for o in await exporter(sb, export_settings).run_due(force=True, ids=ids)
+    }
+    assert set(outcomes) == set(ids)
+    assert outcomes[sound["id"]].exported == len(events) and not outcomes[sound["id"]].error
+    failed = await integration_row(sb, broken["id"])
+    assert failed["status"] == "active" and failed["lease_owner"] is None
+    assert failed["last_error"] == "internal error (RuntimeError), retrying later"
+    assert failed["cursor_seq"] == 0
+    # Once fixed, the next cycle sends what the failed one did not: each event once.
+    monkeypatch.setattr(Exporter, "_deliver", deliver)
+    again = await exporter(sb, export_settings).run_due(force=True, ids=[broken["id"]])
+    assert again[0].exported == len(events)
+    assert set(uuids_of(posthog_sink).values()) == {2}
