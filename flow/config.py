@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         max_length=2_000,
     )
     flow_metrics_port: int = Field(default=0, ge=0, le=65_535)
+    otel_exporter_otlp_endpoint: str = ""
+    otel_exporter_otlp_headers: SecretStr = SecretStr("")
+    otel_service_name: str = "flow"
 
     # --- database ----------------------------------------------------------
     supabase_url: str = ""

@@ -36,6 +36,7 @@ from flow.api.routes import (
     usage_export,
 )
 from flow.auth import Authenticator
+from flow.bot import tracing
 from flow.bot.contract import CallRunner
 from flow.bot.drain import Drain
 from flow.config import Settings, get_settings
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.configure(settings)
         sb = await create_client(settings)
         app.state.sb = sb
         app.state.auth = Authenticator(settings, sb)
@@ -85,6 +87,8 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
                 # Last to stop: an operator sees the drain and the shutdown to the end.
                 served = metrics.MetricsServer(settings.host, settings.flow_metrics_port)
                 services.callback(served.close)
+            # After the calls have ended: their last spans are flushed to the collector.
+            services.callback(tracing.shutdown)
             # Stopped in reverse order: background services first, the runner last
             # but one (it ends calls and flushes their meters), auth's pending writes last.
             services.push_async_callback(app.state.auth.aclose)

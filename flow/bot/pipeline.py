@@ -46,6 +46,7 @@ from pipecat.turns.user_stop import ExternalUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies, UserTurnStrategies
 
 from flow import metrics
+from flow.bot import tracing
 from flow.bot.contract import CallRequest
 from flow.bot.inference_tracker import LLMInferenceTracker
 from flow.bot.services import CallServices, llm_model_for
@@ -251,6 +252,12 @@ def build_call(
             send_initial_empty_metrics=False,
         ),
         enable_rtvi=False,
+        enable_tracing=tracing.enabled(),
+        conversation_id=call.workflow_thread_id,
+        additional_span_attributes={
+            "flow.workflow_thread_id": call.workflow_thread_id,
+            "flow.api_key_id": call.api_key_id,
+        },
         observers=[latency],
         idle_timeout_secs=idle_timeout_seconds,
         cancel_on_idle_timeout=True,

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -57,7 +57,11 @@ from pipecat.metrics.metrics import (
     TTFBMetricsData,
     TTSUsageMetricsData,
 )
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frame_processor import (
+    FrameDirection,
+    FrameProcessor,
+    FrameProcessorSetup,
+)
 
 from flow.bot.reported_usage import SourcedTokenUsage, TranscriptionUsage
 from flow.metering.events import UsageCategory, UsageEvent, UsageKind, audio_parts, event_id_from
@@ -124,6 +128,8 @@ class UsageRecorder:
         self._ttfb_s: dict[str, float] = {}
         # Ids of inferences whose usage report is on its way down the pipeline, in order.
         self._claimed: dict[str, deque[UUID]] = {}
+        # Told of each event after the meter has it (the call's trace, when traced).
+        self.on_event: Callable[[UsageEvent], None] | None = None
 
     # --- metrics -----------------------------------------------------------------
     def on_metrics(self, data: list[MetricsData]) -> None:
@@ -339,6 +345,11 @@ class UsageRecorder:
     def _add(self, **fields: Any) -> UsageEvent:
         event = self._event(**fields)
         self._meter.add(event)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # tracing must never cost a usage event
+                log.warning("usage event %s: its span could not be made", event.id, exc_info=True)
         return event
 
     def finish(self) -> None:
@@ -374,6 +385,13 @@ class UsageMetricsProcessor(FrameProcessor):
         self._recent.append(frame.id)
         self._recent_ids.add(frame.id)
         return True
+
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]
+        await super().setup(setup)
+        if setup.enable_tracing and setup.tracing_context is not None:
+            from flow.bot.tracing import UsageSpans
+
+            self._recorder.on_event = UsageSpans(setup.tracing_context).record
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
