@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     openai_admin_key: SecretStr = SecretStr("")
     openai_admin_base_url: str = ""
     openai_admin_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    deepgram_admin_key: SecretStr = SecretStr("")
+    deepgram_project_id: str = ""
+    deepgram_admin_base_url: str = ""
+    deepgram_admin_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     # --- budgets -----------------------------------------------------------
     flow_budget_goodbye: str = Field(
         default="Sorry, this call has reached its spending limit. Goodbye.",
@@ -169,6 +173,7 @@ class Settings(BaseSettings):
         "supabase_url",
         "openai_base_url",
         "openai_admin_base_url",
+        "deepgram_admin_base_url",
         "openai_realtime_base_url",
         "unkey_base_url",
         "posthog_host",

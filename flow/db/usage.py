@@ -84,8 +84,9 @@ async def ledger_daily_usage(
 ) -> list[dict[str, Any]]:
     """The ``usage_reconcile_daily`` SQL function: one vendor's usage over [start, end)
     per UTC day (``YYYY-MM-DD``), kind and model, every key's together: ``requests``
-    (one event each), token, ``characters`` and ``audio_seconds`` sums, ``cost_usd`` and
-    ``unpriced_events``; decimals as strings."""
+    (one event each), ``calls`` (distinct calls: a streaming vendor's sessions), token,
+    ``characters`` and ``audio_seconds`` sums, ``cost_usd`` and ``unpriced_events``;
+    decimals as strings."""
     args = {"p_provider": provider, "p_start": start.isoformat(), "p_end": end.isoformat()}
     res: Any = await call(sb.rpc("usage_reconcile_daily", args).execute)
     rows: list[dict[str, Any]] = res.data

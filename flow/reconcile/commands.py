@@ -1,7 +1,9 @@
 """``flow reconcile``: the ledger against the vendor's own usage, per day, model and unit.
 
 ``--provider openai`` reads OpenAI's organization Usage and Costs APIs with
-``OPENAI_ADMIN_KEY`` (or ``--usage-file``, repeatable, saved answers) over the UTC days
+``OPENAI_ADMIN_KEY``, ``--provider deepgram`` Deepgram's project usage breakdown
+(:mod:`flow.reconcile.deepgram`) (or ``--usage-file``, repeatable, saved answers of
+either) over the UTC days
 ``--start`` to ``--end`` (both included) and the ledger's sums over the same days
 (every key's calls with that vendor). Each line is a day, a model and a unit with both
 figures, their difference and a diagnosis (see :mod:`flow.reconcile.compare`).
@@ -24,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from flow.config import MAX_REPORT_DAYS, get_settings
+from flow.reconcile import deepgram
 from flow.reconcile.compare import Diagnosis, Line, Tolerance, plain, reconcile
-from flow.reconcile.openai import VendorError, fetch_pages, load_files, read_pages
+from flow.reconcile.openai import VendorError, VendorUsage, fetch_pages, load_files, read_pages
 
-PROVIDERS = ("openai",)
+PROVIDERS = ("openai", "deepgram")
+VENDOR_NAMES = {"openai": "OpenAI", "deepgram": "Deepgram"}
 
 
 def _date(value: str) -> date:
@@ -47,8 +51,13 @@ def _usd(value: str) -> Decimal:
     return amount
 
 
-def scope(project: str | None, seen: set[str]) -> str:
+def scope(project: str | None, seen: set[str], provider: str = "openai") -> str:
     """What the vendor's figures cover, said plainly."""
+    if provider == "deepgram":
+        return (
+            f"Deepgram's figures cover the whole project {project or '(DEEPGRAM_PROJECT_ID)'}: "
+            "every app using it, not only Flow's calls; a request is a streamed session"
+        )
     if project:
         return (
             f"OpenAI's figures cover the whole project {project}: every app using it, "
@@ -80,16 +89,12 @@ async def _reconcile(args: argparse.Namespace) -> int:
     from flow.db.usage import ledger_daily_usage
 
     settings = get_settings()
-    if args.usage_file:
-        pages = load_files([Path(p) for p in args.usage_file])
-    else:
-        pages = await fetch_pages(settings, args.start, args.end, args.project)
-    vendor = read_pages(pages, args.start, args.end, args.project)
+    vendor = await _vendor(args, settings)
     start = datetime(args.start.year, args.start.month, args.start.day, tzinfo=UTC)
     end = start + timedelta(days=(args.end - args.start).days + 1)
     rows = await ledger_daily_usage(await create_client(settings), args.provider, start, end)
     tolerance = Tolerance(cost_usd=args.cost_tolerance)
-    lines = reconcile(rows, vendor, tolerance)
+    lines = reconcile(rows, vendor, tolerance, args.provider)
     differing = [line for line in lines if line.diagnosis != Diagnosis.OK]
     counts = Counter(line.diagnosis.value for line in differing)
     unpriced = sum(int(row.get("unpriced_events") or 0) for row in rows)
@@ -100,7 +105,7 @@ async def _reconcile(args: argparse.Namespace) -> int:
             "start": args.start.isoformat(),
             "end": args.end.isoformat(),
             "project": args.project,
-            "vendor_scope": scope(args.project, vendor.projects),
+            "vendor_scope": scope(args.project, vendor.projects, args.provider),
             "tolerance": tolerance.to_json(),
             "agrees": not differing,
             "summary": summary,
@@ -111,12 +116,27 @@ async def _reconcile(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         _print(args, lines if not args.only_differences else differing, summary, tolerance)
-        print(scope(args.project, vendor.projects))
+        print(scope(args.project, vendor.projects, args.provider))
         if not vendor.has_costs:
-            print("OpenAI gave no costs: rates were not compared")
+            print(f"{VENDOR_NAMES[args.provider]} gave no costs: rates were not compared")
         if unpriced:
             print(f"{unpriced} ledger events are unpriced (cost NULL): `flow prices --check`")
     return 1 if differing else 0
+
+
+async def _vendor(args: argparse.Namespace, settings: Any) -> VendorUsage:
+    """The vendor's figures over the window, from its API or from saved answers."""
+    if args.provider == "deepgram":
+        if args.usage_file:
+            answers = load_files([Path(p) for p in args.usage_file])
+        else:
+            answers = await deepgram.fetch_breakdowns(settings, args.start, args.end, args.project)
+        return deepgram.read_breakdowns(answers, args.start, args.end)
+    if args.usage_file:
+        pages = load_files([Path(p) for p in args.usage_file])
+    else:
+        pages = await fetch_pages(settings, args.start, args.end, args.project)
+    return read_pages(pages, args.start, args.end, args.project)
 
 
 def _model(line: Line) -> str:
@@ -130,8 +150,8 @@ def _print(
     args: argparse.Namespace, lines: list[Line], summary: dict[str, Any], tolerance: Tolerance
 ) -> None:
     print(
-        f"the ledger (provider {args.provider}) against OpenAI's usage, "
-        f"{args.start} to {args.end} (UTC days)"
+        f"the ledger (provider {args.provider}) against {VENDOR_NAMES[args.provider]}'s "
+        f"usage, {args.start} to {args.end} (UTC days)"
     )
     print(f"tolerance: {tolerance.describe()}")
     print(f"{'day':<12}{'model (ledger = vendor)':<44}{'unit':<20}", end="")
@@ -159,13 +179,17 @@ def register(sub: Any) -> None:
     rec.add_argument("--provider", choices=PROVIDERS, default="openai")
     rec.add_argument("--start", type=_date, required=True, help="first day, YYYY-MM-DD (UTC)")
     rec.add_argument("--end", type=_date, required=True, help="last day, included")
-    rec.add_argument("--project", default=None, help="only this OpenAI project's usage")
+    rec.add_argument(
+        "--project",
+        default=None,
+        help="OpenAI: only this project's usage; Deepgram: the project (or DEEPGRAM_PROJECT_ID)",
+    )
     rec.add_argument(
         "--usage-file",
         action="append",
         default=[],
         metavar="FILE",
-        help="saved Usage/Costs API answers instead of the API (repeatable)",
+        help="saved answers of the vendor's usage API instead of the API (repeatable)",
     )
     rec.add_argument(
         "--cost-tolerance",

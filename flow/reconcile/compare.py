@@ -3,9 +3,12 @@ difference diagnosed.
 
 Models are matched by family: OpenAI names the dated snapshot it served
 (``gpt-4o-mini-2024-07-18``), the ledger what was asked for (``gpt-4o-mini``); both
-lose a trailing ``-YYYY-MM-DD`` to meet, and each line shows both names. Kinds meet
-endpoints: ``llm`` events are completions, ``tts`` speeches, ``stt`` transcriptions, one
-event one request.
+lose a trailing ``-YYYY-MM-DD`` to meet (and case), and each line shows both names.
+Kinds meet endpoints: for OpenAI ``llm`` events are completions, ``tts`` speeches, ``stt``
+transcriptions, one event one request; for Deepgram ``stt`` is ``listen`` and ``tts``
+``speak``, and a request is a call's connection (Deepgram counts a streamed session as
+one request, the ledger holds an event per report): the ledger's requests are its
+calls per day and model.
 
 Tolerance: counts (requests, tokens, characters) must be equal; seconds may differ by
 :attr:`Tolerance.seconds_per_request` per request, because OpenAI counts whole seconds
@@ -34,11 +37,17 @@ from typing import Any
 from flow.reconcile.openai import UNIT_FIELDS, Endpoint, VendorUsage
 
 DATED_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
-ENDPOINT_OF_KIND = {
-    "llm": Endpoint.COMPLETIONS,
-    "tts": Endpoint.SPEECHES,
-    "stt": Endpoint.TRANSCRIPTIONS,
+# Which of a vendor's endpoints serves each kind of usage event.
+ENDPOINTS_OF_KIND = {
+    "openai": {
+        "llm": Endpoint.COMPLETIONS,
+        "tts": Endpoint.SPEECHES,
+        "stt": Endpoint.TRANSCRIPTIONS,
+    },
+    "deepgram": {"stt": Endpoint.LISTEN, "tts": Endpoint.SPEAK},
 }
+# A vendor that streams counts one request per call's connection, not per report.
+REQUESTS_ARE_CALLS = {"deepgram"}
 # The ledger's column behind each unit (``usage_reconcile_daily``'s names).
 LEDGER_FIELDS = {
     "requests": "requests",
@@ -89,7 +98,8 @@ class Tolerance:
     def describe(self) -> str:
         return (
             f"counts exact; seconds within {self.seconds_per_request} s per request (OpenAI "
-            f"counts whole seconds); cost within ${self.cost_usd} per day and model"
+            f"counts whole seconds, Deepgram the audio streamed); cost within "
+            f"${self.cost_usd} per day and model"
         )
 
     def to_json(self) -> dict[str, str]:
@@ -144,20 +154,26 @@ class _Side:
 
 
 def reconcile(
-    ledger_rows: Iterable[dict[str, Any]], vendor: VendorUsage, tolerance: Tolerance
+    ledger_rows: Iterable[dict[str, Any]],
+    vendor: VendorUsage,
+    tolerance: Tolerance,
+    provider: str = "openai",
 ) -> list[Line]:
     """Every day, model and unit either side reports, in order, diagnosed."""
     ledger: dict[tuple[str, Endpoint, str], _Side] = {}
     ledger_cost: dict[tuple[str, str], _Side] = {}
+    fields = dict(LEDGER_FIELDS)
+    if provider in REQUESTS_ARE_CALLS:
+        fields["requests"] = "calls"
     for row in ledger_rows:
-        endpoint = ENDPOINT_OF_KIND.get(str(row["kind"]))
+        endpoint = ENDPOINTS_OF_KIND[provider].get(str(row["kind"]))
         if endpoint is None:
             continue
         day, name = str(row["day"]), str(row["model"])
         side = ledger.setdefault((day, endpoint, family(name)), _Side())
         side.models.add(name)
         for unit in UNIT_FIELDS[endpoint]:
-            side.add(unit, Decimal(str(row[LEDGER_FIELDS[unit]])))
+            side.add(unit, Decimal(str(row[fields[unit]])))
         cost = ledger_cost.setdefault((day, family(name)), _Side())
         cost.models.add(name)
         cost.add(COST_UNIT, Decimal(str(row["cost_usd"])))

@@ -47,12 +47,18 @@ DAY_SECONDS = 86_400
 
 
 class Endpoint(StrEnum):
+    """What a vendor reports usage under: OpenAI's three Usage API endpoints, and
+    Deepgram's live transcription (``listen``) and speech (``speak``)."""
+
     COMPLETIONS = "completions"
     SPEECHES = "audio_speeches"
     TRANSCRIPTIONS = "audio_transcriptions"
+    LISTEN = "listen"
+    SPEAK = "speak"
 
 
-RESULT_OBJECTS = {f"organization.usage.{e.value}.result": e for e in Endpoint}
+OPENAI_ENDPOINTS = (Endpoint.COMPLETIONS, Endpoint.SPEECHES, Endpoint.TRANSCRIPTIONS)
+RESULT_OBJECTS = {f"organization.usage.{e.value}.result": e for e in OPENAI_ENDPOINTS}
 COST_OBJECT = "organization.costs.result"
 
 # The vendor's field behind each unit, per endpoint (units in the order they are shown).
@@ -67,24 +73,27 @@ UNIT_FIELDS: dict[Endpoint, dict[str, str]] = {
     },
     Endpoint.SPEECHES: {"requests": "num_model_requests", "characters": "characters"},
     Endpoint.TRANSCRIPTIONS: {"requests": "num_model_requests", "seconds": "seconds"},
+    # Deepgram's usage breakdown: its hours become seconds as they are read.
+    Endpoint.LISTEN: {"requests": "requests", "seconds": "hours"},
+    Endpoint.SPEAK: {"requests": "requests", "characters": "tts_characters"},
 }
 PATHS: dict[str, str] = {
-    **{e: f"/organization/usage/{e.value}" for e in Endpoint},
+    **{e: f"/organization/usage/{e.value}" for e in OPENAI_ENDPOINTS},
     "costs": "/organization/costs",
 }
 
 
 class VendorError(Exception):
-    """OpenAI's figures could not be had (the message says which endpoint and why)."""
+    """The vendor's figures could not be had (the message says which endpoint and why)."""
 
 
 @dataclass
 class VendorUsage:
-    """OpenAI's figures over the window.
+    """A vendor's figures over the window.
 
     Parameters:
-        usage: per (day, endpoint, model as OpenAI names it), each unit's figure; a unit
-            OpenAI did not report is absent.
+        usage: per (day, endpoint, model as the vendor names it), each unit's figure; a
+            unit the vendor did not report is absent.
         costs: USD per (day, model of the line item).
         has_costs: whether any costs page was read (rates are compared only then).
         projects: the project ids the figures came from.
