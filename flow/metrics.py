@@ -115,7 +115,7 @@ EXPORT_LAG_SECONDS = Gauge(
 )
 EXPORT_LAG_ROWS = Gauge(
     "flow_export_lag_rows",
-    "Ledger rows an integration has not exported yet",
+    "Ledger rows (and corrections) an integration has not exported yet",
     ["provider", "integration"],
     registry=REGISTRY,
 )
