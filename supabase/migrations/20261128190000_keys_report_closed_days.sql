@@ -4,16 +4,18 @@
 -- and each later report over the same days reads them and adds, live, only what lies
 -- outside them (the partial days at either end: rollup hours, and the ledger's partial
 -- hours; a partial hour mostly inside the range, or the current one, is read as its
--- hour's rollup less the ledger's rows outside the range). The default range (the last 30 days, to now) asks for the same
--- span of days all day long, so a report reads about a fifteenth of the rows it did.
+-- hour's rollup less the ledger's rows outside the range). The default range (the last
+-- 30 days, to now) asks for the same span of days all day long, so a report reads about
+-- a fifteenth of the rows it did.
 --
 -- Exact, not approximate:
 -- - Sums add. Distinct calls and end users do not: a call or end user seen outside the
 --   kept days counts only when the kept days do not hold it (the call rollup, by call;
 --   usage_report_cache_users, by end user).
 -- - A kept call's seconds are kept only when the call has ended (its bot start and end
---   are set, and never change after); a call still open when the days were kept is
---   listed (usage_report_cache_open_calls) and its seconds are read live each time.
+--   are set, and never change after; a call's start is set before its first usage);
+--   a call started but not ended when the days were kept is listed
+--   (usage_report_cache_open_calls) and its seconds are read live each time.
 -- - Every write to the ledger (insert, update: a repricing; delete) forgets every kept
 --   span holding a day it wrote, in its own transaction (usage_report_cache_forget,
 --   a statement trigger). Keeping a span and writing into it are ordered by advisory
