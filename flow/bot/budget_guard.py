@@ -19,7 +19,8 @@ A call whose join found a spending limit (:class:`flow.bot.contract.CallBudget`)
   one before, since prompts grow with the conversation; before a turn has finished,
   what the turn in progress has cost so far, and at least what the goodbye line costs.
 
-When the next turn and the goodbye line (priced like the call's TTS) would cross what
+When the next turn and the goodbye line (priced like the call's TTS, or, for a
+speech-to-speech call, as the model's short response saying it) would cross what
 remains, or nothing remains, ``on_exhausted`` is called once. Near a key's limit each
 live call keeps room for a turn and a goodbye of every live call of the key (they may all
 be starting one at once), so the key's calls end together rather than overspend
@@ -219,6 +220,15 @@ class BudgetGuard:
             await asyncio.gather(task, return_exceptions=True)
 
 
+# What a speech-to-speech model's last words are taken to cost, generously: its
+# instruction as text in, and about two audio tokens a character out (speech runs at
+# some 15 characters and 20 audio tokens a second), with a text token per 4 characters.
+def realtime_last_words_tokens(words: str) -> tuple[int, int, int]:
+    """(input tokens, output tokens, output audio tokens) of saying ``words``."""
+    audio = 2 * len(words)
+    return 16 + len(words) // 4, audio + len(words) // 4 + 1, audio
+
+
 def guard_call(
     sb: AsyncClient,
     settings: Settings,
@@ -237,14 +247,26 @@ def guard_call(
     if budget is None or (not budget.key_limited and budget.max_cost_usd is None):
         return None
     goodbye_usd = Decimal(0)
-    if services.tts is not None:  # a realtime call has no TTS: it hangs up unspoken
+    words = settings.flow_budget_goodbye
+    if services.tts is not None:
         tts = services.tts.name
         price = prices.tts(
             services.providers.get(tts, settings.flow_tts_provider),
             services.models.get(tts) or settings.flow_tts_model,
-            len(settings.flow_budget_goodbye),
+            len(words),
         )
         goodbye_usd = price.cost_usd if price is not None else Decimal(0)
+    elif services.realtime:  # the model says the words: room for that response
+        llm = services.llm.name
+        tokens_in, tokens_out, audio_out = realtime_last_words_tokens(words)
+        said = prices.llm(
+            services.providers.get(llm, "openai"),
+            services.models.get(llm) or settings.flow_realtime_model,
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            output_audio_tokens=audio_out,
+        )
+        goodbye_usd = said.total_cost_usd if said is not None else Decimal(0)
     guard = BudgetGuard(
         sb,
         call.workflow_thread_id,

@@ -27,7 +27,10 @@ bot's first audio (``flow_voice_to_voice_seconds``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
@@ -56,6 +59,8 @@ from flow.bot.usage_processor import Attribution, UsageMetricsProcessor, UsageRe
 from flow.config import Settings
 from flow.metering.meter import Meter
 from flow.metering.pricing import PriceBook
+
+log = logging.getLogger(__name__)
 
 
 def daily_transport(call: CallRequest) -> BaseTransport:
@@ -126,6 +131,9 @@ class BotCall:
     greeting: str | None = None
     caller_joined: bool = False
     realtime: bool = False
+    # How a speech-to-speech model says the call's last words (None: the TTS says them).
+    last_words: Callable[[str], Awaitable[None]] | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def greet(self) -> None:
         """Say the greeting, once: through the TTS, or (realtime) as a response the
@@ -142,10 +150,26 @@ class BotCall:
 
     async def hang_up_with(self, last_words: str) -> None:
         """Say ``last_words`` (after a reply in progress; the caller cannot cut them
-        off), then end the call gracefully."""
+        off), then end the call gracefully. A speech-to-speech model says them itself
+        (in a task of their own: the caller of this does not wait for the words)."""
+        if self.last_words is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._say_then_end(self.last_words, last_words), name="last-words"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         goodbye = TTSSpeakFrame(last_words)
         goodbye.interruptible = False
         await self.worker.queue_frames([goodbye, EndFrame()])
+
+    async def _say_then_end(self, say: Callable[[str], Awaitable[None]], words: str) -> None:
+        try:
+            await say(words)
+        except Exception:  # the words are a courtesy: the call ends regardless
+            log.warning("the call's last words could not be said", exc_info=True)
+        if not self.worker.has_finished():
+            await self.worker.queue_frame(EndFrame())
 
 
 def build_call(
@@ -273,6 +297,7 @@ def build_call(
         usage_processor=usage,
         greeting=greeting,
         realtime=realtime,
+        last_words=getattr(services.llm, "say_last_words", None) if realtime else None,
     )
     if call.transport in CALLER_EVENTS:
         _follow_the_caller(bot, *CALLER_EVENTS[call.transport])

@@ -21,7 +21,10 @@ transcript and its cost is known. There is no STT or TTS service: the model does
   server's speech start and stop) beside its tokens;
 - a call that ends while the model answers (the caller hangs up, the call is stopped)
   cancels the answer and waits briefly for its ``response.done`` before the socket
-  closes, so that answer is billed too.
+  closes, so that answer is billed too;
+- a call ended with last words (its budget spent, the instance shutting down) says them
+  through :meth:`RealtimeLLMService.say_last_words`: a short response outside the
+  conversation, billed like any other.
 
 A response the caller talked over (``response.done`` with status ``cancelled``) is
 followed downstream by an ``InterruptionFrame`` before its end, so the assistant turn is
@@ -42,7 +45,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from pipecat.frames.frames import CancelFrame, EndFrame, InterruptionFrame, MetricsFrame
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    InterruptionFrame,
+    LLMFullResponseStartFrame,
+    MetricsFrame,
+)
 from pipecat.metrics.metrics import LLMTokenUsage, STTUsageMetricsData
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
@@ -66,6 +75,9 @@ log = logging.getLogger(__name__)
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 # How long a call that ends mid-answer waits for that answer's usage.
 SETTLE_SECONDS = 2.0
+# How long the call's last words may take (they are short) before the call ends anyway.
+LAST_WORDS_SECONDS = 15.0
+LAST_WORDS = "Say exactly these words, and nothing else: "
 SPEECH_STARTED = "input_audio_buffer.speech_started"
 SPEECH_STOPPED = "input_audio_buffer.speech_stopped"
 TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
@@ -155,10 +167,12 @@ class RealtimeLLMService(OpenAIRealtimeLLMService):
     async def stop(self, frame: EndFrame) -> None:
         await self._settle_response()
         await super().stop(frame)
+        self._response_settled.set()  # nothing more will come: release any waiter
 
     async def cancel(self, frame: CancelFrame) -> None:
         await self._settle_response()
         await super().cancel(frame)
+        self._response_settled.set()
 
     async def _settle_response(self) -> None:
         """A call that ends while the model answers: cancel the answer and wait (briefly)
@@ -174,6 +188,35 @@ class RealtimeLLMService(OpenAIRealtimeLLMService):
             log.warning("the last response's usage did not arrive: it is not metered")
         finally:
             self._settling = False
+
+    async def say_last_words(self, words: str) -> None:
+        """Say ``words`` as the call's last: turn detection off (the caller can neither
+        talk over them nor start another answer), any answer in progress cancelled (its
+        usage waited for), then a response outside the conversation whose only input is
+        the instruction to say them (so it bills that instruction and the words, not the
+        whole conversation again); returns when its ``response.done`` has come, or after
+        :data:`LAST_WORDS_SECONDS`."""
+        if self._websocket is None:
+            return
+        quiet = events.SessionProperties(
+            audio=events.AudioConfiguration(input=events.AudioInput(turn_detection=False))
+        )
+        await self.send_client_event(events.SessionUpdateEvent(session=quiet))
+        await self._settle_response()
+        self._response_settled.clear()
+        asked = events.ResponseProperties(instructions=LAST_WORDS + words)
+        create = events.ResponseCreateEvent(response=asked).model_dump(exclude_none=True)
+        # Outside the conversation, with no input but the instruction (Pipecat's event
+        # model has neither field).
+        create["response"].update({"conversation": "none", "input": []})
+        # No conversation item announces this response: its turn starts here (its
+        # response.done ends it), so the transcript holds the words.
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self._ws_send(create)
+        try:
+            await asyncio.wait_for(self._response_settled.wait(), LAST_WORDS_SECONDS)
+        except TimeoutError:
+            log.warning("the last words were not said in %.0f s: the call ends", LAST_WORDS_SECONDS)
 
     async def start_llm_usage_metrics(self, tokens: LLMTokenUsage) -> None:
         if self._done_response_id:

@@ -21,6 +21,10 @@ A response streams its reply word by word (``response.output_audio_transcript.de
 in ``slow_replies``, and ends with ``response.done`` carrying ``usage``. Speech that
 starts while a response runs cancels it (as ``interrupt_response`` does): its
 ``response.done`` has status ``cancelled`` and still carries ``usage``, as OpenAI's does.
+A ``response.create`` with ``conversation: "none"`` is out of band: its item is not added
+to the conversation, and when its instructions end with ``...and nothing else: WORDS`` it
+says WORDS. A ``session.update`` setting ``audio.input.turn_detection`` to null turns turn
+detection off: audio is then heard but starts no turn.
 
 Usage numbers are known per response (``usage_for``) and per transcription
 (``transcription_usage_for``); every response and transcription served is recorded with
@@ -45,6 +49,8 @@ from tests.fakes.loopback import serve_on_loopback
 
 RATE = 24_000
 WINDOW_BYTES = 2 * RATE // 100  # 10 ms of PCM16 mono
+# How an instruction to say words verbatim ends (out-of-band responses say what follows).
+SAY_EXACTLY = "and nothing else: "
 WORD_AUDIO = struct.pack(
     "<2400h", *(round(6000 * math.sin(2 * math.pi * 300 * i / RATE)) for i in range(2400))
 )  # 0.1 s of a 300 Hz tone
@@ -97,6 +103,8 @@ class ServedResponse:
     status: str = "in_progress"
     words_sent: int = 0
     item_id: str = ""
+    out_of_band: bool = False  # conversation "none": said, not added to the conversation
+    instructions: str | None = None
 
 
 @dataclass
@@ -235,7 +243,7 @@ class _Session:
                 self.fake.items.append(item)
                 await self._add_item(item)
             elif kind == "response.create":
-                await self._respond()
+                await self._respond(event.get("response") or {})
             elif kind == "response.cancel":
                 await self._cancel()
             elif kind == "input_audio_buffer.append":
@@ -269,7 +277,14 @@ class _Session:
             await self._window(loud)
             self.ms += 10
 
+    def _detects_turns(self) -> bool:
+        """Server VAD is on unless the session set ``turn_detection`` to null."""
+        audio_input = (self.config.get("audio") or {}).get("input") or {}
+        return not ("turn_detection" in audio_input and audio_input["turn_detection"] is None)
+
     async def _window(self, loud: bool) -> None:
+        if not self._detects_turns():
+            return
         if loud:
             self.quiet_ms = 0
             if self.speech_item is None:
@@ -318,11 +333,20 @@ class _Session:
         await self._respond()
 
     # --- responses --------------------------------------------------------------
-    async def _respond(self) -> None:
+    async def _respond(self, asked: dict[str, Any] | None = None) -> None:
         await self._cancel()  # one response at a time
         n = len(self.fake.responses)
         reply = self.fake.replies[min(n, len(self.fake.replies) - 1)]
-        response = ServedResponse(id=self.fake.next_id("resp"), reply=reply)
+        instructions = (asked or {}).get("instructions")
+        out_of_band = (asked or {}).get("conversation") == "none"
+        if out_of_band and instructions and SAY_EXACTLY in instructions:
+            reply = instructions.split(SAY_EXACTLY, 1)[1]  # a model that does as it is told
+        response = ServedResponse(
+            id=self.fake.next_id("resp"),
+            reply=reply,
+            out_of_band=out_of_band,
+            instructions=instructions,
+        )
         self.fake.responses.append(response)
         self.response = response
         self.task = asyncio.get_running_loop().create_task(self._stream(n, response))
@@ -333,9 +357,10 @@ class _Session:
             "response.created",
             response={"id": response.id, "object": "realtime.response", "status": "in_progress"},
         )
-        await self._add_item(
-            {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress"}
-        )
+        if not response.out_of_band:
+            await self._add_item(
+                {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress"}
+            )
         at = {"response_id": response.id, "item_id": item_id, "output_index": 0, "content_index": 0}
         for i, word in enumerate(response.reply.split(" ")):
             if n in self.fake.slow_replies:
@@ -363,7 +388,8 @@ class _Session:
             "status": "completed" if status == "completed" else "incomplete",
             "content": [{"type": "output_audio", "transcript": said}],
         }
-        await self.send("conversation.item.done", item=item)
+        if not response.out_of_band:
+            await self.send("conversation.item.done", item=item)
         details = {"type": status, "reason": "turn_detected"} if status == "cancelled" else None
         await self.send(
             "response.done",
