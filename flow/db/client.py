@@ -92,22 +92,16 @@ async def call(op: Callable[[], Awaitable[T]]) -> T:
 async def rpc_body(sb: AsyncClient, function: str, params: dict[str, Any]) -> bytes:
     """Call the SQL function ``function`` and return PostgREST's JSON body as it came:
     for large documents built in SQL and passed on as they are, not parsed and written
-    again. Failures map as in :func:`call`."""
-    try:
+    again. Failures map as in :func:`call` (a refusal is PostgREST's error object)."""
+
+    async def post() -> bytes:
         response = await sb.postgrest.session.post(f"/rpc/{function}", json=params)
-    except (httpx.TransportError, OSError) as exc:
-        raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}") from exc
-    if response.status_code < 400:
-        return response.content
-    try:
+        if response.status_code < 400:
+            return response.content
         error = response.json()
-    except ValueError as exc:
-        raise DatabaseUnavailable("database gateway answered garbage") from exc
-    code = str(error.get("code") or "") or None if isinstance(error, dict) else None
-    message = str(error.get("message") or "") if isinstance(error, dict) else ""
-    if code and code.startswith(UNAVAILABLE_CODES):
-        raise DatabaseUnavailable(message or "database unavailable")
-    raise DatabaseError(message or f"HTTP {response.status_code}", code)
+        raise APIError(error if isinstance(error, dict) else {"message": str(error)})
+
+    return await call(post)
 
 
 async def retry_unavailable(

@@ -60,22 +60,15 @@ async def cost_by_kind(
     return rows_of(await call(sb.rpc("usage_cost_by_kind", params).execute))
 
 
-async def keys_report(
+async def keys_report_body(
     sb: AsyncClient, start: datetime, end: datetime, *, use_cache: bool = True
-) -> dict[str, Any]:
+) -> bytes:
     """``usage_keys_report``: every key over [start, end), costliest first, with the
-    totals (see :mod:`flow.billing.reports`). The closed UTC days of the range are read
-    from what an earlier report kept of them, unless ``use_cache`` is false."""
+    totals (see :mod:`flow.billing.reports`), as the JSON text the database built
+    (``{"totals": ..., "keys": [...]}``), unparsed: what the API passes on. The closed
+    UTC days of the range are read from what an earlier report kept of them, unless
+    ``use_cache`` is false."""
     params = {"p_start": start.isoformat(), "p_end": end.isoformat(), "p_use_cache": use_cache}
-    res: Any = await call(sb.rpc("usage_keys_report", params).execute)
-    data: dict[str, Any] = res.data
-    return data
-
-
-async def keys_report_body(sb: AsyncClient, start: datetime, end: datetime) -> bytes:
-    """:func:`keys_report` as the JSON text the database built (``{"totals": ...,
-    "keys": [...]}``), unparsed: what the API passes on."""
-    params = {"p_start": start.isoformat(), "p_end": end.isoformat()}
     return await rpc_body(sb, "usage_keys_report", params)
 
 

@@ -12,6 +12,7 @@ report runs, which must then keep nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -26,7 +27,7 @@ from flow.billing.reprice import reprice
 from flow.db import keys as keys_repo
 from flow.db import reports
 from flow.db import threads as threads_repo
-from flow.db.client import call, rows_of
+from flow.db.client import DatabaseError, call, rows_of, rpc_body
 from flow.db.usage import record_usage_events
 from flow.localstack.migrations import PG_BIN
 from flow.metering.events import UsageEvent, UsageKind
@@ -101,7 +102,7 @@ async def seed(sb: AsyncClient, rnd: random.Random, days: int = 6) -> list[str]:
 async def all_keys(
     sb: AsyncClient, start: datetime, end: datetime, *, use_cache: bool
 ) -> dict[str, dict[str, Any]]:
-    body = await reports.keys_report(sb, start, end, use_cache=use_cache)
+    body = json.loads(await reports.keys_report_body(sb, start, end, use_cache=use_cache))
     return {k["api_key_id"]: figures(k, k["cost_by_kind"]) for k in body["keys"]}
 
 
@@ -318,3 +319,11 @@ async def test_a_range_to_now_reads_the_current_hour_less_what_comes_after(
         await assert_exact(sb, [key_id], start, end)
     got = (await all_keys(sb, now - timedelta(days=3), end, use_cache=True))[key_id]
     assert got["calls"] == 2 and got["end_users"] == 2
+
+
+async def test_a_range_the_database_refuses_is_its_error_not_a_document(sb: AsyncClient) -> None:
+    with pytest.raises(DatabaseError) as refused:
+        await rpc_body(
+            sb, "usage_keys_report", {"p_start": ANCHOR.isoformat(), "p_end": ANCHOR.isoformat()}
+        )
+    assert refused.value.code == "22023" and "start must be before end" in refused.value.message
