@@ -12,11 +12,9 @@ Every request's path and query are kept in ``requests``.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.threaded_http import ThreadedServer, send_json
+from tests.fakes.threaded_http import ThreadedServer
 
 UNITS = ("hours", "total_hours", "agent_hours", "tokens_in", "tokens_out", "tts_characters")
 
@@ -94,16 +92,5 @@ class FakeDeepgramUsage(ThreadedServer):
         return 200, breakdown(first, last, self.figures)
 
     def start(self) -> FakeDeepgramUsage:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                auth = self.headers.get("Authorization", "")
-                send_json(self, *fake.answer(url.path, parse_qs(url.query), auth))
-
-        self.serve(Handler)
+        self.serve_get(self.answer)
         return self

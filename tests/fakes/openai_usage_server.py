@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import copy
 import json
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.threaded_http import ThreadedServer, send_json
+from tests.fakes.threaded_http import ThreadedServer
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "recordings" / "openai_usage"
 ENDPOINTS = {
@@ -135,18 +133,7 @@ class FakeOpenAIUsage(ThreadedServer):
         }
 
     def start(self) -> FakeOpenAIUsage:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                auth = self.headers.get("Authorization", "")
-                send_json(self, *fake.answer(url.path, parse_qs(url.query), auth))
-
-        self.serve(Handler)
+        self.serve_get(self.answer)
         return self
 
 

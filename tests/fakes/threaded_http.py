@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+# answer(path, query, Authorization header) -> (status, JSON payload)
+GetAnswer = Callable[[str, dict[str, list[str]], str], tuple[int, Any]]
 
 
 def send_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
@@ -30,6 +35,20 @@ class ThreadedServer:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def serve_get(self, answer: GetAnswer) -> None:
+        """Serve GET requests with ``answer``, quietly (the read-only vendor APIs)."""
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                auth = self.headers.get("Authorization", "")
+                send_json(self, *answer(url.path, parse_qs(url.query), auth))
+
+        self.serve(Handler)
 
     def stop(self) -> None:
         if self._server is not None:
