@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -128,8 +128,6 @@ class UsageRecorder:
         self._ttfb_s: dict[str, float] = {}
         # Ids of inferences whose usage report is on its way down the pipeline, in order.
         self._claimed: dict[str, deque[UUID]] = {}
-        # Told of each event after the meter has it (the call's trace, when traced).
-        self.on_event: Callable[[UsageEvent], None] | None = None
 
     # --- metrics -----------------------------------------------------------------
     def on_metrics(self, data: list[MetricsData]) -> None:
@@ -345,12 +343,12 @@ class UsageRecorder:
     def _add(self, **fields: Any) -> UsageEvent:
         event = self._event(**fields)
         self._meter.add(event)
-        if self.on_event is not None:
-            try:
-                self.on_event(event)
-            except Exception:  # tracing must never cost a usage event
-                log.warning("usage event %s: its span could not be made", event.id, exc_info=True)
         return event
+
+    @property
+    def meter(self) -> Meter:
+        """The call's meter, which tells its listeners of every event."""
+        return self._meter
 
     def finish(self) -> None:
         """Record LLM usage still waiting for its latency (call end)."""
@@ -391,7 +389,7 @@ class UsageMetricsProcessor(FrameProcessor):
         if setup.enable_tracing and setup.tracing_context is not None:
             from flow.bot.tracing import UsageSpans
 
-            self._recorder.on_event = UsageSpans(setup.tracing_context).record
+            self._recorder.meter.listen(UsageSpans(setup.tracing_context).record)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)

@@ -253,7 +253,7 @@ class Exporter:
             outcome.status, outcome.error = IntegrationStatus.ERROR, str(exc)
         except Retryable as exc:
             outcome.error = f"retrying later: {exc}"
-            retry_in = int(min(self.backoff_max_seconds * 5, 300))
+            retry_in = self._retry_later_seconds
         except (DestinationError, CredentialsUnreadable, SecretKeyMissing) as exc:
             outcome.status, outcome.error = IntegrationStatus.ERROR, str(exc)
         except UrlNotAllowed as exc:
@@ -274,7 +274,7 @@ class Exporter:
             # cycle resumes from the cursor later and the rest of the pass still runs.
             log.exception("export %s: unexpected error", iid)
             outcome.error = f"internal error ({type(exc).__name__}), retrying later"
-            retry_in = int(min(self.backoff_max_seconds * 5, 300))
+            retry_in = self._retry_later_seconds
         if outcome.status == IntegrationStatus.SYNCING:
             outcome.status = IntegrationStatus.ACTIVE
         if release:
@@ -295,6 +295,11 @@ class Exporter:
         else:
             log.info("export %s: %d events exported", iid, outcome.exported)
         return outcome
+
+    @property
+    def _retry_later_seconds(self) -> int:
+        """When a cycle that ended on a fault of its own is tried again."""
+        return int(min(self.backoff_max_seconds * 5, 300))
 
     async def _attach_billing(self, rows: list[dict[str, Any]]) -> None:
         """Who each row's key is billed as (``stripe_customer_id``, None without one),
