@@ -14,17 +14,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from flow.config import MAX_REPORT_DAYS, get_settings
+from flow.db.client import connect
 from flow.logs import configure_logging
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(coro)
-
-
-async def _client() -> Any:
-    from flow.db.client import create_client
-
-    return await create_client(get_settings())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -56,56 +51,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    from flow.db import keys
-
-    async def go() -> int:
-        row, plaintext = await keys.create_local_key(await _client(), args.name, args.owner)
-        print(f"created key {row['id']} ({row['key_prefix']}...) named {row['name']!r}")
-        print("store it now, it is not shown again:", file=sys.stderr)
-        print(plaintext)
-        return 0
-
-    return _run(go())
-
-
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    from flow.db import keys
-
-    async def go() -> int:
-        try:
-            revoked = await keys.revoke_key(await _client(), args.key)
-        except LookupError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        if not revoked:
-            print(f"the key {args.key!r} is already revoked", file=sys.stderr)
-            return 1
-        for row in revoked:
-            print(f"revoked {row['id']} ({row['name']})")
-        return 0
-
-    return _run(go())
-
-
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    from flow.db import keys
-    from flow.workflows.budget_commands import budget_states, describe
-
-    async def go() -> int:
-        sb = await _client()
-        budgets = await budget_states(sb)
-        for row in await keys.list_keys(sb):
-            state = "active" if row["is_active"] else "revoked"
-            ident = row["key_prefix"] or row["unkey_key_id"]
-            print(f"{row['id']}  {ident:<16}  {state:<8}  {row['name']}")
-            if str(row["id"]) in budgets:
-                print(f"    budget: {describe(budgets[str(row['id'])])}")
-        return 0
-
-    return _run(go())
-
-
 def cmd_usage(args: argparse.Namespace) -> int:
     """Who to bill: every key's usage and cost over a period (or the keys ``--key``
     names), each broken down by ``--group-by`` when given, and its budget if it has
@@ -124,7 +69,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         return 2
 
     async def go() -> int:
-        sb = await _client()
+        sb = await connect()
         budgets = await budget_states(sb)
         end = datetime.now(UTC)
         start = end - timedelta(days=args.days)
@@ -296,21 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None)
     serve.set_defaults(func=cmd_serve)
 
-    keys = sub.add_parser("keys", help="manage local API keys (when Unkey is not used)")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key and print it once")
-    create.add_argument("--name", required=True)
-    create.add_argument("--owner", default=None)
-    create.set_defaults(func=cmd_keys_create)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key by id, prefix or name")
-    revoke.add_argument("key", help="the key's id, printed prefix or name (a unique one)")
-    revoke.set_defaults(func=cmd_keys_revoke)
-    keys_sub.add_parser("list", help="list keys (and their budgets)").set_defaults(
-        func=cmd_keys_list
-    )
+    from flow.auth.commands import register_keys as register_key_commands
     from flow.billing.commands import register_keys
     from flow.workflows.budget_commands import register as register_budget
 
+    keys_sub = register_key_commands(sub)
     register_keys(keys_sub)
     register_budget(keys_sub)
 
@@ -396,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a clear one-line error, not a traceback, for operators
         from flow.db.client import DatabaseError, DatabaseUnavailable
+        from flow.db.keys import IdentError
 
+        if isinstance(exc, IdentError):  # a key or token named that is not one row
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         if isinstance(exc, DatabaseError | DatabaseUnavailable):
             print(f"error: {exc}", file=sys.stderr)
             return 2

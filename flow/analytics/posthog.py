@@ -44,7 +44,7 @@ from uuid import UUID
 from posthog import Posthog
 
 from flow.config import Settings
-from flow.db.call_state import CallStatus
+from flow.db.call_state import CallStatus, ErrorStage
 from flow.metering.events import UsageCategory, UsageEvent, UsageKind, event_id_from
 from flow.metering.meter import Listener
 from flow.metering.pricing import PriceBook
@@ -301,7 +301,8 @@ class PostHogAnalytics:
             if duration_seconds is not None:
                 properties["$ai_latency"] = duration_seconds
             if status == CallStatus.FAILED:
-                properties["$ai_error"] = f"{error_stage or 'call'}: {error_code or 'failed'}"
+                stage = error_stage or ErrorStage.CALL
+                properties["$ai_error"] = f"{stage}: {error_code or CallStatus.FAILED}"
                 properties["error_stage"] = error_stage
                 properties["error_code"] = error_code
             if self.capture_content:

@@ -9,7 +9,7 @@ either.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -31,27 +31,16 @@ operator_scheme = HTTPBearer(
 )
 
 
-def get_settings_dep(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def _state(name: str) -> Any:
+    """A dependency that answers ``app.state.<name>`` (set up by the lifespan)."""
+
+    def from_state(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return Depends(from_state)
 
 
-def get_supabase(request: Request) -> AsyncClient:
-    sb: AsyncClient = request.app.state.sb
-    return sb
-
-
-def get_runner(request: Request) -> CallRunner:
-    runner: CallRunner = request.app.state.runner
-    return runner
-
-
-def get_budget_alerts(request: Request) -> BudgetAlerts:
-    alerts: BudgetAlerts = request.app.state.budget_alerts
-    return alerts
-
-
-def get_authenticator(request: Request) -> Authenticator:
+def _authenticator(request: Request) -> Authenticator:
     auth: Authenticator = request.app.state.auth
     return auth
 
@@ -60,7 +49,7 @@ async def get_api_key(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> ApiKey:
-    api_key = await get_authenticator(request).authenticate(request.headers.get("authorization"))
+    api_key = await _authenticator(request).authenticate(request.headers.get("authorization"))
     request.state.api_key_id = api_key.id
     bind(key_id=api_key.id)  # the request's log lines name the key from here on
     return api_key
@@ -69,7 +58,7 @@ async def get_api_key(
 def get_operator_authenticator(request: Request) -> OperatorAuthenticator:
     operators: OperatorAuthenticator | None = getattr(request.app.state, "operator_auth", None)
     if operators is None:
-        operators = OperatorAuthenticator(get_supabase(request), get_authenticator(request))
+        operators = OperatorAuthenticator(request.app.state.sb, _authenticator(request))
         request.app.state.operator_auth = operators
     return operators
 
@@ -96,10 +85,10 @@ async def get_caller(
     return caller
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SupabaseDep = Annotated[AsyncClient, Depends(get_supabase)]
-RunnerDep = Annotated[CallRunner, Depends(get_runner)]
-BudgetAlertsDep = Annotated[BudgetAlerts, Depends(get_budget_alerts)]
+SettingsDep = Annotated[Settings, _state("settings")]
+SupabaseDep = Annotated[AsyncClient, _state("sb")]
+RunnerDep = Annotated[CallRunner, _state("runner")]
+BudgetAlertsDep = Annotated[BudgetAlerts, _state("budget_alerts")]
 ApiKeyDep = Annotated[ApiKey, Depends(get_api_key)]
 OperatorDep = Annotated[Operator, Depends(require_operator)]
 CallerDep = Annotated[Operator | ApiKey, Depends(get_caller)]

@@ -61,24 +61,15 @@ class ApiError(Exception):
         self.details = details
         self.fields = fields
 
-
-def error_response(
-    status_code: int,
-    code: str,
-    message: str,
-    *,
-    headers: dict[str, str] | None = None,
-    details: list[dict[str, Any]] | None = None,
-    fields: dict[str, Any] | None = None,
-) -> JSONResponse:
-    """The error body; ``fields`` go beside ``error`` and ``message`` (a refused join's
-    budget figures)."""
-    body: dict[str, Any] = {"error": code, "message": message}
-    if details is not None:
-        body["details"] = details
-    if fields:
-        body.update({k: v for k, v in fields.items() if k not in body})
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    def response(self) -> JSONResponse:
+        """The error body; ``fields`` go beside ``error`` and ``message`` (a refused
+        join's budget figures)."""
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        if self.fields:
+            body.update({k: v for k, v in self.fields.items() if k not in body})
+        return JSONResponse(body, status_code=self.status_code, headers=self.headers)
 
 
 STATUS_CODES = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed"}
@@ -106,30 +97,23 @@ def validation_details(errors: Any) -> list[dict[str, Any]]:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(
-        exc.status_code,
-        exc.code,
-        exc.message,
-        headers=exc.headers,
-        details=exc.details,
-        fields=exc.fields,
-    )
+    return exc.response()
 
 
 async def _auth_failure(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AuthFailure)
-    return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers())
+    return ApiError(exc.status_code, exc.code, exc.message, headers=exc.headers()).response()
 
 
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else _status_code_name(exc.status_code)
-    return error_response(
+    return ApiError(
         exc.status_code,
         _status_code_name(exc.status_code),
         message,
         headers=dict(exc.headers) if exc.headers else None,
-    )
+    ).response()
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -138,15 +122,15 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = details[0] if details else None
     where = ".".join(first["loc"]) if first else "request"
     message = f"invalid {where}: {first['msg']}" if first else "the request is not valid"
-    return error_response(422, "validation_error", message, details=details)
+    return ApiError(422, "validation_error", message, details=details).response()
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DatabaseError)
     if exc.code and exc.code.startswith(CONFLICT_CODES):
-        return error_response(
+        return ApiError(
             409, "conflict", "the request conflicts with a concurrent change; retry it"
-        )
+        ).response()
     error_id = uuid.uuid4().hex[:16]
     logger.error(
         "error %s: the database refused %s %s (%s): %s",
@@ -156,33 +140,33 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         exc.code,
         exc.message,
     )
-    return error_response(
+    return _internal_error(error_id)
+
+
+def _internal_error(error_id: str) -> JSONResponse:
+    """A 500 that names only the id under which the log tells what went wrong."""
+    return ApiError(
         500,
         "internal_error",
         f"an unexpected error occurred (error id {error_id})",
         headers={"X-Error-Id": error_id},
-    )
+    ).response()
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("database unavailable: %s", exc)
-    return error_response(
+    return ApiError(
         503,
         "database_unavailable",
         "the database is unavailable; retry shortly",
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
-    )
+    ).response()
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     error_id = uuid.uuid4().hex[:16]
     logger.exception("error %s: unhandled on %s %s", error_id, request.method, request.url.path)
-    return error_response(
-        500,
-        "internal_error",
-        f"an unexpected error occurred (error id {error_id})",
-        headers={"X-Error-Id": error_id},
-    )
+    return _internal_error(error_id)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -18,7 +18,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flow import metrics
-from flow.api.errors import error_response
+from flow.api.errors import ApiError
 from flow.bot.drain import Drain
 from flow.logs import bind
 
@@ -64,13 +64,13 @@ class JoinGateMiddleware:
             return
         if self.drain.draining:
             metrics.JOINS.labels("503").inc()
-            refusal = error_response(
+            refusal = ApiError(
                 503,
                 "draining",
                 "this instance is shutting down and takes no new call; retry (another "
                 "instance takes it)",
                 headers={"Retry-After": str(DRAINING_RETRY_AFTER_SECONDS)},
-            )
+            ).response()
             await refusal(scope, receive, send)
             return
 

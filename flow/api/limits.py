@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flow.api.errors import ApiError, error_response
+from flow.api.errors import ApiError
 
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_BYTES = 16 * 1024
@@ -116,7 +116,7 @@ async def _answer(
 ) -> None:
     """The API's error body, sent before the app has seen the request; the connection
     closes after it (the rest of the request is not read)."""
-    response = error_response(status, code, message, headers={"Connection": "close"})
+    response = ApiError(status, code, message, headers={"Connection": "close"}).response()
     await response(scope, receive, send)
 
 

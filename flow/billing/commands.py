@@ -16,14 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flow.config import get_settings
+from flow.db.client import connect
 
 CUSTOMER_ID = re.compile(r"^cus_[A-Za-z0-9]{1,250}$")
-
-
-async def _client() -> Any:
-    from flow.db.client import create_client
-
-    return await create_client(get_settings())
 
 
 def _utc(text: str) -> datetime:
@@ -50,7 +45,7 @@ def usage_csv(args: argparse.Namespace) -> int:
         return 2
 
     async def go() -> int:
-        sb = await _client()
+        sb = await connect()
         key_ids = None
         if args.key:
             found = await keys.find_keys(sb, args.key)
@@ -76,12 +71,8 @@ def cmd_stripe_customer(args: argparse.Namespace) -> int:
         return 2
 
     async def go() -> int:
-        sb = await _client()
-        try:
-            key = await resolve_key(sb, args.key)
-        except LookupError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        sb = await connect()
+        key = await resolve_key(sb, args.key)
         await billing.set_stripe_customer(sb, str(key["id"]), customer)
         if customer is None:
             print(f"key {key['id']} ({key['name']}) is no longer billed in Stripe")
@@ -118,7 +109,7 @@ def cmd_reprice(args: argparse.Namespace) -> int:
         return 2
 
     async def go() -> int:
-        sb = await _client()
+        sb = await connect()
         key_ids = None
         if args.key:
             found = await keys.find_keys(sb, args.key)

@@ -72,6 +72,13 @@ async def create_client(settings: Settings) -> AsyncClient:
     return sb
 
 
+async def connect() -> AsyncClient:
+    """A client for the database of this process's settings (the ``flow`` commands')."""
+    from flow.config import get_settings
+
+    return await create_client(get_settings())
+
+
 async def call(op: Callable[[], Awaitable[T]]) -> T:
     """Run one supabase-py request, translating its failures into ours."""
     try:

@@ -70,30 +70,3 @@ async def correction_page(
     """Up to ``limit`` corrections after the integration's correction cursor, shaped as
     ledger rows (``corrects`` names the original), for the lease holder."""
     return await leased_page(sb, "analytics_correction_page", integration_id, owner, limit)
-
-
-async def advance_corrections(
-    sb: AsyncClient,
-    integration_id: str,
-    owner: str,
-    *,
-    txid: str,
-    seq: int,
-    exported: int,
-    skipped: int,
-    warning: str | None,
-    lease_seconds: int,
-) -> str | None:
-    """Move the correction cursor (as ``advance_cursor`` moves the ledger's)."""
-    params = {
-        "p_id": integration_id,
-        "p_owner": owner,
-        "p_txid": txid,
-        "p_seq": seq,
-        "p_exported": exported,
-        "p_skipped": skipped,
-        "p_warning": warning,
-        "p_lease_seconds": lease_seconds,
-    }
-    found = rows_of(await call(sb.rpc("analytics_correction_advance", params).execute))
-    return str(found[0]["status"]) if found else None

@@ -109,27 +109,29 @@ async def advance_cursor(
     sb: AsyncClient,
     integration_id: str,
     owner: str,
+    page: ExportPage,
     *,
-    txid: str,
-    seq: int,
     exported: int,
     skipped: int,
     warning: str | None,
     lease_seconds: int,
+    corrections: bool = False,
 ) -> str | None:
-    """Move the cursor to (txid, seq), add to the counters and renew the lease; returns
-    the status, or ``None`` when the lease was lost (or the integration deleted)."""
+    """Move the cursor past ``page`` (the correction cursor with ``corrections``), add to
+    the counters and renew the lease; returns the status, or ``None`` when the lease was
+    lost (or the integration deleted)."""
     params = {
         "p_id": integration_id,
         "p_owner": owner,
-        "p_txid": txid,
-        "p_seq": seq,
+        "p_txid": page.last_txid,
+        "p_seq": page.last_seq,
         "p_exported": exported,
         "p_skipped": skipped,
         "p_warning": warning,
         "p_lease_seconds": lease_seconds,
     }
-    found = rows_of(await call(sb.rpc("analytics_export_advance", params).execute))
+    rpc = "analytics_correction_advance" if corrections else "analytics_export_advance"
+    found = rows_of(await call(sb.rpc(rpc, params).execute))
     return str(found[0]["status"]) if found else None
 
 

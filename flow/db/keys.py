@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -109,12 +110,30 @@ async def touch_last_used(sb: AsyncClient, key_id: UUID | str) -> None:
 KEY_COLUMNS = "id,name,owner,key_prefix,unkey_key_id,is_active,created_at,last_used_at"
 
 
-class KeyNotFound(LookupError):
-    """No key answers to the given id, prefix or name."""
+class IdentError(LookupError):
+    """An id, prefix or name given on the command line names no row, or several; the
+    ``flow`` command prints the message and exits 1."""
 
 
-class AmbiguousKey(LookupError):
-    """Several keys answer to the given name; the message lists them."""
+class KeyNotFound(IdentError):
+    """No key (or operator token) answers to the given id, prefix or name."""
+
+
+class AmbiguousKey(IdentError):
+    """Several keys (or operator tokens) answer to the given name; the message lists them."""
+
+
+def the_one(
+    found: list[dict[str, Any]], ident: str, what: str, label: Callable[[dict[str, Any]], Any]
+) -> dict[str, Any]:
+    """The one row of ``found`` (the ``what`` named by ``ident``); raises
+    :class:`KeyNotFound` or :class:`AmbiguousKey` (listing each row's id and ``label``)."""
+    if not found:
+        raise KeyNotFound(f"no {what} matches {ident!r} (give its id, prefix or name)")
+    if len(found) > 1:
+        listed = ", ".join(f"{r['id']} ({label(r)})" for r in found)
+        raise AmbiguousKey(f"{len(found)} {what}s match {ident!r}: {listed}; give the id")
+    return found[0]
 
 
 async def find_keys(sb: AsyncClient, ident: str) -> list[dict[str, Any]]:
@@ -141,12 +160,7 @@ async def resolve_key(sb: AsyncClient, ident: str) -> dict[str, Any]:
     """The one key named by ``ident`` (see :func:`find_keys`); raises
     :class:`KeyNotFound` or :class:`AmbiguousKey`."""
     found = await find_keys(sb, ident)
-    if not found:
-        raise KeyNotFound(f"no key matches {ident!r} (give its id, prefix or name)")
-    if len(found) > 1:
-        listed = ", ".join(f"{r['id']} ({r['key_prefix'] or r['unkey_key_id']})" for r in found)
-        raise AmbiguousKey(f"{len(found)} keys match {ident!r}: {listed}; give the id")
-    return found[0]
+    return the_one(found, ident, "key", lambda r: r["key_prefix"] or r["unkey_key_id"])
 
 
 def _quoted(value: str) -> str:

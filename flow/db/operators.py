@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
@@ -17,7 +18,7 @@ from postgrest.types import ReturnMethod
 from supabase import AsyncClient
 
 from flow.db.client import call, first_of, rows_of
-from flow.db.keys import LAST_USED_RESOLUTION, AmbiguousKey, KeyNotFound, _quoted, hash_key
+from flow.db.keys import LAST_USED_RESOLUTION, _quoted, hash_key, the_one
 
 TOKEN_PREFIX = "flow_op_"
 TABLE = "operator_tokens"
@@ -73,17 +74,14 @@ async def find_tokens(sb: AsyncClient, ident: str) -> list[dict[str, Any]]:
 async def revoke_token(sb: AsyncClient, ident: str) -> list[dict[str, Any]]:
     """Deactivate the one token named by ``ident``; returns the revoked rows (none when
     it was already revoked). Raises :class:`KeyNotFound` or :class:`AmbiguousKey`."""
-    found = await find_tokens(sb, ident)
-    if not found:
-        raise KeyNotFound(f"no operator token matches {ident!r} (give its id, prefix or name)")
-    if len(found) > 1:
-        listed = ", ".join(f"{r['id']} ({r['token_prefix']})" for r in found)
-        raise AmbiguousKey(f"{len(found)} operator tokens match {ident!r}: {listed}; give the id")
+    token = the_one(
+        await find_tokens(sb, ident), ident, "operator token", itemgetter("token_prefix")
+    )
     res = await call(
         lambda: (
             sb.table(TABLE)
             .update({"is_active": False, "revoked_at": datetime.now(UTC).isoformat()})
-            .eq("id", str(found[0]["id"]))
+            .eq("id", str(token["id"]))
             .eq("is_active", True)
             .execute()
         )

@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from flow.config import get_settings
 from flow.db import integrations as integrations_db
+from flow.db.client import connect
 from flow.db.integrations import IntegrationStatus
 from flow.db.keys import resolve_key
 from flow.exporters import integrations as service
@@ -50,12 +51,6 @@ def _destination_options() -> dict[str, str]:
 
 
 _DESTINATION_OPTIONS = _destination_options()
-
-
-async def _client() -> Any:
-    from flow.db.client import create_client
-
-    return await create_client(get_settings())
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,12 +96,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         except ValidationError as exc:
             print(f"error: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
             return 2
-        sb = await _client()
-        try:
-            api_key_id = await _key_id(sb, args.key)
-        except LookupError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        sb = await connect()
+        api_key_id = await _key_id(sb, args.key)
         try:
             row = await service.create_integration(
                 sb, get_settings(), body, api_key_id=api_key_id, all_keys=args.all_keys
@@ -122,12 +113,8 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def go() -> int:
-        sb = await _client()
-        try:
-            api_key_id = await _key_id(sb, args.key)
-        except LookupError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        sb = await connect()
+        api_key_id = await _key_id(sb, args.key)
         for row in await integrations_db.list_integrations(sb, api_key_id=api_key_id):
             v = service.public_view(row)
             scope = "all keys" if v["all_keys"] else v["api_key_id"]
@@ -155,7 +142,7 @@ def _by_id(action: str) -> Callable[[argparse.Namespace], int]:
 
     def cmd(args: argparse.Namespace) -> int:
         async def go() -> int:
-            if not await apply(await _client(), args.id, api_key_id=None):
+            if not await apply(await connect(), args.id, api_key_id=None):
                 print(f"no integration {args.id}", file=sys.stderr)
                 return 1
             print(f"{done_word} {args.id}")
@@ -173,7 +160,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from flow.exporters.sync import Exporter
 
     async def go() -> int:
-        exporter = Exporter(await _client(), get_settings())
+        exporter = Exporter(await connect(), get_settings())
         console = Console(stderr=True)
         failed = 0
         try:

@@ -20,6 +20,7 @@ from flow.db.integrations import IntegrationStatus
 from flow.exporters.base import Destination, SendResult
 
 if TYPE_CHECKING:
+    from flow.exporters.lease import Lease
     from flow.exporters.sync import Exporter
 
 
@@ -37,7 +38,7 @@ async def as_recorded(exporter: Exporter, rows: list[dict[str, Any]]) -> None:
 
 async def send_corrections(
     exporter: Exporter,
-    iid: str,
+    lease: Lease,
     dest: Destination,
     created_at: datetime,
     report: Callable[[str, SendResult], str | None],
@@ -47,30 +48,13 @@ async def send_corrections(
     sent = SendResult()
     page_size = min(exporter.page_size, dest.max_batch)
     while True:
-        page = await corrections_db.correction_page(exporter.sb, iid, exporter.owner, page_size)
+        page = await corrections_db.correction_page(exporter.sb, lease.iid, lease.owner, page_size)
         if not page.leased:
             return sent, page.status
         if page.scanned == 0:
             return sent, IntegrationStatus.SYNCING
-        rows = page.rows
-        if getattr(dest, "bills_customers", False):
-            await exporter._attach_billing(rows)
-        historical = (
-            bool(rows)
-            and min(datetime.fromisoformat(str(r["occurred_at"])) for r in rows) < created_at
-        )
-        result = await exporter._deliver(iid, dest, rows, historical)
-        status = await corrections_db.advance_corrections(
-            exporter.sb,
-            iid,
-            exporter.owner,
-            txid=page.last_txid,
-            seq=page.last_seq,
-            exported=result.accepted,
-            skipped=len(result.skipped),
-            warning=report(iid, result),
-            lease_seconds=exporter.lease_seconds,
-        )
+        result = await exporter._deliver(lease, dest, page.rows, created_at)
+        status = await lease.move(page, result, report(lease.iid, result), corrections=True)
         if status is None:
             return sent, None
         sent.add(result)

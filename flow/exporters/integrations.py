@@ -30,7 +30,14 @@ from flow.db.integrations import IntegrationStatus
 from flow.exporters.base import DEFAULT_EVENT_NAME, IntegrationInputError
 from flow.exporters.crypto import CredentialBox
 from flow.exporters.registry import IntegrationCreate, IntegrationPatch, spec_for
-from flow.exporters.spec import Backfill, BackfillDays, BackfillFrom, CommonPatch, DestinationSpec
+from flow.exporters.spec import (
+    Backfill,
+    BackfillDays,
+    BackfillFrom,
+    CommonPatch,
+    DestinationSpec,
+    Stored,
+)
 from flow.net.outbound import UrlNotAllowed, check_url, outbound_client
 
 VALIDATE_TIMEOUT_SECONDS = 10.0
@@ -104,7 +111,7 @@ async def validate_credentials(
     :class:`CredentialsInvalid` naming the problem (or ``UrlNotAllowed`` when its host
     now resolves to a refused address)."""
     async with outbound_client(settings, timeout=VALIDATE_TIMEOUT_SECONDS) as client:
-        dest = spec.build(client, settings_json, creds, settings.flow_export_source_id)
+        dest = spec.build(client, Stored(settings_json, creds), settings.flow_export_source_id)
         await dest.validate()
 
 
@@ -184,7 +191,7 @@ async def update_integration(
     wrong = own.keys() - spec.patch_model.model_fields.keys()
     if wrong:
         raise IntegrationInputError(f"{', '.join(sorted(wrong))} do not apply to {provider}")
-    spec.apply_patch(own, settings_json, creds)
+    spec.apply_patch(own, Stored(settings_json, creds))
     for k in ("event_name", "distinct_id"):
         if given.get(k) is not None:
             settings_json[k] = str(given[k])

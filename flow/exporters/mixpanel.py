@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from flow.exporters.base import (
     AuthRejected,
     CredentialsInvalid,
+    Destination,
     DestinationError,
     DistinctIdMode,
     IntegrationInputError,
@@ -53,7 +54,7 @@ from flow.exporters.base import (
     retry_after_seconds,
 )
 from flow.exporters.crypto import mask
-from flow.exporters.spec import DestinationSpec, HttpUrlText, IntegrationBody, event_options
+from flow.exporters.spec import DestinationSpec, HttpUrlText, IntegrationBody, Stored, event_options
 from flow.net.outbound import UNREACHABLE, answered
 
 log = logging.getLogger(__name__)
@@ -345,35 +346,27 @@ class MixpanelSpec(DestinationSpec[MixpanelCreate]):
             parts.append(f"service account {sa['username']} (project {sa['project_id']})")
         return ", ".join(parts)
 
-    def apply_patch(
-        self, given: dict[str, Any], settings_json: dict[str, Any], creds: dict[str, Any]
-    ) -> None:
+    def apply_patch(self, given: dict[str, Any], stored: Stored) -> None:
         if "region" in given or "api_host" in given:
-            settings_json["region"] = given.get("region")
-            settings_json["api_host"] = mixpanel_host(given.get("region"), given.get("api_host"))
+            stored.settings["region"] = given.get("region")
+            stored.settings["api_host"] = mixpanel_host(given.get("region"), given.get("api_host"))
         for k in ("project_token", "api_secret", "service_account"):
             if k in given:
-                creds[k] = given[k]
-        if creds.get("api_secret") and creds.get("service_account"):
+                stored.creds[k] = given[k]
+        if stored.creds.get("api_secret") and stored.creds.get("service_account"):
             if "service_account" in given:
-                creds.pop("api_secret", None)
+                stored.creds.pop("api_secret", None)
             else:
-                creds.pop("service_account", None)
+                stored.creds.pop("service_account", None)
 
-    def build(
-        self,
-        client: httpx.AsyncClient,
-        settings_json: dict[str, Any],
-        creds: dict[str, Any],
-        source_id: str,
-    ) -> MixpanelDestination:
+    def build(self, client: httpx.AsyncClient, stored: Stored, source_id: str) -> Destination:
         return MixpanelDestination(
             client,
-            api_host=settings_json["api_host"],
-            project_token=creds["project_token"],
-            api_secret=creds.get("api_secret"),
-            service_account=creds.get("service_account"),
-            **event_options(settings_json, source_id),
+            api_host=stored.settings["api_host"],
+            project_token=stored.creds["project_token"],
+            api_secret=stored.creds.get("api_secret"),
+            service_account=stored.creds.get("service_account"),
+            **event_options(stored.settings, source_id),
         )
 
     def cli_value(self, field: str, text: str) -> Any:

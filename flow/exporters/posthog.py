@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from flow.exporters.base import (
     AuthRejected,
     CredentialsInvalid,
+    Destination,
     DestinationError,
     DistinctIdMode,
     IntegrationInputError,
@@ -40,7 +41,7 @@ from flow.exporters.base import (
     retry_after_seconds,
 )
 from flow.exporters.crypto import mask
-from flow.exporters.spec import DestinationSpec, HttpUrlText, IntegrationBody, event_options
+from flow.exporters.spec import DestinationSpec, HttpUrlText, IntegrationBody, Stored, event_options
 from flow.net.outbound import UNREACHABLE, answered
 
 REGION_HOSTS = {"us": "https://us.i.posthog.com", "eu": "https://eu.i.posthog.com"}
@@ -210,29 +211,21 @@ class PostHogSpec(DestinationSpec[PostHogCreate]):
     def hint(self, creds: dict[str, Any]) -> str:
         return f"key {mask(creds['project_api_key'])}"
 
-    def apply_patch(
-        self, given: dict[str, Any], settings_json: dict[str, Any], creds: dict[str, Any]
-    ) -> None:
+    def apply_patch(self, given: dict[str, Any], stored: Stored) -> None:
         if "region" in given or "host" in given:
             if given.get("region") not in (None, *REGION_HOSTS):
                 raise IntegrationInputError("PostHog regions are us and eu")
-            settings_json["region"] = given.get("region")
-            settings_json["host"] = posthog_host(given.get("region"), given.get("host"))
+            stored.settings["region"] = given.get("region")
+            stored.settings["host"] = posthog_host(given.get("region"), given.get("host"))
         if "project_api_key" in given:
-            creds["project_api_key"] = given["project_api_key"]
+            stored.creds["project_api_key"] = given["project_api_key"]
 
-    def build(
-        self,
-        client: httpx.AsyncClient,
-        settings_json: dict[str, Any],
-        creds: dict[str, Any],
-        source_id: str,
-    ) -> PostHogDestination:
+    def build(self, client: httpx.AsyncClient, stored: Stored, source_id: str) -> Destination:
         return PostHogDestination(
             client,
-            host=settings_json["host"],
-            project_api_key=creds["project_api_key"],
-            **event_options(settings_json, source_id),
+            host=stored.settings["host"],
+            project_api_key=stored.creds["project_api_key"],
+            **event_options(stored.settings, source_id),
         )
 
 

@@ -21,6 +21,7 @@ that checks it again on every connection and connects only to the address it che
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypedDict, TypeVar
 
@@ -100,6 +101,15 @@ def event_options(settings_json: dict[str, Any], source_id: str) -> EventOptions
     )
 
 
+@dataclass(frozen=True)
+class Stored:
+    """An integration as stored: its settings (kept in clear) and its credentials (kept
+    encrypted; here opened). An edit changes both dicts in place."""
+
+    settings: dict[str, Any]
+    creds: dict[str, Any]
+
+
 BodyT = TypeVar("BodyT", bound=IntegrationBody)
 
 
@@ -132,20 +142,12 @@ class DestinationSpec(ABC, Generic[BodyT]):
         """Masked credentials, enough to tell which ones are stored."""
 
     @abstractmethod
-    def apply_patch(
-        self, given: dict[str, Any], settings_json: dict[str, Any], creds: dict[str, Any]
-    ) -> None:
+    def apply_patch(self, given: dict[str, Any], stored: Stored) -> None:
         """Apply the edited fields of ``patch_model`` (only those given) to the stored
         settings and credentials, in place."""
 
     @abstractmethod
-    def build(
-        self,
-        client: httpx.AsyncClient,
-        settings_json: dict[str, Any],
-        creds: dict[str, Any],
-        source_id: str,
-    ) -> Destination:
+    def build(self, client: httpx.AsyncClient, stored: Stored, source_id: str) -> Destination:
         """The destination that sends through ``client`` (an outbound client, see
         :func:`flow.net.outbound.outbound_client`) with these settings; it sends only
         through it (:func:`flow.exporters.base.post`)."""

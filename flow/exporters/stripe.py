@@ -43,9 +43,9 @@ import httpx
 import stripe
 from pydantic import BaseModel, ConfigDict, Field
 
-from flow.exporters.base import CredentialsInvalid, Retryable, SendResult
+from flow.exporters.base import CredentialsInvalid, Destination, Retryable, SendResult
 from flow.exporters.crypto import mask
-from flow.exporters.spec import DestinationSpec, EventName, HttpUrlText, IntegrationBody
+from flow.exporters.spec import DestinationSpec, EventName, HttpUrlText, IntegrationBody, Stored
 from flow.exporters.stripe_client import (
     STRIPE_API,
     STRIPE_METER_EVENTS,
@@ -302,15 +302,13 @@ class StripeSpec(DestinationSpec[StripeCreate]):
     def hint(self, creds: dict[str, Any]) -> str:
         return f"key {mask(creds['secret_key'])}"
 
-    def apply_patch(
-        self, given: dict[str, Any], settings_json: dict[str, Any], creds: dict[str, Any]
-    ) -> None:
+    def apply_patch(self, given: dict[str, Any], stored: Stored) -> None:
         if "api_base" in given:
-            settings_json["api_base"] = given["api_base"] or STRIPE_API
+            stored.settings["api_base"] = given["api_base"] or STRIPE_API
         if given.get("unit_meters") is not None:
-            settings_json["unit_meters"] = dict(given["unit_meters"])
+            stored.settings["unit_meters"] = dict(given["unit_meters"])
         if given.get("secret_key"):
-            creds["secret_key"] = given["secret_key"]
+            stored.creds["secret_key"] = given["secret_key"]
 
     def cli_value(self, field: str, text: str) -> Any:
         if field != "unit_meters":
@@ -318,21 +316,15 @@ class StripeSpec(DestinationSpec[StripeCreate]):
         pairs = (part.partition("=") for part in text.split(",") if part.strip())
         return {unit.strip(): name.strip() for unit, _, name in pairs}
 
-    def build(
-        self,
-        client: httpx.AsyncClient,
-        settings_json: dict[str, Any],
-        creds: dict[str, Any],
-        source_id: str,
-    ) -> StripeDestination:
-        api_base = settings_json.get("api_base") or STRIPE_API
+    def build(self, client: httpx.AsyncClient, stored: Stored, source_id: str) -> Destination:
+        api_base = stored.settings.get("api_base") or STRIPE_API
         return StripeDestination(
             client,
             api_base=api_base,
             meter_events_base=STRIPE_METER_EVENTS if api_base == STRIPE_API else api_base,
-            secret_key=creds["secret_key"],
-            event_name=settings_json.get("event_name") or DEFAULT_EVENT_NAME,
-            unit_meters=dict(settings_json.get("unit_meters") or {}),
+            secret_key=stored.creds["secret_key"],
+            event_name=stored.settings.get("event_name") or DEFAULT_EVENT_NAME,
+            unit_meters=dict(stored.settings.get("unit_meters") or {}),
         )
 
 

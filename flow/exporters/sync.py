@@ -55,22 +55,15 @@ from flow.exporters.base import (
     SendResult,
 )
 from flow.exporters.crypto import CredentialBox, CredentialsUnreadable, SecretKeyMissing
+from flow.exporters.lease import CycleStop, Lease
 from flow.exporters.registry import spec_for
+from flow.exporters.spec import Stored
 from flow.net.outbound import UrlNotAllowed, outbound_client
 
 log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_SECONDS = 30.0
 Progress = Callable[[str, int], None]
-
-
-class _Stop(Exception):
-    """The cycle must stop: the lease was lost (``lease_lost``: another instance holds
-    it, so this one must not release it), or the integration was paused or deleted."""
-
-    def __init__(self, reason: str, *, lease_lost: bool) -> None:
-        super().__init__(reason)
-        self.lease_lost = lease_lost
 
 
 @dataclass
@@ -193,14 +186,16 @@ class Exporter:
     ) -> SyncOutcome:
         """Run one cycle for an integration this instance has claimed."""
         iid = str(row["id"])
+        lease = Lease(self.sb, iid, self.owner, self.lease_seconds)
         outcome = SyncOutcome(integration_id=iid)
         retry_in: int | None = None
         synced = False
         release = True
         try:
             creds = self._credentials().open(row["credentials_encrypted"])
+            stored = Stored(row["settings"] or {}, creds)
             dest = spec_for(row["provider"]).build(
-                self.http, row["settings"] or {}, creds, self.settings.flow_export_source_id
+                self.http, stored, self.settings.flow_export_source_id
             )
             created_at = datetime.fromisoformat(str(row["created_at"]))
             page_size = min(self.page_size, dest.max_batch)
@@ -216,16 +211,8 @@ class Exporter:
                     break
                 rows = page.rows
                 await corrections.as_recorded(self, rows)
-                if getattr(dest, "bills_customers", False):
-                    await self._attach_billing(rows)
-                historical = (
-                    bool(rows)
-                    and min(datetime.fromisoformat(str(r["occurred_at"])) for r in rows)
-                    < created_at
-                )
-                result = await self._deliver(iid, dest, rows, historical)
-                warning = _report_skipped(iid, result)
-                status = await self._advance(iid, page, result, warning)
+                result = await self._deliver(lease, dest, rows, created_at)
+                status = await lease.advance(page, result, _report_skipped(iid, result))
                 outcome.exported += result.accepted
                 outcome.skipped += len(result.skipped)
                 if progress is not None:
@@ -238,15 +225,15 @@ class Exporter:
                     break
             if synced:
                 fixed, after = await corrections.send_corrections(
-                    self, iid, dest, created_at, _report_skipped
+                    self, lease, dest, created_at, _report_skipped
                 )
                 outcome.exported += fixed.accepted
                 outcome.skipped += len(fixed.skipped)
                 if after is None:
-                    raise _Stop("lease lost: another instance took over", lease_lost=True)
+                    raise CycleStop("lease lost: another instance took over", lease_lost=True)
                 if after != IntegrationStatus.SYNCING:
                     outcome.status = after
-        except _Stop as stop:
+        except CycleStop as stop:
             outcome.error = str(stop)
             release = not stop.lease_lost
         except AuthRejected as exc:
@@ -259,13 +246,18 @@ class Exporter:
         except UrlNotAllowed as exc:
             outcome.status, outcome.error = IntegrationStatus.ERROR, f"url_not_allowed: {exc}"
         except (DatabaseUnavailable, DatabaseError) as exc:
-            # The lease expires by itself; the next cycle resumes from the cursor.
+            # The lease expires by itself; the next cycle resumes from the cursor. What
+            # the database said stays in the log: last_error is shown to the customer.
             log.warning("export %s: database error, will resume: %s", iid, exc)
-            outcome.error = f"database: {exc}"
+            outcome.error = (
+                "database refused a request, retrying later"
+                if isinstance(exc, DatabaseError)
+                else "database unavailable, retrying later"
+            )
             release = isinstance(exc, DatabaseError)
         except asyncio.CancelledError:
             await asyncio.shield(
-                self._release(iid, IntegrationStatus.ACTIVE, "interrupted", synced=False)
+                lease.release(IntegrationStatus.ACTIVE, "interrupted", synced=False)
             )
             raise
         except Exception as exc:
@@ -278,8 +270,7 @@ class Exporter:
         if outcome.status == IntegrationStatus.SYNCING:
             outcome.status = IntegrationStatus.ACTIVE
         if release:
-            final = await self._release(
-                iid,
+            final = await lease.release(
                 outcome.status
                 if outcome.status in (IntegrationStatus.ACTIVE, IntegrationStatus.ERROR)
                 else IntegrationStatus.ACTIVE,
@@ -310,69 +301,26 @@ class Exporter:
             row.update(details.get(str(row["id"]), {}))
             row["stripe_customer_id"] = customers.get(str(row["api_key_id"]))
 
-    async def _advance(
-        self, iid: str, page: exports_db.ExportPage, result: SendResult, warning: str | None
-    ) -> str:
-        status = await exports_db.advance_cursor(
-            self.sb,
-            iid,
-            self.owner,
-            txid=page.last_txid,
-            seq=page.last_seq,
-            exported=result.accepted,
-            skipped=len(result.skipped),
-            warning=warning,
-            lease_seconds=self.lease_seconds,
-        )
-        if status is None:
-            raise _Stop("lease lost: another instance took over this integration", lease_lost=True)
-        return status
-
-    async def _renew(self, iid: str) -> None:
-        status = await exports_db.renew_lease(
-            self.sb, iid, self.owner, lease_seconds=self.lease_seconds
-        )
-        if status is None:
-            raise _Stop("lease lost while retrying", lease_lost=True)
-        if status != IntegrationStatus.SYNCING:
-            raise _Stop(f"integration is now {status}", lease_lost=False)
-
-    async def _release(
-        self,
-        iid: str,
-        status: str,
-        error: str | None,
-        *,
-        synced: bool,
-        retry_in_seconds: int | None = None,
-    ) -> str | None:
-        try:
-            return await exports_db.release_lease(
-                self.sb,
-                iid,
-                self.owner,
-                status=status,
-                error=error,
-                synced=synced,
-                retry_in_seconds=retry_in_seconds,
-            )
-        except DatabaseUnavailable as exc:
-            log.warning("export %s: could not release the lease (it will expire): %s", iid, exc)
-            return None
-
     # --- sending ---------------------------------------------------------------
     async def _deliver(
-        self, iid: str, dest: Destination, rows: list[dict[str, Any]], historical: bool
+        self, lease: Lease, dest: Destination, rows: list[dict[str, Any]], created_at: datetime
     ) -> SendResult:
+        """Send a page in batches of the destination's size. Rows from before the
+        integration was created go as historical (Mixpanel's /import); a destination
+        that bills customers gets each row's customer and billed counts first."""
+        if getattr(dest, "bills_customers", False):
+            await self._attach_billing(rows)
+        times = (datetime.fromisoformat(str(r["occurred_at"])) for r in rows)
+        historical = bool(rows) and min(times) < created_at
         result = SendResult()
         for start in range(0, len(rows), dest.max_batch):
             result.add(
-                await self._send(iid, dest, rows[start : start + dest.max_batch], historical)
+                await self._send(lease, dest, rows[start : start + dest.max_batch], historical)
             )
         return result
 
     async def _send(
-        self, iid: str, dest: Destination, rows: list[dict[str, Any]], historical: bool
+        self, lease: Lease, dest: Destination, rows: list[dict[str, Any]], historical: bool
     ) -> SendResult:
         attempt = 0
         while True:
@@ -382,8 +330,8 @@ class Exporter:
                 if len(rows) == 1:
                     return SendResult(skipped=[(str(rows[0]["id"]), "event too large (413)")])
                 half = len(rows) // 2
-                result = await self._send(iid, dest, rows[:half], historical)
-                result.add(await self._send(iid, dest, rows[half:], historical))
+                result = await self._send(lease, dest, rows[:half], historical)
+                result.add(await self._send(lease, dest, rows[half:], historical))
                 return result
             except Retryable as exc:
                 attempt += 1
@@ -395,10 +343,10 @@ class Exporter:
                         self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (attempt - 1)
                     ) * random.uniform(0.8, 1.2)
                 delay = min(delay, self.backoff_max_seconds)
-                log.info("export %s: %s; retry %d in %.2fs", iid, exc, attempt, delay)
-                await self._renew(iid)
+                log.info("export %s: %s; retry %d in %.2fs", lease.iid, exc, attempt, delay)
+                await lease.renew()
                 await self._sleep(delay)
-                await self._renew(iid)
+                await lease.renew()
 
 
 def _report_skipped(iid: str, result: SendResult) -> str | None:

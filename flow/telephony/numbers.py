@@ -25,6 +25,7 @@ from pydantic import AnyUrl, ConfigDict, Field, UrlConstraints, ValidationError
 from flow.bot.contract import BotConfig
 from flow.config import get_settings
 from flow.db import numbers as numbers_db
+from flow.db.client import connect
 from flow.db.keys import resolve_key
 from flow.net.outbound import UrlNotAllowed
 from flow.workflows.webhook import WebhookURLError, validate_webhook_url
@@ -73,12 +74,6 @@ def is_e164(number: str) -> bool:
     return bool(E164.match(number))
 
 
-async def _client() -> Any:
-    from flow.db.client import create_client
-
-    return await create_client(get_settings())
-
-
 def _error(message: str, code: int) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -99,11 +94,8 @@ def cmd_add(args: argparse.Namespace) -> int:
                 await validate_webhook_url(str(config.webhook_url), get_settings())
             except (UrlNotAllowed, WebhookURLError) as exc:
                 return _error(f"webhook_url: {exc}", 2)
-        sb = await _client()
-        try:
-            key = await resolve_key(sb, args.key)
-        except LookupError as exc:
-            return _error(str(exc), 1)
+        sb = await connect()
+        key = await resolve_key(sb, args.key)
         stored = config.model_dump(mode="json", exclude_unset=True)
         try:
             await numbers_db.add_number(sb, args.number, key["id"], stored)
@@ -117,7 +109,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def go() -> int:
-        for row in await numbers_db.list_numbers(await _client()):
+        for row in await numbers_db.list_numbers(await connect()):
             key = row.get("api_keys") or {}
             state = "" if key.get("is_active", True) else "  (key revoked: not answered)"
             config = json.dumps(row["config"], separators=(",", ":")) if row["config"] else "{}"
@@ -130,7 +122,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     async def go() -> int:
-        if not await numbers_db.remove_number(await _client(), args.number):
+        if not await numbers_db.remove_number(await connect(), args.number):
             return _error(f"{args.number} is not routed", 1)
         print(f"removed {args.number}")
         return 0

@@ -93,11 +93,7 @@ async def _keys_budget(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     sb = await create_client(settings)
-    try:
-        key = await resolve_key(sb, args.key)
-    except LookupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    key = await resolve_key(sb, args.key)
     key_id = str(key["id"])
     if args.clear:
         cleared = await budgets.clear_budget(sb, key_id)

@@ -37,7 +37,6 @@ from flow.metering.pricing import cost_fields
 
 log = logging.getLogger(__name__)
 
-STAGE = "extract_insights"
 PROVIDER = "openai"
 MAX_ATTEMPTS = 2  # the first answer, and one retry when it does not validate
 LLM_TIMEOUT_SECONDS = 60.0

@@ -13,6 +13,7 @@ from flow.exporters.base import IntegrationInputError
 from flow.exporters.mixpanel import MixpanelDestination
 from flow.exporters.posthog import PostHogDestination
 from flow.exporters.registry import PROVIDERS, IntegrationCreate, IntegrationPatch, spec_for
+from flow.exporters.spec import Stored
 from flow.exporters.stripe import StripeDestination
 from tests.exporters.conftest import MP_SECRET, MP_TOKEN, PH_KEY
 
@@ -73,18 +74,18 @@ async def test_the_registry_drives_create_hint_patch_and_build(case: dict[str, A
 
     given = IntegrationPatch.model_validate(case["patch"]).model_dump(exclude_unset=True)
     assert given.keys() <= spec.patch_model.model_fields.keys()
-    spec.apply_patch(given, settings_json, creds)
+    spec.apply_patch(given, Stored(settings_json, creds))
     want_settings, want_creds = case["patched"]
     assert settings_json.items() >= want_settings.items()
     assert creds.items() >= want_creds.items()
     assert case["foreign"].keys().isdisjoint(spec.patch_model.model_fields)
 
     async with httpx.AsyncClient() as client:
-        dest = spec.build(client, settings_json, creds, "prism-gateway")
+        dest = spec.build(client, Stored(settings_json, creds), "prism-gateway")
     assert isinstance(dest, case["destination"])
 
 
 def test_a_posthog_edit_refuses_a_mixpanel_region() -> None:
     given = IntegrationPatch.model_validate({"region": "in"}).model_dump(exclude_unset=True)
     with pytest.raises(IntegrationInputError, match="PostHog regions are us and eu"):
-        spec_for("posthog").apply_patch(given, {}, {})
+        spec_for("posthog").apply_patch(given, Stored({}, {}))

@@ -18,6 +18,7 @@ from flow.db import integrations as integrations_db
 from flow.db.usage import record_usage_events
 from flow.exporters.base import export_uuid
 from flow.exporters.integrations import create_integration
+from flow.exporters.lease import Lease
 from flow.exporters.posthog import PostHogCreate
 from flow.exporters.sync import Exporter
 from flow.metering.events import UsageEvent, UsageKind
@@ -361,10 +362,10 @@ async def test_a_fault_of_flows_own_releases_the_lease_and_the_pass_goes_on(
     sound = await create_posthog(sb, export_settings, posthog_sink, api_key)
     deliver = Exporter._deliver
 
-    async def fail_for_one(self: Exporter, iid: str, *args: Any) -> Any:
-        if iid == broken["id"]:
+    async def fail_for_one(self: Exporter, lease: Lease, *args: Any) -> Any:
+        if lease.iid == broken["id"]:
             raise RuntimeError("a bug, with a secret: phc_do_not_show")
-        return await deliver(self, iid, *args)
+        return await deliver(self, lease, *args)
 
     monkeypatch.setattr(Exporter, "_deliver", fail_for_one)
     ids = [broken["id"], sound["id"]]

@@ -34,19 +34,15 @@ from flow.api.routes.budget import BudgetOut
 from flow.api.routes.call_models import (
     CallEvents,
     CallPage,
-    CallStatusName,
-    call_page,
-    parse_cursor,
 )
-from flow.api.routes.calls import Cursor, EndUser, Limit, Since, Until, call_filter, events_of
-from flow.api.routes.usage import GroupBy, UsageFigures, UsageGroup, UsageReport
+from flow.api.routes.calls import CallListDep, events_of
+from flow.api.routes.usage import ReportQueryDep, UsageReport
 from flow.api.schemas import DecimalText
 from flow.billing.reports import keys_usage_body
 from flow.db import budgets, reports
 from flow.db import keys as keys_repo
 from flow.db import telephony as telephony_repo
 from flow.db import threads as threads_repo
-from flow.db import usage as usage_repo
 
 STATIC = Path(__file__).resolve().parents[2] / "admin" / "static"
 
@@ -164,19 +160,12 @@ async def _key(sb: SupabaseDep, key_id: UUID) -> dict[str, Any]:
     response_model=KeyReport,
     responses={404: {"model": ErrorBody, "description": "No such key"}},
 )
-async def key_usage(
-    key_id: UUID,
-    sb: SupabaseDep,
-    start: datetime | None = None,
-    end: datetime | None = None,
-    group_by: GroupBy | None = None,
-) -> KeyReport:
+async def key_usage(key_id: UUID, sb: SupabaseDep, query: ReportQueryDep) -> KeyReport:
     """One key's report over [start, end), broken down by ``group_by``."""
-    start_at, end_at = report_range(start, end)
     row = await _key(sb, key_id)
-    data, kinds, budget = await asyncio.gather(
-        usage_repo.usage_report(sb, str(key_id), start_at, end_at, group_by),
-        reports.cost_by_kind(sb, [str(key_id)], start_at, end_at),
+    report, kinds, budget = await asyncio.gather(
+        query.read(sb, str(key_id)),
+        reports.cost_by_kind(sb, [str(key_id)], query.start, query.end),
         budgets.status(sb, str(key_id)),
     )
     return KeyReport(
@@ -187,14 +176,7 @@ async def key_usage(
             key=row.get("key_prefix") or row.get("unkey_key_id"),
             is_active=row["is_active"],
         ),
-        report=UsageReport(
-            api_key_id=str(key_id),
-            start=start_at,
-            end=end_at,
-            group_by=group_by,
-            totals=UsageFigures(**data["totals"]),
-            groups=[UsageGroup(**g) for g in data["groups"]],
-        ),
+        report=report,
         cost_by_kind={r["kind"]: r["cost_usd"] for r in kinds},
         budget=BudgetOut.model_validate(budget) if budget is not None else None,
     )
@@ -202,20 +184,10 @@ async def key_usage(
 
 @router.get("/calls", response_model=CallPage)
 async def list_calls(
-    sb: SupabaseDep,
-    api_key_id: UUID | None = None,
-    status: CallStatusName | None = None,
-    end_user_id: EndUser = None,
-    start: Since = None,
-    end: Until = None,
-    limit: Limit = 50,
-    cursor: Cursor = None,
+    sb: SupabaseDep, calls: CallListDep, api_key_id: UUID | None = None
 ) -> CallPage:
     """Calls of every key (or of ``api_key_id``), newest first."""
-    key = str(api_key_id) if api_key_id else None
-    where = call_filter(key, status, end_user_id, start, end)
-    rows = await reports.list_calls(sb, where, limit=limit, after=parse_cursor(cursor))
-    return call_page(rows, limit)
+    return await calls.page(sb, str(api_key_id) if api_key_id else None)
 
 
 _NO_CALL: dict[int | str, dict[str, Any]] = {

@@ -4,6 +4,7 @@ and what the API answers about a call."""
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -146,13 +147,20 @@ class CandidatesIn(BaseModel):
     candidates: list[CandidateIn] = Field(min_length=1, max_length=64)
 
 
+class StopAnswer(StrEnum):
+    """What a stop request did: the bot is ending the call, or it was ended at once."""
+
+    STOPPING = "stopping"
+    FAILED = CallStatus.FAILED.value
+
+
 class StopResponse(BaseModel):
     """``stopping``: the bot is ending the call (poll ``GET /api/bot/{id}``);
     ``failed``: no live instance was running it (or a phone call Flow placed was still
     ringing: it is canceled), so it was ended at once."""
 
     workflow_thread_id: UUID
-    status: Literal["stopping", "failed"]
+    status: StopAnswer
 
 
 class ThreadError(BaseModel):

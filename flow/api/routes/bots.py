@@ -20,7 +20,7 @@ Another key's thread answers 404, exactly like a thread that does not exist.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header, Response
@@ -34,6 +34,7 @@ from flow.api.routes.bot_models import (
     JoinRequest,
     JoinResponse,
     SessionDescription,
+    StopAnswer,
     StopResponse,
     ThreadOut,
     thread_out,
@@ -281,10 +282,10 @@ async def stop_bot(
     if CallStatus(row["status"]).finished:
         raise ApiError(409, "already_finished", f"the call is already {row['status']}")
     if await runner.stop(str(workflow_thread_id)):
-        return StopResponse(workflow_thread_id=workflow_thread_id, status="stopping")
+        return StopResponse(workflow_thread_id=workflow_thread_id, status=StopAnswer.STOPPING)
     ringing = row["status"] == CallStatus.RINGING
     if ringing and await cancel_ringing(settings, sb, str(workflow_thread_id)):
-        return StopResponse(workflow_thread_id=workflow_thread_id, status="failed")
+        return StopResponse(workflow_thread_id=workflow_thread_id, status=StopAnswer.FAILED)
     # Not running here: the instance running it (behind the same load balancer) picks
     # the request up from the database within a second or two; if no live instance
     # runs it, the database ends it now.
@@ -293,7 +294,8 @@ async def stop_bot(
     )
     if outcome is StopOutcome.NOT_RUNNING:
         raise ApiError(409, "not_running", f"the call is {row['status']}: no bot is running it")
-    status: Literal["stopping", "failed"] = "failed" if outcome is StopOutcome.ENDED else "stopping"
+    ended = outcome is StopOutcome.ENDED
+    status = StopAnswer.FAILED if ended else StopAnswer.STOPPING
     return StopResponse(workflow_thread_id=workflow_thread_id, status=status)
 
 

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel
 
 from flow.api.errors import ApiError
 from flow.api.schemas import DecimalText
-
-CallStatusName = Literal[
-    "pending", "ringing", "starting", "running", "processing", "completed", "failed"
-]
 
 
 class LedgerEvent(BaseModel):

@@ -8,11 +8,13 @@ with its kind, model, counts, cost and whether it was estimated. Another key's c
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
+from supabase import AsyncClient
 
 from flow.api.deps import ApiKeyDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
@@ -20,13 +22,13 @@ from flow.api.ranges import utc
 from flow.api.routes.call_models import (
     CallEvents,
     CallPage,
-    CallStatusName,
     LedgerEvent,
     call_page,
     parse_cursor,
 )
 from flow.db import reports
 from flow.db import threads as threads_repo
+from flow.db.call_state import CallStatus
 from flow.db.usage import thread_usage_events
 
 router = APIRouter(prefix="/api/bot", tags=["bots"], responses=ERROR_RESPONSES)
@@ -38,20 +40,40 @@ Since = Annotated[datetime | None, Query(description="Only calls created at or a
 Until = Annotated[datetime | None, Query(description="Only calls created before (UTC)")]
 
 
-def call_filter(
-    api_key_id: str | None,
-    status: CallStatusName | None,
-    end_user_id: str | None,
-    start: datetime | None,
-    end: datetime | None,
-) -> reports.CallFilter:
-    return reports.CallFilter(
-        api_key_id=api_key_id,
+@dataclass(frozen=True)
+class CallList:
+    """A call listing's filters and page, from its query (``GET /api/bot`` and the
+    operator's ``GET /api/admin/calls``)."""
+
+    where: reports.CallFilter
+    limit: int
+    after: tuple[str, str] | None
+
+    async def page(self, sb: AsyncClient, api_key_id: str | None) -> CallPage:
+        """The page of ``api_key_id``'s calls (every key's for None), newest first."""
+        where = replace(self.where, api_key_id=api_key_id)
+        rows = await reports.list_calls(sb, where, limit=self.limit, after=self.after)
+        return call_page(rows, self.limit)
+
+
+def call_list(
+    status: CallStatus | None = None,
+    end_user_id: EndUser = None,
+    start: Since = None,
+    end: Until = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> CallList:
+    where = reports.CallFilter(
         status=status,
         end_user_id=end_user_id,
         start=utc(start, "start") if start else None,
         end=utc(end, "end") if end else None,
     )
+    return CallList(where, limit, parse_cursor(cursor))
+
+
+CallListDep = Annotated[CallList, Depends(call_list)]
 
 
 async def events_of(sb: SupabaseDep, thread_id: UUID) -> CallEvents:
@@ -60,20 +82,9 @@ async def events_of(sb: SupabaseDep, thread_id: UUID) -> CallEvents:
 
 
 @router.get("", response_model=CallPage)
-async def list_calls(
-    api_key: ApiKeyDep,
-    sb: SupabaseDep,
-    status: CallStatusName | None = None,
-    end_user_id: EndUser = None,
-    start: Since = None,
-    end: Until = None,
-    limit: Limit = 50,
-    cursor: Cursor = None,
-) -> CallPage:
+async def list_calls(api_key: ApiKeyDep, sb: SupabaseDep, calls: CallListDep) -> CallPage:
     """The calling key's calls, newest first, with what each cost so far."""
-    where = call_filter(api_key.id, status, end_user_id, start, end)
-    rows = await reports.list_calls(sb, where, limit=limit, after=parse_cursor(cursor))
-    return call_page(rows, limit)
+    return await calls.page(sb, api_key.id)
 
 
 @router.get(

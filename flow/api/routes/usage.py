@@ -7,11 +7,13 @@ seconds, averages, error rate) are strings so no digit is lost on the way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
+from supabase import AsyncClient
 
 from flow.api.deps import ApiKeyDep, SupabaseDep
 from flow.api.errors import ERROR_RESPONSES
@@ -77,22 +79,37 @@ class UsageReport(BaseModel):
     groups: list[UsageGroup]
 
 
+@dataclass(frozen=True)
+class ReportQuery:
+    """A report's period (checked, in UTC) and grouping, from its query."""
+
+    start: datetime
+    end: datetime
+    group_by: GroupBy | None
+
+    async def read(self, sb: AsyncClient, api_key_id: str) -> UsageReport:
+        """The key's report over the period (one RPC)."""
+        data = await usage_repo.usage_report(sb, api_key_id, self.start, self.end, self.group_by)
+        return UsageReport(
+            api_key_id=api_key_id,
+            start=self.start,
+            end=self.end,
+            group_by=self.group_by,
+            totals=UsageFigures(**data["totals"]),
+            groups=[UsageGroup(**g) for g in data["groups"]],
+        )
+
+
+def report_query(
+    start: datetime | None = None, end: datetime | None = None, group_by: GroupBy | None = None
+) -> ReportQuery:
+    return ReportQuery(*report_range(start, end), group_by)
+
+
+ReportQueryDep = Annotated[ReportQuery, Depends(report_query)]
+
+
 @router.get("", response_model=UsageReport)
-async def usage_report(
-    api_key: ApiKeyDep,
-    sb: SupabaseDep,
-    start: datetime | None = None,
-    end: datetime | None = None,
-    group_by: GroupBy | None = None,
-) -> UsageReport:
+async def usage_report(api_key: ApiKeyDep, sb: SupabaseDep, query: ReportQueryDep) -> UsageReport:
     """Usage and cost of the calling key. Times without a zone are UTC."""
-    start_at, end_at = report_range(start, end)
-    data = await usage_repo.usage_report(sb, api_key.id, start_at, end_at, group_by)
-    return UsageReport(
-        api_key_id=api_key.id,
-        start=start_at,
-        end=end_at,
-        group_by=group_by,
-        totals=UsageFigures(**data["totals"]),
-        groups=[UsageGroup(**g) for g in data["groups"]],
-    )
+    return await query.read(sb, api_key.id)
