@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flow.bot.twilio_stream import TwilioStream
+from flow.config import Settings
 from flow.db.call_state import EndReason
 from flow.metering.events import UsageEvent
 
@@ -267,3 +268,15 @@ PostCall = Callable[[CallRequest, CallResult], Awaitable[None]]
 # Told when a call ends in ``failed`` before its post-call step (error, cancellation,
 # shutdown), so its trace and ``call.failed`` webhook still go out.
 OnFailed = Callable[[CallRequest, CallResult], Awaitable[None]]
+
+
+def configuration_problem(settings: Settings) -> str | None:
+    """Why this instance cannot run bots with its settings, or None when it can."""
+    if not settings.openai_api_key.get_secret_value():
+        return "OPENAI_API_KEY is not set"
+    if (
+        settings.flow_tts_provider == "deepgram"
+        and not settings.deepgram_api_key.get_secret_value()
+    ):
+        return "FLOW_TTS_PROVIDER=deepgram needs DEEPGRAM_API_KEY"
+    return None

@@ -11,8 +11,9 @@ server).
 Services get stable names (``stt``, ``llm``, ``tts``): a metric's ``processor`` is the
 service's name, which is how usage is attributed to a vendor and a model.
 
-Pipecat is imported only when services are built, so :func:`configuration_problem`
-(the join route's check) costs the API nothing. The OpenAI services' HTTP clients use
+Pipecat is imported only when services are built; the join route's check of the
+settings (:func:`flow.bot.contract.configuration_problem`) lives with the API's
+contract and needs none of this module. The OpenAI services' HTTP clients use
 the process's SSL context (:mod:`flow.bot.shared`): building them loads no certificates.
 """
 
@@ -87,18 +88,6 @@ def openai_llm(settings: Settings, call: CallRequest) -> LLMService[Any]:
 
 
 DEFAULT_VOICES = {"openai": "alloy", "deepgram": "aura-2-thalia-en"}
-
-
-def configuration_problem(settings: Settings) -> str | None:
-    """Why this instance cannot run bots with its settings, or None when it can."""
-    if not settings.openai_api_key.get_secret_value():
-        return "OPENAI_API_KEY is not set"
-    if (
-        settings.flow_tts_provider == "deepgram"
-        and not settings.deepgram_api_key.get_secret_value()
-    ):
-        return "FLOW_TTS_PROVIDER=deepgram needs DEEPGRAM_API_KEY"
-    return None
 
 
 def default_services(settings: Settings, call: CallRequest) -> CallServices:

@@ -72,6 +72,12 @@ async def create_client(settings: Settings) -> AsyncClient:
     return sb
 
 
+async def ping(sb: AsyncClient) -> None:
+    """One cheap read (a key's id); raises as :func:`call` does when the database does not
+    answer."""
+    await call(sb.table("api_keys").select("id").limit(1).execute)
+
+
 async def connect() -> AsyncClient:
     """A client for the database of this process's settings (the ``flow`` commands')."""
     from flow.config import get_settings

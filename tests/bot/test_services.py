@@ -8,8 +8,8 @@ from decimal import Decimal
 
 from pydantic import SecretStr
 
-from flow.bot.contract import BotConfig, CallRequest
-from flow.bot.services import STT_NAME, TTS_NAME, configuration_problem, default_services
+from flow.bot.contract import BotConfig, CallRequest, configuration_problem
+from flow.bot.services import STT_NAME, TTS_NAME, default_services
 from flow.config import Settings
 from flow.metering.pricing import PriceBook
 

@@ -48,8 +48,8 @@ from flow.bot.contract import (
     InvalidWebRTCOffer,
     WebRTCAnswer,
     WebRTCOffer,
+    configuration_problem,
 )
-from flow.bot.services import configuration_problem
 from flow.db import budgets, call_state
 from flow.db import telephony as telephony_repo
 from flow.db import threads as threads_repo

@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from flow.api.deps import RunnerDep, SettingsDep, SupabaseDep
-from flow.bot.services import configuration_problem
-from flow.db.client import DatabaseError, DatabaseUnavailable, call
+from flow.bot.contract import configuration_problem
+from flow.db.client import DatabaseError, DatabaseUnavailable, ping
 
 router = APIRouter(tags=["health"])
 
@@ -49,7 +49,7 @@ class Readiness(BaseModel):
 async def _database_answers(sb: SupabaseDep) -> bool:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-            await call(sb.table("api_keys").select("id").limit(1).execute)
+            await ping(sb)
     except (DatabaseUnavailable, DatabaseError, TimeoutError):
         return False
     return True

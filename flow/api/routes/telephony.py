@@ -32,8 +32,7 @@ from fastapi import APIRouter, Header, Request, Response, WebSocket, WebSocketDi
 from flow.api.deps import RunnerDep, SettingsDep, SupabaseDep
 from flow.api.errors import ApiError, ErrorBody
 from flow.api.routes.admission import budget_refusal, stream_budget
-from flow.bot.contract import AtCapacity, BotConfig, CallRequest
-from flow.bot.services import configuration_problem
+from flow.bot.contract import AtCapacity, BotConfig, CallRequest, configuration_problem
 from flow.bot.twilio_stream import TwilioStream
 from flow.config import Settings
 from flow.db import budgets, call_state, numbers
