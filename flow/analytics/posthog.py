@@ -58,6 +58,14 @@ INSIGHTS_SPAN_NAME = "extract_insights"
 CATEGORY_PROPERTY = "flow_category"
 UPLOAD_TIMEOUT_SECONDS = 5.0
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
+# The call's figures on its $ai_trace (from usage_stats): counts, and decimal amounts.
+TRACE_COUNTS = (
+    "llm_calls input_tokens output_tokens total_tokens cache_read_tokens input_audio_tokens "
+    "output_audio_tokens cache_read_audio_tokens tts_characters unpriced_events"
+).split()
+TRACE_AMOUNTS = (
+    "total_cost_usd bot_cost_usd insights_cost_usd stt_seconds telephony_seconds".split()
+)
 
 
 def distinct_id_for(end_user_id: str | None, api_key_id: UUID | str) -> str:
@@ -192,8 +200,6 @@ class PostHogAnalytics:
             properties["$ai_cache_creation_input_tokens"] = event.cache_write_tokens
         if event.reasoning_tokens:
             properties["$ai_reasoning_tokens"] = event.reasoning_tokens
-        if event.latency_ms is not None:
-            properties["$ai_latency"] = float(event.latency_ms / 1000)
         if event.cost_usd is None:
             properties["flow_unpriced"] = True
         elif event.input_cost_usd is None:  # recorded before the split existed
@@ -213,12 +219,9 @@ class PostHogAnalytics:
             properties["$ai_total_cost_usd"] = event.cost_usd
         else:
             properties["flow_unpriced"] = True
-        if event.kind is UsageKind.TTS:
-            properties["tts_characters"] = event.characters
-        elif event.kind is UsageKind.TELEPHONY:
-            properties["telephony_seconds"] = event.audio_seconds
-        else:
-            properties["stt_audio_seconds"] = event.audio_seconds
+        measured = {UsageKind.TTS: "tts_characters", UsageKind.TELEPHONY: "telephony_seconds"}
+        name = measured.get(event.kind, "stt_audio_seconds")
+        properties[name] = event.characters if event.kind is UsageKind.TTS else event.audio_seconds
         if event.input_tokens or event.output_tokens:
             # A transcription sold by the token: its counts and its cost split, as on
             # a generation.
@@ -230,11 +233,11 @@ class PostHogAnalytics:
                     **cost_properties(event.input_cost_usd, event.output_cost_usd),
                 }
             )
-        if event.latency_ms is not None:
-            properties["$ai_latency"] = float(event.latency_ms / 1000)
         self._capture("$ai_span", event, properties)
 
     def _capture(self, name: str, event: UsageEvent, properties: dict[str, Any]) -> None:
+        if event.latency_ms is not None:
+            properties["$ai_latency"] = float(event.latency_ms / 1000)
         assert self.client is not None
         self.client.capture(
             name,
@@ -282,21 +285,8 @@ class PostHogAnalytics:
                 "status": status,
                 "end_reason": end_reason,
                 "call_duration_seconds": duration_seconds,
-                "total_cost_usd": _decimal(usage_stats.get("total_cost_usd")),
-                "bot_cost_usd": _decimal(usage_stats.get("bot_cost_usd")),
-                "insights_cost_usd": _decimal(usage_stats.get("insights_cost_usd")),
-                "llm_calls": usage_stats.get("llm_calls", 0),
-                "input_tokens": usage_stats.get("input_tokens", 0),
-                "output_tokens": usage_stats.get("output_tokens", 0),
-                "total_tokens": usage_stats.get("total_tokens", 0),
-                "cache_read_tokens": usage_stats.get("cache_read_tokens", 0),
-                "input_audio_tokens": usage_stats.get("input_audio_tokens", 0),
-                "output_audio_tokens": usage_stats.get("output_audio_tokens", 0),
-                "cache_read_audio_tokens": usage_stats.get("cache_read_audio_tokens", 0),
-                "tts_characters": usage_stats.get("tts_characters", 0),
-                "stt_seconds": _decimal(usage_stats.get("stt_seconds")),
-                "telephony_seconds": _decimal(usage_stats.get("telephony_seconds")),
-                "unpriced_events": usage_stats.get("unpriced_events", 0),
+                **{k: usage_stats.get(k, 0) for k in TRACE_COUNTS},
+                **{k: _decimal(usage_stats.get(k)) for k in TRACE_AMOUNTS},
             }
             if duration_seconds is not None:
                 properties["$ai_latency"] = duration_seconds

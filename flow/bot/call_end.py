@@ -67,6 +67,20 @@ class RunningCall:
         goodbye = self.bot.hang_up_with(last_words)
         asyncio.get_running_loop().create_task(goodbye, name="budget-goodbye")
 
+    def peer_failed(self) -> None:
+        """The caller's WebRTC peer closed before it was established: the call fails."""
+        self.end_reason, self.error_code = EndReason.ERROR, "webrtc_failed"
+        self.error = "the caller's WebRTC connection closed before it was established"
+
+    def unconnected(self, seconds: float) -> bool:
+        """The connect timeout came: a caller whose peer is not up yet fails the call;
+        answers whether it did (the call is then to be ended)."""
+        if self.bot is None or self.bot.caller_joined or self.end_reason is not None:
+            return False
+        self.error_code = "webrtc_timeout"
+        self.error = f"the caller's WebRTC connection was not up within {seconds:g} s"
+        return True
+
 
 class CallEnd:
     """The end of a runner's calls.
@@ -89,6 +103,13 @@ class CallEnd:
         self._post_call = post_call
         self._on_failed = on_failed
         self._legs = legs
+
+    async def shut_down(self, ended: list[RunningCall]) -> None:
+        """Mark failed the threads of calls a shutdown ended whose task could not (one
+        cancelled in its last step); a finished thread stays as it is."""
+        for running in ended:
+            tid = running.call.workflow_thread_id
+            await self.writes.fail(tid, ErrorStage.CALL, EndReason.SHUTDOWN, SHUT_DOWN)
 
     async def finish(self, running: RunningCall, meter: Meter, started_at: datetime) -> None:
         call = running.call

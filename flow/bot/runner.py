@@ -56,7 +56,7 @@ from flow.bot.thread_writes import ThreadWrites
 from flow.bot.twilio_stream import TelephonyLegs
 from flow.bot.webrtc import WaitingPeers, answer_offer
 from flow.config import Settings
-from flow.db.call_state import CallStatus, EndReason, ErrorStage
+from flow.db.call_state import CallStatus, EndReason
 from flow.logs import bind
 from flow.metering.meter import Listener, Metering
 
@@ -217,13 +217,7 @@ class BotRunner:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=SHUTDOWN_WAIT_SECONDS)
-        # A call whose task could not even mark its thread (cancelled in its last step).
-        for r in running:
-            if r.task is not None and not r.task.done():
-                continue
-            await self.writes.fail(
-                r.call.workflow_thread_id, ErrorStage.CALL, EndReason.SHUTDOWN, SHUT_DOWN
-            )
+        await self.ending.shut_down([r for r in running if r.task is None or r.task.done()])
         if self.jobs is not None:
             await self.jobs.stop()
 
@@ -290,7 +284,7 @@ class BotRunner:
                 tid, bot.transcript.to_json
             )
             if running.peer is not None and running.peer.closed:
-                self._peer_failed(running)  # before the transport could hear of it
+                running.peer_failed()  # before the transport could hear of it
             meter.start()
             if guard is not None:
                 guard.start()
@@ -325,7 +319,7 @@ class BotRunner:
                 # Pipecat's runner absorbs the cancellation; it is still ours.
                 raise asyncio.CancelledError
             if running.peer is not None and not bot.caller_joined and running.end_reason is None:
-                self._peer_failed(running)
+                running.peer_failed()
             if running.error and running.end_reason is None:
                 running.end_reason = EndReason.ERROR
         except _EndedWhileStarting:
@@ -352,18 +346,9 @@ class BotRunner:
         if cancelled:
             raise asyncio.CancelledError
 
-    def _peer_failed(self, running: RunningCall) -> None:
-        running.end_reason, running.error_code = EndReason.ERROR, "webrtc_failed"
-        running.error = "the caller's WebRTC connection closed before it was established"
-
     async def _unconnected(self, running: RunningCall) -> None:
-        """The connect timeout: a caller whose peer is not up yet fails the call."""
-        if running.bot is None or running.bot.caller_joined or running.end_reason is not None:
-            return
-        seconds = self._settings.flow_webrtc_connect_timeout_seconds
-        running.error_code = "webrtc_timeout"
-        running.error = f"the caller's WebRTC connection was not up within {seconds:g} s"
-        await self._end(running, EndReason.ERROR)
+        if running.unconnected(self._settings.flow_webrtc_connect_timeout_seconds):
+            await self._end(running, EndReason.ERROR)
 
 
 def create_runner(

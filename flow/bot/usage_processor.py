@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Unpack
 from uuid import UUID
 
 from pipecat.frames.frames import (
@@ -66,7 +66,7 @@ from pipecat.processors.frame_processor import (
 from flow.bot.reported_usage import SourcedTokenUsage, TranscriptionUsage
 from flow.metering.events import UsageCategory, UsageEvent, UsageKind, audio_parts, event_id_from
 from flow.metering.meter import Meter
-from flow.metering.pricing import PriceBook, cost_fields, gross_input_tokens
+from flow.metering.pricing import PriceBook, TokenCounts, cost_fields, gross_input_tokens
 
 log = logging.getLogger(__name__)
 
@@ -240,43 +240,21 @@ class UsageRecorder:
         processor: str,
         provider: str,
         model: str,
-        input_tokens: int,
-        output_tokens: int,
-        cache_read_tokens: int = 0,
-        cache_write_tokens: int = 0,
         reasoning_tokens: int = 0,
-        input_audio_tokens: int = 0,
-        output_audio_tokens: int = 0,
-        cache_read_audio_tokens: int = 0,
         latency_s: float | None = None,
         estimated: bool = False,
         event_id: UUID | None = None,
+        **counts: Unpack[TokenCounts],
     ) -> UsageEvent:
-        price = self._prices.llm(
-            provider,
-            model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cache_read_tokens=cache_read_tokens,
-            cache_write_tokens=cache_write_tokens,
-            input_audio_tokens=input_audio_tokens,
-            output_audio_tokens=output_audio_tokens,
-            cache_read_audio_tokens=cache_read_audio_tokens,
-        )
+        price = self._prices.llm(provider, model, **counts)
         return self._add(
             kind=UsageKind.LLM,
             processor=processor,
             provider=provider,
             model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cache_read_tokens=cache_read_tokens,
-            cache_write_tokens=cache_write_tokens,
+            **counts,
             reasoning_tokens=reasoning_tokens,
-            input_audio_tokens=input_audio_tokens,
-            output_audio_tokens=output_audio_tokens,
-            cache_read_audio_tokens=cache_read_audio_tokens,
-            cache_hit=cache_read_tokens > 0,
+            cache_hit=counts.get("cache_read_tokens", 0) > 0,
             **cost_fields(price),
             latency_ms=_ms(latency_s),
             estimated=estimated,

@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Required, TypedDict, Unpack
 
 from genai_prices import Usage, calc_price
 from genai_prices import __version__ as GENAI_PRICES_VERSION
@@ -103,6 +104,19 @@ def cost_fields(price: LLMPrice | VoicePrice | None) -> dict[str, Decimal | str 
     }
 
 
+class TokenCounts(TypedDict, total=False):
+    """One inference's token counts, as the ledger names them: the input GROSS (cache
+    reads and writes inside it), the audio counts parts of the totals."""
+
+    input_tokens: Required[int]
+    output_tokens: Required[int]
+    cache_read_tokens: int
+    cache_write_tokens: int
+    input_audio_tokens: int
+    output_audio_tokens: int
+    cache_read_audio_tokens: int
+
+
 class PriceBook:
     """Looks up prices. The process builds one, with :meth:`from_settings`, and shares
     it: every meter, the insights step and live analytics price with the same book."""
@@ -139,25 +153,19 @@ class PriceBook:
         provider: str,
         model: str,
         *,
-        input_tokens: int,
-        output_tokens: int,
-        cache_read_tokens: int = 0,
-        cache_write_tokens: int = 0,
-        input_audio_tokens: int = 0,
-        output_audio_tokens: int = 0,
-        cache_read_audio_tokens: int = 0,
         at: datetime | None = None,
+        **counts: Unpack[TokenCounts],
     ) -> LLMPrice | None:
         """Price one inference given GROSS input tokens; None when the model is unknown.
         The audio counts are parts of the totals, each priced at its own rate."""
         tokens = _Tokens(
-            input_tokens,
-            output_tokens,
-            cache_read_tokens,
-            cache_write_tokens,
-            input_audio_tokens,
-            output_audio_tokens,
-            cache_read_audio_tokens,
+            counts["input_tokens"],
+            counts["output_tokens"],
+            counts.get("cache_read_tokens", 0),
+            counts.get("cache_write_tokens", 0),
+            counts.get("input_audio_tokens", 0),
+            counts.get("output_audio_tokens", 0),
+            counts.get("cache_read_audio_tokens", 0),
         )
         override = self._llm_overrides.get(model.lower())
         if override is not None:

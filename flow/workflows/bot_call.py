@@ -34,7 +34,7 @@ from flow.bot.runner import BotRunner, create_runner
 from flow.config import Settings
 from flow.db import budgets, call_state
 from flow.db import threads as threads_repo
-from flow.db.call_state import CallStatus, ErrorStage
+from flow.db.call_state import CallStatus, EndReason, ErrorStage
 from flow.db.client import DatabaseError, DatabaseUnavailable
 from flow.metering.meter import Metering
 from flow.workflows.budget_alerts import BudgetAlerts
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_DRAIN_SECONDS = 10.0
 # What a call's insights are when its budget left nothing for them.
-INSIGHTS_SKIPPED = {"skipped": "budget_exhausted"}
+INSIGHTS_SKIPPED = {"skipped": EndReason.BUDGET_EXHAUSTED.value}
 
 
 class CallOutcome(Protocol):
