@@ -15,7 +15,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flow.config import get_settings
+from flow.config import MAX_REPORT_DAYS, get_settings
 from flow.db.client import connect
 
 CUSTOMER_ID = re.compile(r"^cus_[A-Za-z0-9]{1,250}$")
@@ -42,6 +42,9 @@ def usage_csv(args: argparse.Namespace) -> int:
         return 2
     if start >= end:
         print("error: start must be before end", file=sys.stderr)
+        return 2
+    if end - start > timedelta(days=MAX_REPORT_DAYS):
+        print(f"error: the range may span at most {MAX_REPORT_DAYS} days", file=sys.stderr)
         return 2
 
     async def go() -> int:

@@ -175,3 +175,11 @@ async def test_csv_refuses_a_bad_range_and_grouping(
         await client.get("/api/usage/export.csv", params=model, headers=auth)
     ).status_code == 422
     assert (await client.get("/api/usage/export.csv")).status_code == 401
+
+
+def test_the_cli_csv_refuses_what_the_api_refuses(stack: localstack.StackInfo) -> None:
+    too_long = ["usage", "--csv", "--start", "2025-01-01", "--end", "2026-02-06"]
+    out = flow_cli(stack, *too_long)
+    assert out.returncode == 2 and "at most 400 days" in out.stderr
+    backwards = flow_cli(stack, "usage", "--csv", "--start", "2026-02-06", "--end", "2026-01-01")
+    assert backwards.returncode == 2 and "start must be before end" in backwards.stderr

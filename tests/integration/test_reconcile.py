@@ -22,9 +22,11 @@ import pytest
 from supabase import AsyncClient
 
 from flow import localstack
+from flow.config import MAX_REPORT_DAYS
 from flow.db import keys as keys_repo
 from flow.db import threads as threads_repo
-from flow.db.usage import record_usage_events
+from flow.db.client import DatabaseError
+from flow.db.usage import ledger_daily_usage, record_usage_events
 from flow.metering.events import UsageEvent, UsageKind, event_id_from
 from flow.metering.pricing import PriceBook, cost_fields
 from tests.fakes.openai_usage_server import FakeOpenAIUsage, recordings
@@ -270,3 +272,11 @@ async def test_the_vendor_refusing_the_key_is_an_error_not_a_verdict(
         fake.stop()
     backwards = flow_cli(stack, "reconcile", "--start", "2025-02-01", "--end", "2025-01-01")
     assert backwards.returncode == 2 and "before --start" in backwards.stderr
+
+
+async def test_the_sql_reads_at_most_the_days_every_report_may_span(sb: AsyncClient) -> None:
+    end = datetime(2026, 6, 1, tzinfo=UTC)
+    await ledger_daily_usage(sb, "openai", end - timedelta(days=MAX_REPORT_DAYS), end)
+    longer = end - timedelta(days=MAX_REPORT_DAYS, seconds=1)
+    with pytest.raises(DatabaseError, match=f"at most {MAX_REPORT_DAYS} days"):
+        await ledger_daily_usage(sb, "openai", longer, end)
