@@ -75,10 +75,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         start = end - timedelta(days=args.days)
         if args.key:
             # A report only reads: a name several keys share reports each of them.
-            rows = await keys.find_keys(sb, args.key)
-            if not rows:
-                print(f"no key matches {args.key!r} (give its id, prefix or name)", file=sys.stderr)
-                return 1
+            rows = await keys.keys_named(sb, args.key)
         else:
             rows = await keys.list_keys(sb)
         reports = []

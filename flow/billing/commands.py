@@ -51,10 +51,7 @@ def usage_csv(args: argparse.Namespace) -> int:
         sb = await connect()
         key_ids = None
         if args.key:
-            found = await keys.find_keys(sb, args.key)
-            if not found:
-                print(f"no key matches {args.key!r} (give its id, prefix or name)", file=sys.stderr)
-                return 1
+            found = await keys.keys_named(sb, args.key)
             key_ids = [str(r["id"]) for r in found]
         async for line in csv_lines(sb, start, end, args.group_by, key_ids=key_ids):
             sys.stdout.write(line)
@@ -115,10 +112,7 @@ def cmd_reprice(args: argparse.Namespace) -> int:
         sb = await connect()
         key_ids = None
         if args.key:
-            found = await keys.find_keys(sb, args.key)
-            if not found:
-                print(f"no key matches {args.key!r} (give its id, prefix or name)", file=sys.stderr)
-                return 1
+            found = await keys.keys_named(sb, args.key)
             key_ids = [str(r["id"]) for r in found]
         book = PriceBook.from_settings(get_settings())
         summary = await reprice(sb, book, key_ids=key_ids, since=since, apply=args.apply)

@@ -15,9 +15,11 @@ import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, TypeVar
+from uuid import UUID
 
 import httpx
 from postgrest.exceptions import APIError
+from postgrest.types import ReturnMethod
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from flow.config import Settings
@@ -76,6 +78,21 @@ async def ping(sb: AsyncClient) -> None:
     """One cheap read (a key's id); raises as :func:`call` does when the database does not
     answer."""
     await call(sb.table("api_keys").select("id").limit(1).execute)
+
+
+async def update_call_row(
+    sb: AsyncClient, table: str, workflow_thread_id: UUID | str, columns: dict[str, Any]
+) -> None:
+    """Set ``columns`` on the row of ``table`` that belongs to a call (its
+    ``workflow_thread_id``), answering nothing back."""
+    await call(
+        lambda: (
+            sb.table(table)
+            .update(columns, returning=ReturnMethod.minimal)
+            .eq("workflow_thread_id", str(workflow_thread_id))
+            .execute()
+        )
+    )
 
 
 async def connect() -> AsyncClient:

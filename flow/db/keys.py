@@ -123,13 +123,17 @@ class AmbiguousKey(IdentError):
     """Several keys (or operator tokens) answer to the given name; the message lists them."""
 
 
+def _no_match(what: str, ident: str) -> str:
+    return f"no {what} matches {ident!r} (give its id, prefix or name)"
+
+
 def the_one(
     found: list[dict[str, Any]], ident: str, what: str, label: Callable[[dict[str, Any]], Any]
 ) -> dict[str, Any]:
     """The one row of ``found`` (the ``what`` named by ``ident``); raises
     :class:`KeyNotFound` or :class:`AmbiguousKey` (listing each row's id and ``label``)."""
     if not found:
-        raise KeyNotFound(f"no {what} matches {ident!r} (give its id, prefix or name)")
+        raise KeyNotFound(_no_match(what, ident))
     if len(found) > 1:
         listed = ", ".join(f"{r['id']} ({label(r)})" for r in found)
         raise AmbiguousKey(f"{len(found)} {what}s match {ident!r}: {listed}; give the id")
@@ -154,6 +158,15 @@ async def find_keys(sb: AsyncClient, ident: str) -> list[dict[str, Any]]:
         )
     res = await call(lambda: query.order("created_at").execute())
     return rows_of(res)
+
+
+async def keys_named(sb: AsyncClient, ident: str) -> list[dict[str, Any]]:
+    """Every key named by ``ident`` (a report reads each key a shared name names);
+    raises :class:`KeyNotFound` when none is."""
+    found = await find_keys(sb, ident)
+    if not found:
+        raise KeyNotFound(_no_match("key", ident))
+    return found
 
 
 async def resolve_key(sb: AsyncClient, ident: str) -> dict[str, Any]:

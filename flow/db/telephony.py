@@ -23,7 +23,7 @@ from uuid import UUID
 from postgrest.types import ReturnMethod
 from supabase import AsyncClient
 
-from flow.db.client import call, first_of
+from flow.db.client import call, first_of, update_call_row
 
 CALL_COLUMNS = (
     "workflow_thread_id,provider,direction,call_sid,flow_number,remote_party,"
@@ -165,11 +165,4 @@ async def save_stream_times(
 
 
 async def _update(sb: AsyncClient, workflow_thread_id: UUID | str, **columns: Any) -> None:
-    await call(
-        lambda: (
-            sb.table("telephony_calls")
-            .update(columns, returning=ReturnMethod.minimal)
-            .eq("workflow_thread_id", str(workflow_thread_id))
-            .execute()
-        )
-    )
+    await update_call_row(sb, "telephony_calls", workflow_thread_id, columns)

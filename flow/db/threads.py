@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID, uuid4
 
-from postgrest.types import ReturnMethod
 from supabase import AsyncClient
 
-from flow.db.client import call, first_of, loads_exact, rows_of
+from flow.db.client import call, first_of, loads_exact, rows_of, update_call_row
 
 THREAD_COLUMNS = (
     "workflow_thread_id,api_key_id,status,error_stage,error_code,error_message,transport,"
@@ -73,14 +72,7 @@ async def update_thread(sb: AsyncClient, thread_id: UUID | str, **columns: Any) 
         raise ValueError("usage_stats is written only by record_usage_events")
     if "status" in columns:
         raise ValueError("status moves only through flow.db.call_state")
-    await call(
-        lambda: (
-            sb.table("workflow_threads")
-            .update(columns, returning=ReturnMethod.minimal)
-            .eq("workflow_thread_id", str(thread_id))
-            .execute()
-        )
-    )
+    await update_call_row(sb, "workflow_threads", thread_id, columns)
 
 
 async def stop_requested(sb: AsyncClient, thread_ids: list[str]) -> list[str]:

@@ -90,12 +90,7 @@ def _add(out: VendorUsage, day: str, result: Any) -> None:
 
 
 async def fetch_breakdowns(
-    settings: Settings,
-    start: date,
-    end: date,
-    project: str | None = None,
-    *,
-    client: httpx.AsyncClient | None = None,
+    settings: Settings, start: date, end: date, project: str | None = None
 ) -> list[Any]:
     """The breakdown by model of every UTC day in [start, end]."""
     key = (
@@ -112,10 +107,8 @@ async def fetch_breakdowns(
     days = (end - start).days + 1  # at most MAX_REPORT_DAYS: `flow reconcile` checks
     base = settings.deepgram_admin_base_url or DEFAULT_BASE_URL
     url = f"{base}/projects/{quote(project, safe='')}/usage/breakdown"
-    own = client is None
-    http = client or httpx.AsyncClient(timeout=settings.deepgram_admin_timeout_seconds)
     answers: list[Any] = []
-    try:
+    async with httpx.AsyncClient(timeout=settings.deepgram_admin_timeout_seconds) as http:
         for n in range(days):
             day = (start + timedelta(days=n)).isoformat()
             params = {"start": day, "end": day, "grouping": "models"}
@@ -136,9 +129,6 @@ async def fetch_breakdowns(
                 answers.append(answer.json(parse_float=Decimal))
             except ValueError:
                 raise VendorError("Deepgram answered something that is not JSON") from None
-    finally:
-        if own:
-            await http.aclose()
     return answers
 
 

@@ -202,12 +202,7 @@ def load_files(paths: Sequence[Path]) -> list[Any]:
 
 
 async def fetch_pages(
-    settings: Settings,
-    start: date,
-    end: date,
-    project: str | None = None,
-    *,
-    client: httpx.AsyncClient | None = None,
+    settings: Settings, start: date, end: date, project: str | None = None
 ) -> list[Any]:
     """Every page of the four endpoints for the UTC days [start, end]."""
     key = settings.openai_admin_key.get_secret_value()
@@ -222,17 +217,12 @@ async def fetch_pages(
     ]
     if project:
         window.append(("project_ids[]", project))
-    own = client is None
-    http = client or httpx.AsyncClient(timeout=settings.openai_admin_timeout_seconds)
     pages: list[Any] = []
-    try:
+    async with httpx.AsyncClient(timeout=settings.openai_admin_timeout_seconds) as http:
         for endpoint, path in PATHS.items():
             group_by = ("line_item" if endpoint == "costs" else "model", "project_id")
             params = window + [("group_by[]", g) for g in group_by]
             pages += await _all_pages(http, base + path, params, key)
-    finally:
-        if own:
-            await http.aclose()
     return pages
 
 
