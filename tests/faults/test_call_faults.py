@@ -7,9 +7,9 @@ server that records every completion and TTS request it answered. The database f
 put a gateway that can be switched off between the runner and the database.
 
 Counting: an LLM completion is billed once its usage chunk went out, a TTS request once
-its whole audio went out; a completion or a TTS request the fault cut in the middle, or
-that the vendor finished less than two seconds before a kill (it was still in a socket or
-in the pipeline), is "in flight" and may be in the ledger once (an LLM reply as an
+its whole audio went out. Everything billed before a kill must be in the ledger: Flow
+writes each unit ahead before the vendor can have finished it. A completion or a TTS
+request the fault cut in the middle may be in the ledger once (an LLM reply as an
 estimate) or not at all.
 lost = billed units with no ledger event; doubled = ledger events beyond the units the
 vendor served.
@@ -56,9 +56,9 @@ REPLIES = [
     "Friday morning works. I have booked you in at ten.",
     "You are welcome, goodbye.",
 ]
-KILL_SEEDS = [3, 7, 11, 19]
+# Each kills the call part way (seeds whose kill comes after the call's end add nothing).
+KILL_SEEDS = [3, 7, 11, 31, 41, 43]
 SETTLE_SECONDS = 40.0
-IN_FLIGHT_SECONDS = 2.0
 
 
 @dataclass
@@ -89,10 +89,12 @@ def tally(
     name: str, vendor: FakeOpenAI, rows: list[dict[str, Any]], *, cut_at: float | None = None
 ) -> Tally:
     """Compare the ledger with what the vendor served. With ``cut_at`` (when the process
-    was killed), a unit the vendor finished less than :data:`IN_FLIGHT_SECONDS` before
-    it was still on its way to Flow (in a socket, in the pipeline): it may be in the
-    ledger or not. Everything finished earlier must be there exactly once."""
-    horizon = float("inf") if cut_at is None else cut_at - IN_FLIGHT_SECONDS
+    was killed), every unit the vendor had finished before it must be in the ledger
+    exactly once, none excused as in flight: Flow writes each ahead before it is billed
+    (a speech request's characters before the request, a reply's prompt as an estimate
+    when the inference starts). Only what the vendor finished after the kill may be
+    missing."""
+    horizon = float("inf") if cut_at is None else cut_at
     llm_rows = [r for r in rows if r["kind"] == "llm"]
     tts_rows = [r for r in rows if r["kind"] == "tts"]
     billed_llm = [s for s in vendor.served if s.usage_sent and (s.usage_sent_at or 0) <= horizon]
