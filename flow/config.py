@@ -8,6 +8,7 @@ that the two never drift apart. Secrets are ``SecretStr`` so they never print.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,8 @@ LLM_PRICE_KEYS = (
     "output_audio",
     "cache_read_audio",
 )
+# A DAILY_ROOM_HOSTS entry: a host name, an IP address, or *.name.
+_ROOM_HOST = re.compile(r"(\*\.)?[a-z0-9_.:-]+")
 
 
 class Settings(BaseSettings):
@@ -89,6 +92,7 @@ class Settings(BaseSettings):
     deepgram_api_key: SecretStr = SecretStr("")
     flow_stt_model: str = ""
     daily_api_key: SecretStr = SecretStr("")
+    daily_room_hosts: str = ""
     flow_max_bots: int = Field(default=20, ge=1)
     flow_max_call_seconds: float = Field(default=1800.0, gt=0)
     flow_idle_timeout_seconds: float = Field(default=120.0, gt=0)
@@ -206,6 +210,7 @@ class Settings(BaseSettings):
                 "FLOW_TELEPHONY_HASH_CALLERS keys its hash with FLOW_SECRET_KEY: set it too"
             )
         self.webrtc_ice_servers()  # refuses a malformed list at start
+        self.room_hosts()
         for name in ("flow_price_overrides", "flow_voice_prices"):
             raw = getattr(self, name)
             if raw:
@@ -235,6 +240,18 @@ class Settings(BaseSettings):
             if not _text(getattr(self, name))
         ]
         return f"{', '.join(missing)} not set" if missing else None
+
+    def room_hosts(self) -> list[str]:
+        """The hosts a Daily room may be on beside ``*.daily.co`` (``DAILY_ROOM_HOSTS``,
+        comma-separated): ``rooms.example.com`` is that host, ``*.example.com`` any
+        name under it."""
+        hosts = [
+            h.strip().lower().rstrip(".").strip("[]") for h in self.daily_room_hosts.split(",")
+        ]
+        for host in filter(None, hosts):
+            if not _ROOM_HOST.fullmatch(host):
+                raise ValueError(f"DAILY_ROOM_HOSTS entry {host!r} is not a host name (or *.name)")
+        return [h for h in hosts if h]
 
     def webrtc_ice_servers(self) -> list[dict[str, Any]]:
         """The STUN/TURN servers of WebRTC calls: ``{"urls": [...], "username",
