@@ -30,6 +30,9 @@ LLM_PRICE_KEYS = (
     "output_audio",
     "cache_read_audio",
 )
+# Calls of an instance that is gone end within FLOW_INSTANCE_STALE_SECONDS plus one
+# heartbeat period (a third of it) of its last heartbeat: 45 keeps that within 60 s.
+MAX_INSTANCE_STALE_SECONDS = 45
 # A DAILY_ROOM_HOSTS entry: a host name, an IP address, or *.name.
 _ROOM_HOST = re.compile(r"(\*\.)?[a-z0-9_.:-]+")
 
@@ -96,7 +99,7 @@ class Settings(BaseSettings):
     flow_max_bots: int = Field(default=20, ge=1)
     flow_max_call_seconds: float = Field(default=1800.0, gt=0)
     flow_idle_timeout_seconds: float = Field(default=120.0, gt=0)
-    flow_instance_stale_seconds: int = Field(default=30, ge=2, le=600)
+    flow_instance_stale_seconds: int = Field(default=30, ge=2, le=MAX_INSTANCE_STALE_SECONDS)
     flow_max_script_turns: int = Field(default=50, ge=1)
     flow_max_prompt_chars: int = Field(default=8000, ge=1)
     # Pipecat's defaults: Silero's stop_secs, the smart-turn model.

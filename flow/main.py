@@ -44,6 +44,7 @@ from flow.db.client import create_client
 from flow.metering.meter import Metering
 from flow.metering.pricing import PriceBook
 from flow.workflows.budget_alerts import BudgetAlerts
+from flow.workflows.webhook import CallWebhooks
 
 
 def create_app(settings: Settings | None = None, runner: CallRunner | None = None) -> FastAPI:
@@ -78,6 +79,11 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
             app.state.runner = runner
         workflow = app.state.workflow
         app.state.budget_alerts = workflow.budget_alerts if workflow else BudgetAlerts(settings, sb)
+        app.state.call_webhooks = (
+            workflow.call_webhooks
+            if workflow
+            else CallWebhooks(sb, app.state.budget_alerts.webhooks)
+        )
         drain.runner = app.state.runner
         metrics.watch_spool(settings.flow_spool_dir)
         if (client := app.state.analytics.client) is not None:
@@ -98,6 +104,7 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
                 services.push_async_callback(app.state.workflow.drain)
             else:
                 services.push_async_callback(app.state.budget_alerts.drain)
+                services.push_async_callback(app.state.call_webhooks.drain)
             services.push_async_callback(app.state.runner.shutdown)
             # Background services start here and register their stop with `services`.
             if settings.flow_sync_enabled and settings.flow_secret_key.get_secret_value():

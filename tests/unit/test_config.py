@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from flow.config import Settings
+from flow.config import MAX_INSTANCE_STALE_SECONDS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,3 +55,15 @@ def test_the_former_webhook_setting_name_is_still_read(monkeypatch: pytest.Monke
     assert Settings(flow_env="development").flow_allow_private_urls
     with pytest.raises(ValueError, match="FLOW_ALLOW_PRIVATE_URLS"):
         Settings(flow_env="production")
+
+
+def test_instance_staleness_keeps_a_lost_call_within_sixty_seconds() -> None:
+    """A lost call ends within FLOW_INSTANCE_STALE_SECONDS plus one heartbeat period (a
+    third of it) of its instance's last beat."""
+    from flow.bot.instance import InstanceJobs
+
+    assert MAX_INSTANCE_STALE_SECONDS + MAX_INSTANCE_STALE_SECONDS / 3 <= 60
+    assert Settings(flow_instance_stale_seconds=45).flow_instance_stale_seconds == 45
+    with pytest.raises(ValueError, match="flow_instance_stale_seconds"):
+        Settings(flow_instance_stale_seconds=46)
+    assert InstanceJobs.heartbeat_seconds(MAX_INSTANCE_STALE_SECONDS) == 15

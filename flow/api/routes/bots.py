@@ -27,7 +27,14 @@ from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header, Response
 
-from flow.api.deps import ApiKeyDep, BudgetAlertsDep, RunnerDep, SettingsDep, SupabaseDep
+from flow.api.deps import (
+    ApiKeyDep,
+    BudgetAlertsDep,
+    CallWebhooksDep,
+    RunnerDep,
+    SettingsDep,
+    SupabaseDep,
+)
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from flow.api.routes.admission import budget_refusal, call_budget
 from flow.api.routes.bot_models import (
@@ -284,9 +291,11 @@ async def stop_bot(
     sb: SupabaseDep,
     runner: RunnerDep,
     settings: SettingsDep,
+    call_webhooks: CallWebhooksDep,
 ) -> StopResponse:
     """End a running call; its usage so far is kept and it is processed as usual. A
-    call whose instance is gone (``failed`` in the answer) is ended at once."""
+    call whose instance is gone (``failed`` in the answer) is ended at once, and its
+    ``call.failed`` webhook sent."""
     row = await _owned_thread(sb, workflow_thread_id, api_key.id)
     if CallStatus(row["status"]).finished:
         raise ApiError(409, "already_finished", f"the call is already {row['status']}")
@@ -294,6 +303,7 @@ async def stop_bot(
         return StopResponse(workflow_thread_id=workflow_thread_id, status=StopAnswer.STOPPING)
     ringing = row["status"] == CallStatus.RINGING
     if ringing and await cancel_ringing(settings, sb, str(workflow_thread_id)):
+        call_webhooks.send_soon([str(workflow_thread_id)])
         return StopResponse(workflow_thread_id=workflow_thread_id, status=StopAnswer.FAILED)
     # Not running here: the instance running it (behind the same load balancer) picks
     # the request up from the database within a second or two; if no live instance
@@ -304,6 +314,8 @@ async def stop_bot(
     if outcome is StopOutcome.NOT_RUNNING:
         raise ApiError(409, "not_running", f"the call is {row['status']}: no bot is running it")
     ended = outcome is StopOutcome.ENDED
+    if ended:
+        call_webhooks.send_soon([str(workflow_thread_id)])
     status = StopAnswer.FAILED if ended else StopAnswer.STOPPING
     return StopResponse(workflow_thread_id=workflow_thread_id, status=status)
 
