@@ -8,13 +8,16 @@ that the two never drift apart. Secrets are ``SecretStr`` so they never print.
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "change-me"
@@ -30,6 +33,8 @@ LLM_PRICE_KEYS = (
     "output_audio",
     "cache_read_audio",
 )
+# Former setting names, no longer read: each is named at start-up with its replacement.
+RETIRED_SETTINGS = {"FLOW_WEBHOOK_ALLOW_PRIVATE": "FLOW_ALLOW_PRIVATE_URLS"}
 # Calls of an instance that is gone end within FLOW_INSTANCE_STALE_SECONDS plus one
 # heartbeat period (a third of it) of its last heartbeat: 45 keeps that within 60 s.
 MAX_INSTANCE_STALE_SECONDS = 45
@@ -159,11 +164,7 @@ class Settings(BaseSettings):
     flow_webhook_secret: SecretStr = SecretStr("")
 
     # --- outbound URLs (webhooks, export destinations) --------------------
-    # FLOW_WEBHOOK_ALLOW_PRIVATE is its former name, still read.
-    flow_allow_private_urls: bool = Field(
-        default=False,
-        validation_alias=AliasChoices("flow_allow_private_urls", "flow_webhook_allow_private"),
-    )
+    flow_allow_private_urls: bool = False
 
     # --- PostHog live capture ---------------------------------------------
     posthog_api_key: SecretStr = SecretStr("")
@@ -329,6 +330,21 @@ def _decimal_table(raw: str) -> dict[str, dict[str, Decimal]]:
         return {}
     parsed: dict[str, Any] = json.loads(raw, parse_float=Decimal, parse_int=Decimal)
     return {k: {f: Decimal(v) for f, v in row.items()} for k, row in parsed.items()}
+
+
+def retired_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> list[str]:
+    """A warning for each former setting name set in the environment (or ``.env``): it
+    is not read any more, and the warning names the setting that replaced it."""
+    names = {k.upper() for k in (os.environ if environ is None else environ)}
+    if env_file is not None and env_file.is_file():
+        names |= {k.upper() for k in dotenv_values(env_file)}
+    return [
+        f"{old} is no longer read and is ignored: set {new} instead"
+        for old, new in RETIRED_SETTINGS.items()
+        if old in names
+    ]
 
 
 @lru_cache(maxsize=1)
