@@ -245,7 +245,7 @@ async def stream(websocket: WebSocket) -> None:
 async def _close(websocket: WebSocket, code: int) -> None:
     try:
         await websocket.close(code)
-    except RuntimeError:  # already closed by the other side
+    except (RuntimeError, WebSocketDisconnect):  # already closed by the other side
         pass
 
 
