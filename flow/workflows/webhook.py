@@ -34,7 +34,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -167,6 +167,24 @@ async def drain(tasks: set[asyncio.Task[Any]], timeout_seconds: float) -> None:
         task.cancel()
 
 
+class Background:
+    """Deliveries sent in the background (retries never hold the caller up), and waited
+    for, bounded, at shutdown."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def run(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=self._name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout_seconds: float) -> None:
+        """Wait for deliveries in flight (bounded), then give up on the rest."""
+        await drain(self._tasks, timeout_seconds)
+
+
 class WebhookSender:
     """Delivers signed webhook events with retries.
 
@@ -259,18 +277,18 @@ class CallWebhooks:
     def __init__(self, sb: Any, webhooks: WebhookSender) -> None:
         self.sb = sb
         self.webhooks = webhooks
-        self._tasks: set[asyncio.Task[bool]] = set()
+        self._background = Background("call-webhook")
 
     def send_soon(self, thread_ids: Iterable[str]) -> None:
         """Send the event of each of these calls, read from the database (calls that
         ended without their instance)."""
         for tid in thread_ids:
-            self._track(self._send_by_id(tid))
+            self._background.run(self._send_by_id(tid))
 
     def send_thread_soon(self, thread: Mapping[str, Any], url: str | None = None) -> None:
         """Send the event of a call whose row is at hand (``url``: the join's, when the
         row names none)."""
-        self._track(self.send(thread, url))
+        self._background.run(self.send(thread, url))
 
     async def send(self, thread: Mapping[str, Any], url: str | None = None) -> bool:
         """Claim, then deliver, a finished call's event; False when there is nothing to
@@ -297,11 +315,6 @@ class CallWebhooks:
             return False
         return thread is not None and await self.send(thread)
 
-    def _track(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work, name="call-webhook")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def drain(self, timeout_seconds: float = WEBHOOK_DRAIN_SECONDS) -> None:
         """Wait for deliveries in flight (bounded), then give up on the rest."""
-        await drain(self._tasks, timeout_seconds)
+        await self._background.drain(timeout_seconds)

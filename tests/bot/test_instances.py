@@ -158,7 +158,7 @@ async def test_a_lost_call_sends_one_call_failed_webhook_however_many_instances_
 
     lost = await asyncio.gather(*(instance.beat() for instance in live))
     assert sum(orphan in ids for ids in lost) == 1  # the update hands it to one instance
-    assert await live[0].beat() == []  # a later beat finds nothing more
+    assert orphan not in await live[0].beat()  # a later beat does not take it again
     # Another sender holding the finished row (the call's own instance, back from a
     # network partition) finds the event claimed.
     row = await threads_repo.get_thread(sb, orphan)
