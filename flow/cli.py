@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the API; SIGTERM drains the instance (:mod:`flow.server`), then exits 0."""
     import uvicorn
 
-    from flow.api.limits import MAX_HEADER_BYTES
+    from flow.api.limits import MAX_HEADER_READ_BYTES
     from flow.logs import uvicorn_log_config
     from flow.main import create_app
     from flow.server import GRACEFUL_SHUTDOWN_SECONDS, FlowServer
@@ -42,9 +42,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=uvicorn_log_config(settings.flow_log_format),
         proxy_headers=True,
         # The h11 server stops reading a header block past this size (400, connection
-        # closed): a huge header never fills memory. The app answers 431 for too many.
+        # closed): a huge header never fills memory. The app answers 431 below it.
         http="h11",
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        h11_max_incomplete_event_size=MAX_HEADER_READ_BYTES,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     FlowServer(config, app).run()

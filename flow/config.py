@@ -8,12 +8,16 @@ that the two never drift apart. Secrets are ``SecretStr`` so they never print.
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections.abc import Mapping
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "change-me"
@@ -29,6 +33,13 @@ LLM_PRICE_KEYS = (
     "output_audio",
     "cache_read_audio",
 )
+# Former setting names, no longer read: each is named at start-up with its replacement.
+RETIRED_SETTINGS = {"FLOW_WEBHOOK_ALLOW_PRIVATE": "FLOW_ALLOW_PRIVATE_URLS"}
+# Calls of an instance that is gone end within FLOW_INSTANCE_STALE_SECONDS plus one
+# heartbeat period (a third of it) of its last heartbeat: 45 keeps that within 60 s.
+MAX_INSTANCE_STALE_SECONDS = 45
+# A DAILY_ROOM_HOSTS entry: a host name, an IP address, or *.name.
+_ROOM_HOST = re.compile(r"(\*\.)?[a-z0-9_.:-]+")
 
 
 class Settings(BaseSettings):
@@ -89,10 +100,11 @@ class Settings(BaseSettings):
     deepgram_api_key: SecretStr = SecretStr("")
     flow_stt_model: str = ""
     daily_api_key: SecretStr = SecretStr("")
+    daily_room_hosts: str = ""
     flow_max_bots: int = Field(default=20, ge=1)
     flow_max_call_seconds: float = Field(default=1800.0, gt=0)
     flow_idle_timeout_seconds: float = Field(default=120.0, gt=0)
-    flow_instance_stale_seconds: int = Field(default=30, ge=2, le=600)
+    flow_instance_stale_seconds: int = Field(default=30, ge=2, le=MAX_INSTANCE_STALE_SECONDS)
     flow_max_script_turns: int = Field(default=50, ge=1)
     flow_max_prompt_chars: int = Field(default=8000, ge=1)
     # Pipecat's defaults: Silero's stop_secs, the smart-turn model.
@@ -152,11 +164,7 @@ class Settings(BaseSettings):
     flow_webhook_secret: SecretStr = SecretStr("")
 
     # --- outbound URLs (webhooks, export destinations) --------------------
-    # FLOW_WEBHOOK_ALLOW_PRIVATE is its former name, still read.
-    flow_allow_private_urls: bool = Field(
-        default=False,
-        validation_alias=AliasChoices("flow_allow_private_urls", "flow_webhook_allow_private"),
-    )
+    flow_allow_private_urls: bool = False
 
     # --- PostHog live capture ---------------------------------------------
     posthog_api_key: SecretStr = SecretStr("")
@@ -206,6 +214,7 @@ class Settings(BaseSettings):
                 "FLOW_TELEPHONY_HASH_CALLERS keys its hash with FLOW_SECRET_KEY: set it too"
             )
         self.webrtc_ice_servers()  # refuses a malformed list at start
+        self.room_hosts()
         for name in ("flow_price_overrides", "flow_voice_prices"):
             raw = getattr(self, name)
             if raw:
@@ -235,6 +244,18 @@ class Settings(BaseSettings):
             if not _text(getattr(self, name))
         ]
         return f"{', '.join(missing)} not set" if missing else None
+
+    def room_hosts(self) -> list[str]:
+        """The hosts a Daily room may be on beside ``*.daily.co`` (``DAILY_ROOM_HOSTS``,
+        comma-separated): ``rooms.example.com`` is that host, ``*.example.com`` any
+        name under it."""
+        hosts = [
+            h.strip().lower().rstrip(".").strip("[]") for h in self.daily_room_hosts.split(",")
+        ]
+        for host in filter(None, hosts):
+            if not _ROOM_HOST.fullmatch(host):
+                raise ValueError(f"DAILY_ROOM_HOSTS entry {host!r} is not a host name (or *.name)")
+        return [h for h in hosts if h]
 
     def webrtc_ice_servers(self) -> list[dict[str, Any]]:
         """The STUN/TURN servers of WebRTC calls: ``{"urls": [...], "username",
@@ -309,6 +330,21 @@ def _decimal_table(raw: str) -> dict[str, dict[str, Decimal]]:
         return {}
     parsed: dict[str, Any] = json.loads(raw, parse_float=Decimal, parse_int=Decimal)
     return {k: {f: Decimal(v) for f, v in row.items()} for k, row in parsed.items()}
+
+
+def retired_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> list[str]:
+    """A warning for each former setting name set in the environment (or ``.env``): it
+    is not read any more, and the warning names the setting that replaced it."""
+    names = {k.upper() for k in (os.environ if environ is None else environ)}
+    if env_file is not None and env_file.is_file():
+        names |= {k.upper() for k in dotenv_values(env_file)}
+    return [
+        f"{old} is no longer read and is ignored: set {new} instead"
+        for old, new in RETIRED_SETTINGS.items()
+        if old in names
+    ]
 
 
 @lru_cache(maxsize=1)

@@ -9,6 +9,7 @@ the environment; tests pass their own settings and a runner they can observe.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -39,11 +40,14 @@ from flow.auth import Authenticator
 from flow.bot import tracing
 from flow.bot.contract import CallRunner
 from flow.bot.drain import Drain
-from flow.config import Settings, get_settings
+from flow.config import Settings, get_settings, retired_settings
 from flow.db.client import create_client
 from flow.metering.meter import Metering
 from flow.metering.pricing import PriceBook
 from flow.workflows.budget_alerts import BudgetAlerts
+from flow.workflows.webhook import CallWebhooks
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, runner: CallRunner | None = None) -> FastAPI:
@@ -52,6 +56,8 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for warning in retired_settings():
+            log.warning(warning)
         tracing.configure(settings)
         sb = await create_client(settings)
         app.state.sb = sb
@@ -78,6 +84,11 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
             app.state.runner = runner
         workflow = app.state.workflow
         app.state.budget_alerts = workflow.budget_alerts if workflow else BudgetAlerts(settings, sb)
+        app.state.call_webhooks = (
+            workflow.call_webhooks
+            if workflow
+            else CallWebhooks(sb, app.state.budget_alerts.webhooks)
+        )
         drain.runner = app.state.runner
         metrics.watch_spool(settings.flow_spool_dir)
         if (client := app.state.analytics.client) is not None:
@@ -98,6 +109,7 @@ def create_app(settings: Settings | None = None, runner: CallRunner | None = Non
                 services.push_async_callback(app.state.workflow.drain)
             else:
                 services.push_async_callback(app.state.budget_alerts.drain)
+                services.push_async_callback(app.state.call_webhooks.drain)
             services.push_async_callback(app.state.runner.shutdown)
             # Background services start here and register their stop with `services`.
             if settings.flow_sync_enabled and settings.flow_secret_key.get_secret_value():

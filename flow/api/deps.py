@@ -1,10 +1,10 @@
 """Dependencies named as types, so a route's signature says what it needs.
 
-``SettingsDep``, ``SupabaseDep``, ``RunnerDep`` and ``BudgetAlertsDep`` come from
-``app.state`` (set up by the lifespan in ``flow.main``); ``ApiKeyDep`` authenticates the
-request and resolves the caller's ``api_keys.id``. ``OperatorDep`` (``require_operator``)
-admits operator tokens only: a customer key is 403, no credential 401; ``CallerDep`` admits
-either.
+``SettingsDep``, ``SupabaseDep``, ``RunnerDep``, ``BudgetAlertsDep`` and
+``CallWebhooksDep`` come from ``app.state`` (set up by the lifespan in ``flow.main``);
+``ApiKeyDep`` authenticates the request and resolves the caller's ``api_keys.id``.
+``OperatorDep`` (``require_operator``) admits operator tokens only: a customer key is
+403, no credential 401; ``CallerDep`` admits either.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from flow.bot.contract import CallRunner
 from flow.config import Settings
 from flow.logs import bind
 from flow.workflows.budget_alerts import BudgetAlerts
+from flow.workflows.webhook import CallWebhooks
 
 # Declares the scheme in OpenAPI; parsing and refusals are ours (auto_error=False), so a
 # missing or malformed header gets our JSON 401 with a Bearer challenge.
@@ -89,6 +90,7 @@ SettingsDep = Annotated[Settings, _state("settings")]
 SupabaseDep = Annotated[AsyncClient, _state("sb")]
 RunnerDep = Annotated[CallRunner, _state("runner")]
 BudgetAlertsDep = Annotated[BudgetAlerts, _state("budget_alerts")]
+CallWebhooksDep = Annotated[CallWebhooks, _state("call_webhooks")]
 ApiKeyDep = Annotated[ApiKey, Depends(get_api_key)]
 OperatorDep = Annotated[Operator, Depends(require_operator)]
 CallerDep = Annotated[Operator | ApiKey, Depends(get_caller)]

@@ -4,9 +4,12 @@
   answered 413 at once; a body streamed without one is counted as it arrives and cut
   off with 413 as soon as it passes the limit, so an oversized upload never fills memory.
 - Headers: at most :data:`MAX_HEADER_FIELDS` fields and :data:`MAX_HEADER_BYTES` bytes,
-  else 431. ``flow serve`` also makes the HTTP server itself stop reading a header
-  block past :data:`MAX_HEADER_BYTES` (it answers 400 and closes the connection), so a
-  huge header never fills memory; the middleware holds the same line behind any server.
+  else 431, for HTTP requests and WebSocket handshakes alike (a handshake is refused
+  with an HTTP 431 where the server can send one, else closed with 1008 before it is
+  accepted). ``flow serve`` also makes the HTTP server itself stop reading a header
+  block past :data:`MAX_HEADER_READ_BYTES` (it answers 400 and closes the connection),
+  so a huge header never fills memory; below that the whole block reaches the
+  middleware, whose 431 says what was too large.
 - JSON strings: a lone UTF-16 surrogate (a ``\\ud800`` escape) is valid JSON but no valid
   text; :func:`refuse_lone_surrogates` answers 422 before such a string reaches the
   database.
@@ -27,6 +30,11 @@ from flow.api.errors import ApiError
 
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_BYTES = 16 * 1024
+# Where the HTTP server stops reading a header block that is not complete yet. Above
+# MAX_HEADER_BYTES so that a block a little too large is answered 431 by the
+# middleware however the network cut it into reads.
+MAX_HEADER_READ_BYTES = 4 * MAX_HEADER_BYTES
+POLICY_VIOLATION = 1008
 
 
 class _TooLarge(HTTPException):
@@ -84,7 +92,8 @@ class BodySizeLimitMiddleware:
 
 
 class HeaderLimitMiddleware:
-    """431 for a request with too many header fields or too many header bytes."""
+    """431 for a request (or a WebSocket handshake) with too many header fields or too
+    many header bytes."""
 
     def __init__(
         self,
@@ -97,18 +106,34 @@ class HeaderLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers: Any = scope.get("headers") or []
-            if len(headers) > self.max_fields:
-                message = f"more than {self.max_fields} header fields"
-                await _answer(scope, receive, send, 431, "request_header_fields_too_large", message)
-                return
-            size = sum(len(name) + len(value) + 4 for name, value in headers)
-            if size > self.max_bytes:
-                message = f"the request headers are larger than {self.max_bytes} bytes"
-                await _answer(scope, receive, send, 431, "request_header_fields_too_large", message)
-                return
-        await self.app(scope, receive, send)
+        problem = self._problem(scope) if scope["type"] in ("http", "websocket") else None
+        if problem is None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "http":
+            await _answer(scope, receive, send, 431, "request_header_fields_too_large", problem)
+        else:
+            await _refuse_handshake(scope, receive, send, problem)
+
+    def _problem(self, scope: Scope) -> str | None:
+        headers: Any = scope.get("headers") or []
+        if len(headers) > self.max_fields:
+            return f"more than {self.max_fields} header fields"
+        size = sum(len(name) + len(value) + 4 for name, value in headers)
+        if size > self.max_bytes:
+            return f"the request headers are larger than {self.max_bytes} bytes"
+        return None
+
+
+async def _refuse_handshake(scope: Scope, receive: Receive, send: Send, message: str) -> None:
+    """Refuse a WebSocket handshake before it is accepted: an HTTP 431 with the API's
+    error body where the server can send one, else a close (1008: policy violation)."""
+    connect = await receive()
+    if connect["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        await _answer(scope, receive, send, 431, "request_header_fields_too_large", message)
+    else:
+        await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": message})
 
 
 async def _answer(

@@ -6,12 +6,16 @@
 - **Lost calls**: at each beat, the unfinished calls of instances that stopped beating
   (killed, host lost), and this instance's own calls that it no longer runs (their
   end could not be written during a database blip), are failed (``instance_lost``):
-  within ``FLOW_INSTANCE_STALE_SECONDS`` plus one beat of any live instance noticing.
+  within ``FLOW_INSTANCE_STALE_SECONDS`` plus one beat (a third of it) of the last beat
+  of their instance, when any instance is live. ``calls_ended`` is told of the calls
+  this instance failed (only those: the update that fails them returns each to one
+  instance), so their ``call.failed`` webhook is sent once.
 - **Usage replay**: usage spooled during a database outage, and the write-ahead logs of
   meters whose process died, reach the ledger at start and every
   ``housekeeping_seconds``, without a restart.
 - **Abandoned calls**: threads no instance ever took (no ``instance_id``) are failed
-  once older than ``FLOW_MAX_CALL_SECONDS`` plus :data:`ABANDONED_AFTER_SECONDS`.
+  once older than ``FLOW_MAX_CALL_SECONDS`` plus :data:`ABANDONED_AFTER_SECONDS`
+  (``calls_ended`` is told of them too, and of the calls whose late end is settled).
 - **Stop requests**: ``POST /api/bot/{id}/stop`` may reach an instance that is not
   running the call; it records the request in the database and the instance running
   the call picks it up here within ``stop_poll_seconds``.
@@ -27,7 +31,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,6 +48,8 @@ HOUSEKEEPING_SECONDS = 60.0
 ABANDONED_AFTER_SECONDS = 1800.0
 STOP_POLL_SECONDS = 1.0
 STALE_SECONDS = 30
+# The calls the database ended without their instance (their webhooks are sent).
+CallsEnded = Callable[[Iterable[str]], None]
 GONE_TIMEOUT_SECONDS = 3.0
 
 
@@ -66,6 +72,8 @@ class InstanceJobs:
         stop_poll_seconds: how often stop requests are looked for.
         stale_seconds: ``FLOW_INSTANCE_STALE_SECONDS``.
         instance_id: this instance's id (a new one by default).
+        calls_ended: told of the calls this instance ended for an instance that could
+            not (lost, abandoned, settled late); never blocks.
     """
 
     def __init__(
@@ -82,8 +90,10 @@ class InstanceJobs:
         stop_poll_seconds: float = STOP_POLL_SECONDS,
         stale_seconds: int = STALE_SECONDS,
         instance_id: str | None = None,
+        calls_ended: CallsEnded | None = None,
     ) -> None:
         self.instance_id = instance_id or new_instance_id()
+        self.calls_ended = calls_ended
         self.stale_seconds = stale_seconds
         self._held_calls = held_calls or running_calls
         self._settle_calls = settle_calls
@@ -125,7 +135,7 @@ class InstanceJobs:
         """One heartbeat, then fail the calls nobody runs; returns their ids."""
         if self._settle_calls is not None:
             try:
-                await self._settle_calls()
+                self._ended(await self._settle_calls())
             except Exception:
                 log.warning("could not settle calls; retrying", exc_info=True)
         try:
@@ -143,12 +153,25 @@ class InstanceJobs:
             return []
         for tid in lost:
             log.warning("call %s: no instance runs it any more; marked failed", tid)
+        self._ended(lost)
         return lost
+
+    def _ended(self, thread_ids: list[str]) -> None:
+        if thread_ids and self.calls_ended is not None:
+            try:
+                self.calls_ended(thread_ids)
+            except Exception:
+                log.exception("could not tell of the calls ended here")
+
+    @staticmethod
+    def heartbeat_seconds(stale_seconds: float) -> float:
+        """The period of the heartbeat: a third of ``FLOW_INSTANCE_STALE_SECONDS``."""
+        return max(0.5, stale_seconds / 3)
 
     async def _beat(self) -> None:
         while True:
             await self.beat()
-            await asyncio.sleep(max(0.5, self.stale_seconds / 3))
+            await asyncio.sleep(self.heartbeat_seconds(self.stale_seconds))
 
     async def replay_spool(self) -> int:
         """Record what the spool holds; returns how many events were new."""
@@ -169,6 +192,7 @@ class InstanceJobs:
             return []
         for tid in failed:
             log.warning("thread %s: its instance stopped; marked failed", tid)
+        self._ended(failed)
         return failed
 
     async def _housekeeping(self) -> None:

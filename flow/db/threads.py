@@ -7,11 +7,13 @@ Statuses and their moves belong to :mod:`flow.db.call_state` (the only writer of
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
 from supabase import AsyncClient
 
+from flow.db.call_state import FINISHED
 from flow.db.client import call, first_of, loads_exact, rows_of, update_call_row
 
 THREAD_COLUMNS = (
@@ -89,3 +91,20 @@ async def stop_requested(sb: AsyncClient, thread_ids: list[str]) -> list[str]:
         )
     )
     return [str(r["workflow_thread_id"]) for r in rows_of(res)]
+
+
+async def claim_webhook(sb: AsyncClient, thread_id: UUID | str) -> bool:
+    """Claim the sending of a finished call's webhook: True for the one caller whose
+    conditional update set ``webhook_claimed_at``, False for every later one (and while
+    the call is unfinished)."""
+    res = await call(
+        lambda: (
+            sb.table("workflow_threads")
+            .update({"webhook_claimed_at": datetime.now(UTC).isoformat()})
+            .eq("workflow_thread_id", str(thread_id))
+            .is_("webhook_claimed_at", "null")
+            .in_("status", [str(s) for s in FINISHED])
+            .execute()
+        )
+    )
+    return bool(rows_of(res))

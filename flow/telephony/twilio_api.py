@@ -14,7 +14,9 @@ of its webhooks, the TwiML Flow answers with, and the REST call that places a ca
 
 Failure behaviour: both raise :class:`TwilioError`, ``retryable`` when
 Twilio could not be reached, answered 5xx or 429, or did not answer within
-:data:`REST_TIMEOUT_SECONDS`; otherwise Twilio refused the call (its message says why).
+:data:`REST_TIMEOUT_SECONDS`; otherwise Twilio refused the call. Its message is Flow's
+own (Twilio's HTTP status and numeric error code, safe to show a caller); the text of
+Twilio's answer is a remote body, so it is only logged.
 """
 
 from __future__ import annotations
@@ -51,13 +53,21 @@ class TwilioError(Exception):
     """Twilio did not do what it was asked (place or cancel a call).
 
     Parameters:
-        message: why (Twilio's own message when it refused).
+        message: why, in Flow's words: Twilio's status and error code, never its text.
         retryable: Twilio could not be reached or was unavailable.
+        code: Twilio's numeric error code (``21211``), when it gave one.
     """
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, code: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.code = code
+
+
+def error_code(value: object) -> int | None:
+    """Twilio's numeric error code, or None for anything else an answer holds there."""
+    text = str(value)
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
 
 
 def public_url(settings: Settings, path: str) -> str:
@@ -121,8 +131,12 @@ async def _rest(settings: Settings, request: Callable[[Client], Awaitable[T]]) -
         return await asyncio.wait_for(request(client), REST_TIMEOUT_SECONDS)
     except TwilioRestException as exc:
         retryable = exc.status >= 500 or exc.status == 429
-        reason = f"Twilio answered HTTP {exc.status}" + (f" ({exc.code})" if exc.code else "")
-        raise TwilioError(f"{reason}: {exc.msg}"[:500], retryable=retryable) from None
+        code = error_code(exc.code)
+        reason = f"Twilio answered HTTP {int(exc.status)}" + (
+            f" (Twilio error {code}, https://www.twilio.com/docs/errors/{code})" if code else ""
+        )
+        log.warning("%s: %r", reason, str(exc.msg)[:500])
+        raise TwilioError(reason, retryable=retryable, code=code) from None
     except Exception as exc:
         log.warning("a request to Twilio failed: %s", exc.__class__.__name__)
         raise TwilioError("Twilio could not be reached", retryable=True) from None

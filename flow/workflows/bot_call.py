@@ -10,8 +10,9 @@ stays.
 
 After the workflow (either way) the call's ``$ai_trace`` goes to PostHog and, when the
 join named a ``webhook_url``, a signed ``call.completed``/``call.failed`` event is
-delivered in the background (retries never hold the call's slot); the budget alerts
-the call's spending crossed are claimed and sent.
+delivered in the background (retries never hold the call's slot), once per call
+(:class:`flow.workflows.webhook.CallWebhooks`: a call another instance ended gets it from
+that instance); the budget alerts the call's spending crossed are claimed and sent.
 
 Every step is safe to run again: a saved transcript is kept, saved insights skip the
 LLM, usage ids derive from their source, the trace and webhook ids from the thread.
@@ -19,7 +20,6 @@ LLM, usage ids derive from their source, the trace and webhook ids from the thre
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable
 from datetime import datetime
@@ -40,11 +40,10 @@ from flow.metering.meter import Metering
 from flow.workflows.budget_alerts import BudgetAlerts
 from flow.workflows.extract_insights import InsightsExtractor, InsightsFailed
 from flow.workflows.process_transcript import process_transcript
-from flow.workflows.webhook import WebhookSender, drain
+from flow.workflows.webhook import WEBHOOK_DRAIN_SECONDS, CallWebhooks, WebhookSender
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_DRAIN_SECONDS = 10.0
 # What a call's insights are when its budget left nothing for them.
 INSIGHTS_SKIPPED = {"skipped": EndReason.BUDGET_EXHAUSTED.value}
 
@@ -101,7 +100,7 @@ class BotCallWorkflow:
         self.insights = insights or InsightsExtractor(settings, sb, analytics, metering=metering)
         self.webhooks = webhooks or WebhookSender(settings)
         self.budget_alerts = BudgetAlerts(settings, sb, self.webhooks)
-        self._deliveries: set[asyncio.Task[bool]] = set()
+        self.call_webhooks = CallWebhooks(sb, self.webhooks)
 
     # --- the runner's hook -------------------------------------------------------
     async def post_call(self, call: CallRequest, result: CallOutcome) -> None:
@@ -208,19 +207,13 @@ class BotCallWorkflow:
         )
         if call.budget is not None and call.budget.key_limited:
             self.budget_alerts.check_soon(call.api_key_id)
-        url = thread.get("webhook_url") or call.webhook_url
-        status = CallStatus(thread["status"])
-        if url and status.finished:
-            event_type = "call.completed" if status is CallStatus.COMPLETED else "call.failed"
-            task = asyncio.create_task(self.webhooks.deliver(url, event_type, thread))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
+        self.call_webhooks.send_thread_soon(thread, call.webhook_url)
 
     # --- lifecycle ---------------------------------------------------------------
     async def drain(self, timeout_seconds: float = WEBHOOK_DRAIN_SECONDS) -> None:
         """Wait for webhook deliveries in flight (bounded), then give up on the rest."""
         await self.budget_alerts.drain(timeout_seconds)
-        await drain(self._deliveries, timeout_seconds)
+        await self.call_webhooks.drain(timeout_seconds)
 
 
 def build_runner(
@@ -248,4 +241,7 @@ def build_runner(
         on_budget_alerts=workflow.budget_alerts.send_soon,
         **runner_options,
     )
+    if runner.jobs is not None:
+        # Calls the database ended without their instance get their webhook too.
+        runner.jobs.calls_ended = workflow.call_webhooks.send_soon
     return runner, workflow

@@ -18,7 +18,6 @@ URL the alert is only logged.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -27,7 +26,7 @@ from supabase import AsyncClient
 from flow.config import Settings
 from flow.db import budgets
 from flow.metering.events import event_id_from
-from flow.workflows.webhook import WebhookSender, drain
+from flow.workflows.webhook import Background, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +71,17 @@ class BudgetAlerts:
         self.settings = settings
         self.sb = sb
         self.webhooks = webhooks or WebhookSender(settings)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background("budget-alert")
 
     def send_soon(self, alerts: list[dict[str, Any]]) -> None:
         """Send claimed alerts in the background (never blocks the caller)."""
         for alert in alerts:
-            self._track(self.send(alert))
+            self._background.run(self.send(alert))
 
     def check_soon(self, api_key_id: str) -> None:
         """Claim the alerts a key's spending has crossed, and send them, in the
         background (at the end of a call, on a refused join)."""
-        self._track(self.check(api_key_id))
+        self._background.run(self.check(api_key_id))
 
     async def check(self, api_key_id: str) -> None:
         try:
@@ -109,11 +108,6 @@ class BudgetAlerts:
             return False
         return await self.webhooks.send(url, payload, about=what)
 
-    def _track(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work, name="budget-alert")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def drain(self, timeout_seconds: float = DRAIN_SECONDS) -> None:
         """Wait for alerts in flight (bounded), then give up on the rest."""
-        await drain(self._tasks, timeout_seconds)
+        await self._background.drain(timeout_seconds)

@@ -10,6 +10,14 @@ decimal strings) and insights. It is signed like Stripe's webhooks: header
 Delivery is retried with exponential backoff on network errors, 408, 429 and 5xx;
 other 4xx answers stop it. Redirects are not followed.
 
+A call's own event is sent once whoever ends the call (:class:`CallWebhooks`): its
+instance after the post-call step, a live instance failing the calls of an instance that
+is gone (``instance_lost``) or settling the end of a call written late
+(``database_unavailable``), or the stop route when the database ended the call at once.
+The sender first claims the event in the database (one conditional update of
+``workflow_threads.webhook_claimed_at``), so two instances that both notice a call send
+it once.
+
 Server-side request forgery: the URL obeys Flow's outbound-URL policy
 (:mod:`flow.net.outbound`). It is checked at join (:func:`validate_webhook_url`) and on
 every delivery attempt, by the client that connects only to the address it checked
@@ -26,7 +34,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -34,7 +42,9 @@ from typing import Any
 import httpx
 
 from flow.config import Settings
+from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus
+from flow.db.client import DatabaseError, DatabaseUnavailable
 from flow.metering.events import event_id_from
 from flow.net.outbound import (
     UNREACHABLE,
@@ -55,6 +65,7 @@ TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKOFF_SECONDS = 1.0
 SIGNATURE_TOLERANCE_SECONDS = 300
+WEBHOOK_DRAIN_SECONDS = 10.0
 
 
 class WebhookURLError(ValueError):
@@ -156,6 +167,24 @@ async def drain(tasks: set[asyncio.Task[Any]], timeout_seconds: float) -> None:
         task.cancel()
 
 
+class Background:
+    """Deliveries sent in the background (retries never hold the caller up), and waited
+    for, bounded, at shutdown."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def run(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=self._name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout_seconds: float) -> None:
+        """Wait for deliveries in flight (bounded), then give up on the rest."""
+        await drain(self._tasks, timeout_seconds)
+
+
 class WebhookSender:
     """Delivers signed webhook events with retries.
 
@@ -234,3 +263,58 @@ class WebhookSender:
                     return False
                 await asyncio.sleep(self.backoff_seconds * 2**attempt)
         return False
+
+
+class CallWebhooks:
+    """A finished call's ``call.completed`` or ``call.failed``, sent once per call in the
+    background (retries hold nothing up).
+
+    Parameters:
+        sb: the database client (reads the calls, claims their events).
+        webhooks: the signed sender.
+    """
+
+    def __init__(self, sb: Any, webhooks: WebhookSender) -> None:
+        self.sb = sb
+        self.webhooks = webhooks
+        self._background = Background("call-webhook")
+
+    def send_soon(self, thread_ids: Iterable[str]) -> None:
+        """Send the event of each of these calls, read from the database (calls that
+        ended without their instance)."""
+        for tid in thread_ids:
+            self._background.run(self._send_by_id(tid))
+
+    def send_thread_soon(self, thread: Mapping[str, Any], url: str | None = None) -> None:
+        """Send the event of a call whose row is at hand (``url``: the join's, when the
+        row names none)."""
+        self._background.run(self.send(thread, url))
+
+    async def send(self, thread: Mapping[str, Any], url: str | None = None) -> bool:
+        """Claim, then deliver, a finished call's event; False when there is nothing to
+        send, another sender claimed it, or the receiver never took it. Never raises."""
+        url = thread.get("webhook_url") or url
+        tid = str(thread["workflow_thread_id"])
+        status = CallStatus(str(thread["status"]))
+        if not url or not status.finished:
+            return False
+        try:
+            if not await threads_repo.claim_webhook(self.sb, tid):
+                return False
+        except (DatabaseUnavailable, DatabaseError) as exc:
+            log.warning("webhook for thread %s not claimed: %s", tid, exc)
+            return False
+        event_type = "call.completed" if status is CallStatus.COMPLETED else "call.failed"
+        return await self.webhooks.deliver(url, event_type, thread)
+
+    async def _send_by_id(self, tid: str) -> bool:
+        try:
+            thread = await threads_repo.get_thread(self.sb, tid)
+        except (DatabaseUnavailable, DatabaseError) as exc:
+            log.warning("webhook for thread %s: the thread cannot be read: %s", tid, exc)
+            return False
+        return thread is not None and await self.send(thread)
+
+    async def drain(self, timeout_seconds: float = WEBHOOK_DRAIN_SECONDS) -> None:
+        """Wait for deliveries in flight (bounded), then give up on the rest."""
+        await self._background.drain(timeout_seconds)

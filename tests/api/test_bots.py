@@ -21,8 +21,10 @@ from flow.db.call_state import CallStatus
 from flow.db.client import call, rows_of
 from flow.db.usage import record_usage_events
 from flow.metering.events import UsageEvent
+from flow.workflows.webhook import SIGNATURE_HEADER, verify_signature
 from tests.api.conftest import serve
 from tests.api.recording_runner import RecordingRunner
+from tests.fakes.recording_sink import RecordingSink
 
 DAILY_JOIN = {
     "room_url": "https://example.daily.co/standup",
@@ -324,22 +326,41 @@ async def test_stopping_a_call_another_instance_runs_records_the_request(
     assert await threads_repo.stop_requested(sb, [thread_id]) == [thread_id]  # ...recorded
 
 
-async def test_stopping_a_call_no_live_instance_runs_ends_it_at_once(
-    client: httpx.AsyncClient, auth: dict[str, str], api_key: dict[str, Any], sb: AsyncClient
+async def test_stopping_a_call_no_live_instance_runs_ends_it_at_once_with_one_webhook(
+    local_settings: Settings, auth: dict[str, str], api_key: dict[str, Any], sb: AsyncClient
 ) -> None:
+    receiver = await RecordingSink().start()
     row = await threads_repo.create_thread(
-        sb, api_key_id=api_key["id"], transport="simulated", script=["x"]
+        sb,
+        api_key_id=api_key["id"],
+        transport="simulated",
+        script=["x"],
+        webhook_url=f"{receiver.url}/hooks",
     )
     thread_id = str(row["workflow_thread_id"])
     gone = f"gone-instance-{uuid.uuid4().hex[:6]}"  # never beat: killed at once
     assert await call_state.move(sb, thread_id, CallStatus.STARTING, instance_id=gone)
     assert await call_state.move(sb, thread_id, CallStatus.RUNNING)
-    res = await client.post(f"/api/bot/{thread_id}/stop", headers=auth)
-    assert res.status_code == 202, res.text
-    assert res.json() == {"workflow_thread_id": thread_id, "status": "failed"}
+    local = local_settings.model_copy(update={"flow_allow_private_urls": True})
+    try:
+        async with serve(local, RecordingRunner()) as client:  # its end drains deliveries
+            res = await client.post(f"/api/bot/{thread_id}/stop", headers=auth)
+            assert res.status_code == 202, res.text
+            assert res.json() == {"workflow_thread_id": thread_id, "status": "failed"}
+            again = await client.post(f"/api/bot/{thread_id}/stop", headers=auth)
+            assert again.status_code == 409
+    finally:
+        await receiver.stop()
     got = await threads_repo.get_thread(sb, thread_id)
     assert got is not None
     assert (got["status"], got["error_code"]) == ("failed", "instance_lost")
+    [delivery] = receiver.requests
+    secret = local.flow_webhook_secret.get_secret_value()
+    assert verify_signature(secret, delivery["headers"][SIGNATURE_HEADER], delivery["body"])
+    payload = json.loads(delivery["body"])
+    assert payload["type"] == "call.failed"
+    assert payload["data"]["workflow_thread_id"] == thread_id
+    assert payload["data"]["error"]["code"] == "instance_lost"
 
 
 async def test_join_is_refused_when_bots_cannot_run_here(

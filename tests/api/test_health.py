@@ -1,14 +1,18 @@
 """GET /health reports whether the database answers, /health/live whether the process
 answers, /health/ready whether the instance can take a call (not full, not draining,
-configured, database reachable); none needs a key. A draining instance refuses joins."""
+configured, database reachable); none needs a key. A draining instance refuses joins.
+A former setting name set in the environment is named at start-up, with its
+replacement."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from flow.config import Settings
@@ -139,3 +143,20 @@ async def test_each_answer_names_its_request(client: httpx.AsyncClient) -> None:
     fresh = await client.get("/health/live", headers={"X-Request-ID": "no spaces\tor tabs"})
     assert fresh.headers["X-Request-ID"] != "no spaces\tor tabs"
     assert len(fresh.headers["X-Request-ID"]) == 32
+
+
+async def test_a_retired_setting_in_the_environment_is_named_at_start_and_ignored(
+    local_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.delenv("FLOW_ALLOW_PRIVATE_URLS", raising=False)
+    monkeypatch.setenv("FLOW_WEBHOOK_ALLOW_PRIVATE", "true")
+    assert not Settings(flow_env="development").flow_allow_private_urls
+    with caplog.at_level(logging.WARNING, logger="flow.main"):
+        async with serve(local_settings, RecordingRunner()) as client:
+            assert (await client.get("/health/live")).status_code == 200
+    [warning] = [r for r in caplog.records if "FLOW_WEBHOOK_ALLOW_PRIVATE" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "ignored" in warning.getMessage()
+    assert "FLOW_ALLOW_PRIVATE_URLS" in warning.getMessage()

@@ -1,22 +1,42 @@
 """Instances and the calls they hold: a call whose instance stopped beating, or that its
 own instance no longer holds, is failed (``instance_lost``) at the next beat of any
-live instance; a live instance's calls are left alone."""
+live instance; a live instance's calls are left alone. A call ended so (or settled late
+as ``database_unavailable``) sends its signed ``call.failed`` webhook once, however
+many instances notice."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+from pydantic import SecretStr
 from supabase import AsyncClient
 
 from flow.bot.instance import InstanceJobs
+from flow.bot.thread_writes import ThreadWrites
+from flow.config import Settings
 from flow.db import instances
 from flow.db import threads as threads_repo
+from flow.workflows.webhook import (
+    SIGNATURE_HEADER,
+    CallWebhooks,
+    WebhookSender,
+    verify_signature,
+)
+from tests.fakes.recording_sink import RecordingSink
+
+SECRET = "whsec-instances"
 
 
-def jobs(sb: AsyncClient, tmp_path: Path, held: list[str], instance_id: str) -> InstanceJobs:
+def jobs(
+    sb: AsyncClient, tmp_path: Path, held: list[str], instance_id: str, **options: Any
+) -> InstanceJobs:
     async def stop(_tid: str) -> bool:
         return False
 
@@ -28,7 +48,31 @@ def jobs(sb: AsyncClient, tmp_path: Path, held: list[str], instance_id: str) -> 
         stop_call=stop,
         stale_seconds=5,
         instance_id=instance_id,
+        **options,
     )
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[RecordingSink]:
+    sink = await RecordingSink().start()
+    yield sink
+    await sink.stop()
+
+
+def call_webhooks(settings: Settings, sb: AsyncClient) -> CallWebhooks:
+    hooks = settings.model_copy(
+        update={"flow_webhook_secret": SecretStr(SECRET), "flow_allow_private_urls": True}
+    )
+    return CallWebhooks(sb, WebhookSender(hooks, backoff_seconds=0.05))
+
+
+def failed_events(receiver: RecordingSink) -> list[dict[str, Any]]:
+    """The events received, each checked for its signature."""
+    events = []
+    for request in receiver.requests:
+        assert verify_signature(SECRET, request["headers"][SIGNATURE_HEADER], request["body"])
+        events.append(json.loads(request["body"]))
+    return events
 
 
 async def running_thread(
@@ -96,3 +140,92 @@ async def test_an_instance_that_stops_leaves_the_table(sb: AsyncClient, tmp_path
     await instance.stop()
     res = await sb.table("flow_instances").select("id").eq("id", me).execute()
     assert res.data == []
+
+
+async def test_a_lost_call_sends_one_call_failed_webhook_however_many_instances_notice(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    tmp_path: Path,
+    receiver: RecordingSink,
+) -> None:
+    webhook_url = f"{receiver.url}/hooks"
+    orphan = await running_thread(sb, api_key, name("dead"), webhook_url=webhook_url)
+    senders = [call_webhooks(settings, sb) for _ in range(3)]
+    live = [
+        jobs(sb, tmp_path, [], name("live"), calls_ended=hooks.send_soon) for hooks in senders[:2]
+    ]
+
+    lost = await asyncio.gather(*(instance.beat() for instance in live))
+    assert sum(orphan in ids for ids in lost) == 1  # the update hands it to one instance
+    assert orphan not in await live[0].beat()  # a later beat does not take it again
+    # Another sender holding the finished row (the call's own instance, back from a
+    # network partition) finds the event claimed.
+    row = await threads_repo.get_thread(sb, orphan)
+    assert row is not None and await senders[2].send(row) is False
+    for hooks in senders:
+        await hooks.drain(10)
+
+    [event] = failed_events(receiver)
+    assert event["type"] == "call.failed"
+    assert event["data"]["workflow_thread_id"] == orphan
+    assert event["data"]["error"]["code"] == "instance_lost"
+
+
+async def test_a_call_whose_end_is_settled_late_sends_its_call_failed_webhook(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    tmp_path: Path,
+    receiver: RecordingSink,
+) -> None:
+    """The call ended here during a database blip: its end is written at the next beat."""
+    me = name("me")
+    tid = await running_thread(sb, api_key, me, webhook_url=f"{receiver.url}/hooks")
+    writes = ThreadWrites(sb)
+    ended_at = datetime.now(UTC).isoformat()
+    writes.unsettled[tid] = {"transcript": [], "bot_ended_at": ended_at, "end_reason": "idle"}
+    hooks = call_webhooks(settings, sb)
+    instance = jobs(
+        sb,
+        tmp_path,
+        [],
+        me,
+        held_calls=lambda: list(writes.unsettled),
+        settle_calls=writes.settle,
+        calls_ended=hooks.send_soon,
+    )
+
+    await instance.beat()
+    await instance.beat()
+    await hooks.drain(10)
+
+    [event] = failed_events(receiver)
+    assert event["type"] == "call.failed"
+    assert event["data"]["error"]["code"] == "database_unavailable"
+    assert event["data"]["end_reason"] == "idle"
+
+
+async def test_an_abandoned_call_sends_its_call_failed_webhook(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    tmp_path: Path,
+    receiver: RecordingSink,
+) -> None:
+    long_ago = (datetime.now(UTC) - timedelta(hours=3)).isoformat()
+    row = await threads_repo.create_thread(
+        sb,
+        api_key_id=api_key["id"],
+        transport="simulated",
+        script=["hi"],
+        created_at=long_ago,
+        webhook_url=f"{receiver.url}/hooks",
+    )
+    tid = str(row["workflow_thread_id"])
+    hooks = call_webhooks(settings, sb)
+    instance = jobs(sb, tmp_path, [], name("me"), calls_ended=hooks.send_soon)
+
+    assert tid in await instance.fail_abandoned()
+    await hooks.drain(10)
+    assert [e["data"]["workflow_thread_id"] for e in failed_events(receiver)] == [tid]

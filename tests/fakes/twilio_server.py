@@ -6,7 +6,8 @@ It speaks what the official ``twilio`` SDK and Pipecat's serializer send:
   ``From``, ``Twiml``, ``StatusCallback``, ``StatusCallbackEvent`` (repeated),
   ``StatusCallbackMethod``, ``Timeout``; answered 201 with the call resource (``sid``
   ``CA`` + 32 hex digits, ``status`` ``queued``). A number in ``refuse`` is answered 400
-  with Twilio's error body (``code``, ``message``, ``more_info``, ``status``).
+  (or its ``refuse_status``) with Twilio's error body (``code``, ``message``,
+  ``more_info``, ``status``).
 - ``POST /2010-04-01/Accounts/{sid}/Calls/{CallSid}.json`` with ``Status=completed``
   (the hang-up) or ``Status=canceled`` (a call still ringing); answered 200 with the
   call resource.
@@ -44,11 +45,13 @@ class FakeTwilio:
         account_sid: the account it serves.
         auth_token: the token basic auth must carry.
         refuse: numbers ``Calls.create`` refuses, with Twilio's (code, message).
+        refuse_status: the HTTP status of a refused number's answer (400 unless named).
     """
 
     account_sid: str = "AC" + "0" * 32
     auth_token: str = "twilio-test-token"
     refuse: dict[str, tuple[int, str]] = field(default_factory=dict)
+    refuse_status: dict[str, int] = field(default_factory=dict)
     calls: list[PlacedCall] = field(default_factory=list)
     hangups: list[str] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
@@ -104,7 +107,7 @@ class FakeTwilio:
         to, from_ = str(form.get("To", "")), str(form.get("From", ""))
         if to in self.refuse:
             code, message = self.refuse[to]
-            return _error(400, code, message)
+            return _error(self.refuse_status.get(to, 400), code, message)
         call = PlacedCall(
             sid="CA" + uuid.uuid4().hex,
             to=to,

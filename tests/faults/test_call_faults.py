@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -35,6 +36,7 @@ from supabase import AsyncClient
 from flow import localstack
 from flow.db import threads as threads_repo
 from flow.db.client import call, rows_of
+from flow.localstack.gateway import build_app
 from flow.metering.spool import replay_spool
 from flow.metering.wal import WAL_DIR
 from tests.bot.test_call_faults import until
@@ -229,25 +231,46 @@ async def test_sigterm_mid_call_loses_and_doubles_nothing(
 
 
 class SwitchableGateway:
-    """A gateway in front of the stack's that answers 503 while it is down, as a
-    database or PostgREST outage looks to Flow."""
+    """A gateway in front of the stack's that can be switched down.
 
-    def __init__(self, upstream: str) -> None:
+    Down, it answers as the outage it plays looks to Flow: with ``postgrest_down``, the
+    request goes to the local ``/rest/v1`` gateway (:mod:`flow.localstack.gateway`, the
+    real one) in front of a port where no PostgREST listens, which answers 500; else
+    (the database down behind PostgREST) 503. ``down_answers`` counts the statuses
+    answered while down.
+    """
+
+    def __init__(self, upstream: str, *, postgrest_down: bool = False) -> None:
         self.upstream = upstream.rstrip("/")
+        self.postgrest_down = postgrest_down
         self.down = False
-        self.refused = 0
+        self.down_answers: Counter[int] = Counter()
         self.url = ""
         self._runner: web.AppRunner | None = None
+        self._gone_runner: web.AppRunner | None = None
+        self._gone_url = ""
+        self._no_postgrest: socket.socket | None = None
         self._session: ClientSession | None = None
 
+    @property
+    def refused(self) -> int:
+        return sum(self.down_answers.values())
+
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
-        if self.down:
-            self.refused += 1
+        down = self.down
+        if down and not self.postgrest_down:
+            self.down_answers[503] += 1
             return web.Response(status=503, text="upstream unavailable")
+        answer = await self._forward(request, self._gone_url if down else self.upstream)
+        if down:
+            self.down_answers[answer.status] += 1
+        return answer
+
+    async def _forward(self, request: web.Request, upstream: str) -> web.Response:
         assert self._session is not None
         async with self._session.request(
             request.method,
-            f"{self.upstream}{request.rel_url}",
+            f"{upstream}{request.rel_url}",
             headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
             data=await request.read() or None,
         ) as resp:
@@ -270,10 +293,30 @@ class SwitchableGateway:
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         self.url = f"http://127.0.0.1:{port}"
         try:
+            if self.postgrest_down:
+                await self._start_gone_gateway()
             yield self
         finally:
             await self._runner.cleanup()
+            if self._gone_runner is not None:
+                await self._gone_runner.cleanup()
             await self._session.close()
+            if self._no_postgrest is not None:
+                self._no_postgrest.close()
+
+    async def _start_gone_gateway(self) -> None:
+        """The real gateway, in front of a port bound (so nobody else takes it) where
+        nothing listens: its PostgREST is gone."""
+        self._no_postgrest = socket.socket()
+        self._no_postgrest.bind(("127.0.0.1", 0))
+        upstream_port = self._no_postgrest.getsockname()[1]
+        self._gone_runner = web.AppRunner(build_app(f"http://127.0.0.1:{upstream_port}"))
+        await self._gone_runner.setup()
+        site = web.TCPSite(self._gone_runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self._gone_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -281,6 +324,7 @@ class SwitchableGateway:
     [
         ("database down mid-call", 0.8, 2.0),
         ("database down at call end", None, 3.0),
+        # As the local gateway answers it: 500.
         ("PostgREST down for the whole call", 0.0, None),
     ],
 )
@@ -298,7 +342,7 @@ async def test_database_faults_lose_and_double_nothing(
     from flow.db.client import create_client
     from tests.bot.helpers import FakeVoices, bot_settings, request_for
 
-    gateway = SwitchableGateway(stack.supabase_url)
+    gateway = SwitchableGateway(stack.supabase_url, postgrest_down=name.startswith("PostgREST"))
     async with gateway.running():
         s = bot_settings(stack_settings(), vendor.base_url, tmp_path).model_copy(
             update={"supabase_url": gateway.url, "flow_meter_flush_seconds": 0.2}
@@ -340,6 +384,7 @@ async def test_database_faults_lose_and_double_nothing(
         finally:
             await runner.shutdown()
     assert gateway.refused > 0, "the fault happened"
+    assert set(gateway.down_answers) == {500 if gateway.postgrest_down else 503}
     row = await threads_repo.get_thread(sb, tid)
     assert row is not None
     # Down for the whole call: its end is written once the database is back.

@@ -5,6 +5,7 @@ callbacks move or end it; an answered call streams and meters its outbound leg."
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -28,12 +29,20 @@ from tests.telephony.support import phone_settings, served_flow
 from tests.telephony.twilio_phone import MediaStream, Twilio, stream_of
 
 CALLEE = "+15557654321"
+# What a Twilio answer (or anyone answering at TWILIO_API_BASE_URL) may say: never shown.
+TWILIO_SECRET_TEXT = "upstream 10.0.0.5:8443 <script>alert(1)</script>"
 
 
 @pytest.fixture
 async def fakes() -> AsyncIterator[tuple[FakeOpenAI, FakeTwilio]]:
     openai = await FakeOpenAI(json_answer="{}").start()
-    twilio = FakeTwilio(refuse={"+15550009999": (21211, "Invalid 'To' Phone Number")})
+    twilio = FakeTwilio(
+        refuse={
+            "+15550009999": (21211, "Invalid 'To' Phone Number"),
+            "+15550008888": (20500, f"Internal Server Error {TWILIO_SECRET_TEXT}"),
+        },
+        refuse_status={"+15550008888": 503},
+    )
     await twilio.start()
     yield openai, twilio
     await twilio.stop()
@@ -203,15 +212,31 @@ async def test_a_call_twilio_refuses_or_cannot_place_is_answered_at_the_join(
     api_key: dict[str, Any],
     fakes: tuple[FakeOpenAI, FakeTwilio],
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     s = _settings(settings, fakes, tmp_path)
     async with served_flow(s) as (_app, url):
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             join = {"transport": "twilio", "to": "+15550009999"}
-            res = await client.post("/api/bot/join", json=join, headers=bearer(api_key))
+            with caplog.at_level(logging.WARNING, logger="flow.telephony.twilio_api"):
+                res = await client.post("/api/bot/join", json=join, headers=bearer(api_key))
             assert res.status_code == 400, res.text
-            assert res.json()["error"] == "call_not_placed"
-            assert "21211" in res.json()["message"] and "Invalid 'To'" in res.json()["message"]
+            # Flow's words with Twilio's status and numeric code; Twilio's text is logged.
+            assert res.json() == {
+                "error": "call_not_placed",
+                "message": "Twilio refused the call: Twilio answered HTTP 400 (Twilio error "
+                "21211, https://www.twilio.com/docs/errors/21211)",
+            }
+            assert "Invalid 'To'" in caplog.text
+            join = {"transport": "twilio", "to": "+15550008888"}
+            with caplog.at_level(logging.WARNING, logger="flow.telephony.twilio_api"):
+                res = await client.post("/api/bot/join", json=join, headers=bearer(api_key))
+            assert res.status_code == 503, res.text
+            assert res.json()["error"] == "telephony_unavailable"
+            assert res.headers["Retry-After"]
+            assert "HTTP 503 (Twilio error 20500" in res.json()["message"]
+            assert TWILIO_SECRET_TEXT not in res.text and "10.0.0.5" not in res.text
+            assert TWILIO_SECRET_TEXT in caplog.text
             for bad in ("5557654321", "+0123", "+1555765432199999", "tel:+15557654321"):
                 join = {"transport": "twilio", "to": bad}
                 res = await client.post("/api/bot/join", json=join, headers=bearer(api_key))
@@ -223,12 +248,15 @@ async def test_a_call_twilio_refuses_or_cannot_place_is_answered_at_the_join(
     res_rows = (
         await sb.table("workflow_threads").select("*").eq("api_key_id", api_key["id"]).execute()
     )
-    [row] = res_rows.data
-    assert (row["status"], row["error_stage"], row["error_code"]) == (
-        "failed",
-        "join",
-        "call_failed",
-    )
+    assert len(res_rows.data) == 2
+    for row in res_rows.data:
+        assert (row["status"], row["error_stage"], row["error_code"]) == (
+            "failed",
+            "join",
+            "call_failed",
+        )
+        assert row["error_message"].startswith("Twilio answered HTTP ")
+        assert "Invalid" not in row["error_message"] and "10.0.0.5" not in row["error_message"]
 
     unconfigured = s.model_copy(update={"twilio_account_sid": ""})
     async with served_flow(unconfigured) as (_app, url):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from flow.config import Settings
+from flow.config import MAX_INSTANCE_STALE_SECONDS, Settings, retired_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,8 +50,30 @@ def test_private_urls_are_refused_in_production() -> None:
     assert not Settings(flow_env="production").flow_allow_private_urls
 
 
-def test_the_former_webhook_setting_name_is_still_read(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_former_private_urls_name_is_ignored_and_named_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FLOW_ALLOW_PRIVATE_URLS", raising=False)
     monkeypatch.setenv("FLOW_WEBHOOK_ALLOW_PRIVATE", "true")
-    assert Settings(flow_env="development").flow_allow_private_urls
-    with pytest.raises(ValueError, match="FLOW_ALLOW_PRIVATE_URLS"):
-        Settings(flow_env="production")
+    assert not Settings(flow_env="development").flow_allow_private_urls
+    assert not Settings(flow_env="production").flow_allow_private_urls  # nor refused
+    warning = "FLOW_WEBHOOK_ALLOW_PRIVATE is no longer read and is ignored: set "
+    assert retired_settings() == [warning + "FLOW_ALLOW_PRIVATE_URLS instead"]
+    monkeypatch.delenv("FLOW_WEBHOOK_ALLOW_PRIVATE")
+    assert retired_settings(env_file=tmp_path / "missing") == []
+    (tmp_path / ".env").write_text("flow_webhook_allow_private=true\n")
+    assert retired_settings(env_file=tmp_path / ".env") == [
+        warning + "FLOW_ALLOW_PRIVATE_URLS instead"
+    ]
+
+
+def test_instance_staleness_keeps_a_lost_call_within_sixty_seconds() -> None:
+    """A lost call ends within FLOW_INSTANCE_STALE_SECONDS plus one heartbeat period (a
+    third of it) of its instance's last beat."""
+    from flow.bot.instance import InstanceJobs
+
+    assert MAX_INSTANCE_STALE_SECONDS + MAX_INSTANCE_STALE_SECONDS / 3 <= 60
+    assert Settings(flow_instance_stale_seconds=45).flow_instance_stale_seconds == 45
+    with pytest.raises(ValueError, match="flow_instance_stale_seconds"):
+        Settings(flow_instance_stale_seconds=46)
+    assert InstanceJobs.heartbeat_seconds(MAX_INSTANCE_STALE_SECONDS) == 15

@@ -8,7 +8,9 @@ that creates the row (:func:`flow.db.budgets.admit_call`): a key whose budget is
 ``too_many_calls``) gets the budget's figures and leaves nothing behind. Capacity is
 checked before the row exists, so a refused join leaves nothing behind; a runner that
 fills up in between marks the row failed (``join``/``at_capacity``) and the caller gets
-the same 503. The Daily meeting token travels in memory only, never to the database.
+the same 503. The Daily meeting token travels in memory only, never to the database. A
+``room_url`` must be on a Daily domain and pass the outbound-URL policy
+(:mod:`flow.net.daily`), else 400 ``url_not_allowed`` before anything is created.
 
 A ``webrtc`` join carries the caller's SDP offer. It is checked, then answered by the
 runner, before the row exists: an offer that cannot be answered is a 400
@@ -25,7 +27,14 @@ from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header, Response
 
-from flow.api.deps import ApiKeyDep, BudgetAlertsDep, RunnerDep, SettingsDep, SupabaseDep
+from flow.api.deps import (
+    ApiKeyDep,
+    BudgetAlertsDep,
+    CallWebhooksDep,
+    RunnerDep,
+    SettingsDep,
+    SupabaseDep,
+)
 from flow.api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from flow.api.routes.admission import budget_refusal, call_budget
 from flow.api.routes.bot_models import (
@@ -54,6 +63,7 @@ from flow.db import budgets, call_state
 from flow.db import telephony as telephony_repo
 from flow.db import threads as threads_repo
 from flow.db.call_state import CallStatus, ErrorStage, StopOutcome
+from flow.net.daily import check_room_url
 from flow.net.outbound import UrlNotAllowed
 from flow.workflows.webhook import WebhookURLError, validate_webhook_url
 
@@ -101,7 +111,8 @@ def _at_capacity(retry_after_seconds: int) -> ApiError:
     responses={
         400: {
             "model": ErrorBody,
-            "description": "Transport not allowed here, a webhook_url Flow will not call, "
+            "description": "Transport not allowed here, a room_url or webhook_url Flow will "
+            "not call, "
             "a WebRTC offer that cannot be answered, or a phone call Twilio refused",
         },
         402: {"model": BudgetRefusal, "description": "The key's budget is spent"},
@@ -143,6 +154,11 @@ async def join(
     end_user_id = body.end_user_id or x_flow_user
     room_url = str(body.room_url) if body.room_url else None
     webhook_url = str(body.webhook_url) if body.webhook_url else None
+    if room_url:
+        try:
+            await check_room_url(room_url, settings)
+        except UrlNotAllowed as exc:
+            raise ApiError(400, "url_not_allowed", f"room_url: {exc}") from None
     if webhook_url:
         try:
             await validate_webhook_url(webhook_url, settings)
@@ -275,9 +291,11 @@ async def stop_bot(
     sb: SupabaseDep,
     runner: RunnerDep,
     settings: SettingsDep,
+    call_webhooks: CallWebhooksDep,
 ) -> StopResponse:
     """End a running call; its usage so far is kept and it is processed as usual. A
-    call whose instance is gone (``failed`` in the answer) is ended at once."""
+    call whose instance is gone (``failed`` in the answer) is ended at once, and its
+    ``call.failed`` webhook sent."""
     row = await _owned_thread(sb, workflow_thread_id, api_key.id)
     if CallStatus(row["status"]).finished:
         raise ApiError(409, "already_finished", f"the call is already {row['status']}")
@@ -285,6 +303,7 @@ async def stop_bot(
         return StopResponse(workflow_thread_id=workflow_thread_id, status=StopAnswer.STOPPING)
     ringing = row["status"] == CallStatus.RINGING
     if ringing and await cancel_ringing(settings, sb, str(workflow_thread_id)):
+        call_webhooks.send_soon([str(workflow_thread_id)])
         return StopResponse(workflow_thread_id=workflow_thread_id, status=StopAnswer.FAILED)
     # Not running here: the instance running it (behind the same load balancer) picks
     # the request up from the database within a second or two; if no live instance
@@ -295,6 +314,8 @@ async def stop_bot(
     if outcome is StopOutcome.NOT_RUNNING:
         raise ApiError(409, "not_running", f"the call is {row['status']}: no bot is running it")
     ended = outcome is StopOutcome.ENDED
+    if ended:
+        call_webhooks.send_soon([str(workflow_thread_id)])
     status = StopAnswer.FAILED if ended else StopAnswer.STOPPING
     return StopResponse(workflow_thread_id=workflow_thread_id, status=status)
 

@@ -245,7 +245,7 @@ async def stream(websocket: WebSocket) -> None:
 async def _close(websocket: WebSocket, code: int) -> None:
     try:
         await websocket.close(code)
-    except RuntimeError:  # already closed by the other side
+    except (RuntimeError, WebSocketDisconnect):  # already closed by the other side
         pass
 
 
@@ -290,13 +290,16 @@ async def place_call(
             settings, to=to, twiml=twilio_api.stream_twiml(settings, token)
         )
     except twilio_api.TwilioError as exc:
+        # The message is Flow's own (Twilio's status and error code): Twilio's text is
+        # only logged.
         await call_state.fail(
             sb, thread_id, stage=ErrorStage.JOIN, code="call_failed", message=str(exc)
         )
         if exc.retryable:
             retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-            raise ApiError(503, "telephony_unavailable", str(exc), headers=retry) from None
-        raise ApiError(400, "call_not_placed", str(exc)) from None
+            message = f"Twilio could not place the call now: {exc}"
+            raise ApiError(503, "telephony_unavailable", message, headers=retry) from None
+        raise ApiError(400, "call_not_placed", f"Twilio refused the call: {exc}") from None
     await telephony_repo.set_call_sid(sb, thread_id, call_sid)
     await call_state.move(sb, thread_id, CallStatus.RINGING)
     return UUID(thread_id), call_sid
