@@ -16,6 +16,8 @@
 - **Abandoned calls**: threads no instance ever took (no ``instance_id``) are failed
   once older than ``FLOW_MAX_CALL_SECONDS`` plus :data:`ABANDONED_AFTER_SECONDS`
   (``calls_ended`` is told of them too, and of the calls whose late end is settled).
+- **Sweeps**: what other parts ask to run every round (the call webhooks that were
+  never marked sent, :meth:`flow.workflows.webhook.CallWebhooks.sweep`).
 - **Stop requests**: ``POST /api/bot/{id}/stop`` may reach an instance that is not
   running the call; it records the request in the database and the instance running
   the call picks it up here within ``stop_poll_seconds``.
@@ -94,6 +96,9 @@ class InstanceJobs:
     ) -> None:
         self.instance_id = instance_id or new_instance_id()
         self.calls_ended = calls_ended
+        # Run at every housekeeping round beside the instance's own (the call webhooks'
+        # sweep); each logs its own failures.
+        self.sweeps: list[Callable[[], Awaitable[object]]] = []
         self.stale_seconds = stale_seconds
         self._held_calls = held_calls or running_calls
         self._settle_calls = settle_calls
@@ -199,6 +204,11 @@ class InstanceJobs:
         while True:
             await self.replay_spool()
             await self.fail_abandoned()
+            for sweep in self.sweeps:
+                try:
+                    await sweep()
+                except Exception:
+                    log.exception("a housekeeping sweep failed; it runs again next round")
             await asyncio.sleep(self._housekeeping_seconds)
 
     async def _watch_stop_requests(self) -> None:

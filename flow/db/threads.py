@@ -108,3 +108,26 @@ async def claim_webhook(sb: AsyncClient, thread_id: UUID | str) -> bool:
         )
     )
     return bool(rows_of(res))
+
+
+async def webhook_sent(sb: AsyncClient, thread_id: UUID | str) -> None:
+    """Mark a call's webhook delivered: no sweep sends it again."""
+    await update_call_row(
+        sb, "workflow_threads", thread_id, {"webhook_sent_at": datetime.now(UTC).isoformat()}
+    )
+
+
+async def claim_due_webhooks(
+    sb: AsyncClient, *, lease_seconds: int, settle_seconds: int, max_age_seconds: int, limit: int
+) -> list[str]:
+    """Claim the webhooks due again (see the ``claim_due_webhooks`` SQL function): a
+    claim never marked sent within ``lease_seconds``, or a finished call nobody claimed
+    ``settle_seconds`` after it finished; calls created within ``max_age_seconds``."""
+    args = {
+        "p_lease_seconds": lease_seconds,
+        "p_settle_seconds": settle_seconds,
+        "p_max_age_seconds": max_age_seconds,
+        "p_limit": limit,
+    }
+    res: Any = await call(sb.rpc("claim_due_webhooks", args).execute)
+    return [str(r) for r in (res.data or [])]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import itertools
 import json
 import shutil
 import time
@@ -212,17 +213,17 @@ async def transcriptions(request: web.Request) -> web.Response:
         )
     if "file" not in form:
         return web.json_response({"error": {"message": "file is required"}}, status=400)
-    n = request.app[TRANSCRIBED]
-    request.app[TRANSCRIBED] = n + 1
+    heard = request.app[TRANSCRIBED]
+    n = next(heard)
     return web.json_response({"text": TRANSCRIPTS[n % len(TRANSCRIPTS)]})
 
 
-TRANSCRIBED = web.AppKey("transcribed", int)
+TRANSCRIBED: web.AppKey[itertools.count[int]] = web.AppKey("transcribed")
 
 
 def build_app() -> web.Application:
     app = web.Application(client_max_size=32 * 1024 * 1024)
-    app[TRANSCRIBED] = 0
+    app[TRANSCRIBED] = itertools.count()
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/audio/speech", speech)
     app.router.add_post("/v1/audio/transcriptions", transcriptions)

@@ -24,18 +24,21 @@ HOP_HEADERS = {
 }
 
 
+SESSION = web.AppKey("session", ClientSession)
+
+
 def build_app(upstream: str) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
 
     async def on_startup(app: web.Application) -> None:
-        app["session"] = ClientSession(
+        app[SESSION] = ClientSession(
             connector=TCPConnector(limit=256, keepalive_timeout=60),
             timeout=ClientTimeout(total=120),
             auto_decompress=False,
         )
 
     async def on_cleanup(app: web.Application) -> None:
-        await app["session"].close()
+        await app[SESSION].close()
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -45,7 +48,7 @@ def build_app(upstream: str) -> web.Application:
         url = f"{upstream}/{path}"
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         body = await request.read()
-        session: ClientSession = app["session"]
+        session = app[SESSION]
         async with session.request(
             request.method, url, params=request.query, headers=headers, data=body or None
         ) as resp:

@@ -244,4 +244,5 @@ def build_runner(
     if runner.jobs is not None:
         # Calls the database ended without their instance get their webhook too.
         runner.jobs.calls_ended = workflow.call_webhooks.send_soon
+        runner.jobs.sweeps.append(workflow.call_webhooks.sweep)
     return runner, workflow

@@ -64,6 +64,15 @@ EVENT_TYPE_HEADER = "Flow-Event"
 TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKOFF_SECONDS = 1.0
+# A claimed webhook not marked sent after this long is sent again (every delivery and
+# its retries end well within it).
+WEBHOOK_LEASE_SECONDS = 600
+# A finished call nobody claimed is swept this long after it finished (its own
+# instance sends it at once, when it can).
+WEBHOOK_SETTLE_SECONDS = 120
+# How long after its creation a call's webhook is still tried.
+WEBHOOK_MAX_AGE_SECONDS = 86400
+WEBHOOK_SWEEP_LIMIT = 100
 SIGNATURE_TOLERANCE_SECONDS = 300
 WEBHOOK_DRAIN_SECONDS = 10.0
 
@@ -266,8 +275,12 @@ class WebhookSender:
 
 
 class CallWebhooks:
-    """A finished call's ``call.completed`` or ``call.failed``, sent once per call in the
-    background (retries hold nothing up).
+    """A finished call's ``call.completed`` or ``call.failed``, sent in the background
+    (retries hold nothing up), at least once and in practice once: a sender claims the
+    call's event in the database before sending and marks it sent once the receiver
+    took it; :meth:`sweep` (every instance's housekeeping) claims again what was never
+    marked sent (a sender that died, a receiver down through every retry, a database
+    away at the claim) and sends it with the same event id.
 
     Parameters:
         sb: the database client (reads the calls, claims their events).
@@ -279,41 +292,67 @@ class CallWebhooks:
         self.webhooks = webhooks
         self._background = Background("call-webhook")
 
-    def send_soon(self, thread_ids: Iterable[str]) -> None:
+    def send_soon(self, thread_ids: Iterable[str], *, claimed: bool = False) -> None:
         """Send the event of each of these calls, read from the database (calls that
-        ended without their instance)."""
+        ended without their instance; ``claimed``: already claimed by this sender)."""
         for tid in thread_ids:
-            self._background.run(self._send_by_id(tid))
+            self._background.run(self._send_by_id(tid, claimed=claimed))
 
     def send_thread_soon(self, thread: Mapping[str, Any], url: str | None = None) -> None:
         """Send the event of a call whose row is at hand (``url``: the join's, when the
         row names none)."""
         self._background.run(self.send(thread, url))
 
-    async def send(self, thread: Mapping[str, Any], url: str | None = None) -> bool:
-        """Claim, then deliver, a finished call's event; False when there is nothing to
-        send, another sender claimed it, or the receiver never took it. Never raises."""
+    async def send(
+        self, thread: Mapping[str, Any], url: str | None = None, *, claimed: bool = False
+    ) -> bool:
+        """Claim (unless ``claimed``), deliver and mark sent a finished call's event;
+        False when there is nothing to send, another sender claimed it, or the receiver
+        never took it (a sweep sends it again). Never raises."""
         url = thread.get("webhook_url") or url
         tid = str(thread["workflow_thread_id"])
         status = CallStatus(str(thread["status"]))
         if not url or not status.finished:
             return False
         try:
-            if not await threads_repo.claim_webhook(self.sb, tid):
+            if not claimed and not await threads_repo.claim_webhook(self.sb, tid):
                 return False
         except (DatabaseUnavailable, DatabaseError) as exc:
-            log.warning("webhook for thread %s not claimed: %s", tid, exc)
+            log.warning("webhook for thread %s not claimed (a sweep sends it): %s", tid, exc)
             return False
         event_type = "call.completed" if status is CallStatus.COMPLETED else "call.failed"
-        return await self.webhooks.deliver(url, event_type, thread)
+        if not await self.webhooks.deliver(url, event_type, thread):
+            return False
+        try:
+            await threads_repo.webhook_sent(self.sb, tid)
+        except (DatabaseUnavailable, DatabaseError) as exc:
+            log.warning("webhook for thread %s sent, not marked (may be resent): %s", tid, exc)
+        return True
 
-    async def _send_by_id(self, tid: str) -> bool:
+    async def sweep(self, limit: int = WEBHOOK_SWEEP_LIMIT) -> list[str]:
+        """Claim the webhooks due again (at most ``limit``, the oldest calls first) and
+        send them in the background; returns their calls. Never raises."""
+        try:
+            due = await threads_repo.claim_due_webhooks(
+                self.sb,
+                lease_seconds=WEBHOOK_LEASE_SECONDS,
+                settle_seconds=WEBHOOK_SETTLE_SECONDS,
+                max_age_seconds=WEBHOOK_MAX_AGE_SECONDS,
+                limit=limit,
+            )
+        except (DatabaseUnavailable, DatabaseError) as exc:
+            log.warning("could not look for webhooks to send again: %s", exc)
+            return []
+        self.send_soon(due, claimed=True)
+        return due
+
+    async def _send_by_id(self, tid: str, *, claimed: bool = False) -> bool:
         try:
             thread = await threads_repo.get_thread(self.sb, tid)
         except (DatabaseUnavailable, DatabaseError) as exc:
             log.warning("webhook for thread %s: the thread cannot be read: %s", tid, exc)
             return False
-        return thread is not None and await self.send(thread)
+        return thread is not None and await self.send(thread, claimed=claimed)
 
     async def drain(self, timeout_seconds: float = WEBHOOK_DRAIN_SECONDS) -> None:
         """Wait for deliveries in flight (bounded), then give up on the rest."""

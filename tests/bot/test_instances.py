@@ -25,6 +25,8 @@ from flow.db import instances
 from flow.db import threads as threads_repo
 from flow.workflows.webhook import (
     SIGNATURE_HEADER,
+    WEBHOOK_LEASE_SECONDS,
+    WEBHOOK_SETTLE_SECONDS,
     CallWebhooks,
     WebhookSender,
     verify_signature,
@@ -229,3 +231,81 @@ async def test_an_abandoned_call_sends_its_call_failed_webhook(
     assert tid in await instance.fail_abandoned()
     await hooks.drain(10)
     assert [e["data"]["workflow_thread_id"] for e in failed_events(receiver)] == [tid]
+
+
+# Every due webhook of the test database: the sweeps here must find their own calls
+# whatever other tests left behind.
+ALL = 100_000
+
+
+async def finished_thread(
+    sb: AsyncClient, api_key: dict[str, Any], webhook_url: str, finished_ago: timedelta
+) -> str:
+    at = (datetime.now(UTC) - finished_ago).isoformat()
+    row = await threads_repo.create_thread(
+        sb,
+        api_key_id=api_key["id"],
+        transport="simulated",
+        script=["hi"],
+        status="failed",
+        error_code="instance_lost",
+        webhook_url=webhook_url,
+        updated_at=at,
+    )
+    return str(row["workflow_thread_id"])
+
+
+async def sent_at(sb: AsyncClient, tid: str) -> Any:
+    res = (
+        await sb.table("workflow_threads")
+        .select("webhook_sent_at")
+        .eq("workflow_thread_id", tid)
+        .execute()
+    )
+    return res.data[0]["webhook_sent_at"]
+
+
+async def test_a_webhook_the_receiver_never_took_is_sent_again_with_its_event_id(
+    settings: Settings, sb: AsyncClient, api_key: dict[str, Any], receiver: RecordingSink
+) -> None:
+    path = f"/down-{uuid.uuid4().hex[:8]}"
+    receiver.answer(path, 503)
+    tid = await finished_thread(sb, api_key, receiver.url + path, timedelta(0))
+    hooks = call_webhooks(settings, sb)
+    row = await threads_repo.get_thread(sb, tid)
+    assert row is not None and await hooks.send(row) is False  # every retry refused
+    assert tid not in await hooks.sweep(ALL)  # its claim holds for the lease
+    assert await sent_at(sb, tid) is None
+
+    long_ago = datetime.now(UTC) - timedelta(seconds=WEBHOOK_LEASE_SECONDS + 60)
+    await threads_repo.update_thread(sb, tid, webhook_claimed_at=long_ago.isoformat())
+    receiver.answer(path, 200)
+    assert tid in await hooks.sweep(ALL)
+    await hooks.drain(10)
+    assert await sent_at(sb, tid) is not None
+    assert tid not in await hooks.sweep(ALL)  # delivered: never again
+
+    ids = {json.loads(r["body"])["id"] for r in receiver.requests if r["path"] == path}
+    assert len(ids) == 1  # every delivery of the call's event has the same id
+    assert len([r for r in receiver.requests if r["path"] == path]) > 1
+
+
+async def test_a_finished_call_nobody_claimed_is_swept_once_it_settled(
+    settings: Settings, sb: AsyncClient, api_key: dict[str, Any], receiver: RecordingSink
+) -> None:
+    """Its own instance could not claim it (the database was away): any instance's
+    housekeeping sends it, once, a little after the call finished."""
+    path = f"/late-{uuid.uuid4().hex[:8]}"
+    just_now = await finished_thread(sb, api_key, receiver.url + path, timedelta(0))
+    settled = await finished_thread(
+        sb, api_key, receiver.url + path, timedelta(seconds=WEBHOOK_SETTLE_SECONDS + 30)
+    )
+    sweepers = [call_webhooks(settings, sb) for _ in range(2)]
+    swept = await asyncio.gather(*(hooks.sweep(ALL) for hooks in sweepers))
+    assert sum(settled in ids for ids in swept) == 1
+    assert not any(just_now in ids for ids in swept)
+    for hooks in sweepers:
+        await hooks.drain(10)
+    [event] = [json.loads(r["body"]) for r in receiver.requests if r["path"] == path]
+    assert event["data"]["workflow_thread_id"] == settled
+    await threads_repo.webhook_sent(sb, just_now)  # no later sweep sends it anywhere

@@ -8,7 +8,7 @@ put a gateway that can be switched off between the runner and the database.
 
 Counting: an LLM completion is billed once its usage chunk went out, a TTS request once
 its whole audio went out. Everything billed before a kill must be in the ledger: Flow
-writes each unit ahead before the vendor can have finished it. A completion or a TTS
+writes each unit ahead while the vendor is still sending it. A completion or a TTS
 request the fault cut in the middle may be in the ledger once (an LLM reply as an
 estimate) or not at all.
 lost = billed units with no ledger event; doubled = ledger events beyond the units the
@@ -92,10 +92,10 @@ def tally(
 ) -> Tally:
     """Compare the ledger with what the vendor served. With ``cut_at`` (when the process
     was killed), every unit the vendor had finished before it must be in the ledger
-    exactly once, none excused as in flight: Flow writes each ahead before it is billed
-    (a speech request's characters before the request, a reply's prompt as an estimate
-    when the inference starts). Only what the vendor finished after the kill may be
-    missing."""
+    exactly once, none excused as in flight: Flow writes each ahead while the vendor is
+    still sending it (a speech request's characters when its answer starts, a reply as
+    an estimate at its first token). Only what the vendor finished after the kill may
+    be missing."""
     horizon = float("inf") if cut_at is None else cut_at
     llm_rows = [r for r in rows if r["kind"] == "llm"]
     tts_rows = [r for r in rows if r["kind"] == "tts"]
