@@ -37,6 +37,7 @@ import time
 from collections.abc import Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 import httpx
@@ -194,6 +195,14 @@ class Background:
         await drain(self._tasks, timeout_seconds)
 
 
+class Delivery(Enum):
+    """How one event's sending ended."""
+
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    REFUSED = "refused"  # never deliverable as it is: trying again would not help
+    FAILED = "failed"  # not delivered after every retry: worth trying later
+
+
 class WebhookSender:
     """Delivers signed webhook events with retries.
 
@@ -225,6 +234,12 @@ class WebhookSender:
     async def send(self, url: str, payload: Mapping[str, Any], *, about: str = "") -> bool:
         """Send one event (``{"id", "type", "created_at", "data"}``), signed; True once
         the receiver answered 2xx. Never raises. ``about`` names it in the log."""
+        return await self.attempt(url, payload, about=about) is Delivery.DELIVERED
+
+    async def attempt(self, url: str, payload: Mapping[str, Any], *, about: str = "") -> Delivery:
+        """:meth:`send`, answering how it ended: delivered, refused for good (webhooks
+        off, a URL the policy refuses, a 4xx other than 408 and 429), or failed after
+        every retry (worth trying later)."""
         event_type = str(payload["type"])
         what = about or f"event {payload['id']}"
         secret = self.settings.flow_webhook_secret.get_secret_value()
@@ -234,7 +249,7 @@ class WebhookSender:
             check_url_shape(url, self.settings)
         except (WebhookURLError, UrlNotAllowed) as exc:
             log.warning("webhook for %s refused: %s", what, exc)
-            return False
+            return Delivery.REFUSED
         body = encode(payload)
         async with outbound_client(
             self.settings, timeout=TIMEOUT_SECONDS, resolver=self._resolver
@@ -251,14 +266,14 @@ class WebhookSender:
                 try:
                     res = await client.post(url, content=body, headers=headers)
                     if 200 <= res.status_code < 300:
-                        return True
+                        return Delivery.DELIVERED
                     retry = res.status_code in (408, 429) or res.status_code >= 500
                     reason = answered(res.status_code)
                 except UrlNotAllowed as exc:
                     # Checked on this very connection: the host now resolves to an
                     # address Flow must not call.
                     log.warning("webhook for %s refused: %s", what, exc)
-                    return False
+                    return Delivery.REFUSED
                 except httpx.HTTPError:
                     reason = UNREACHABLE
                 log.warning(
@@ -268,10 +283,12 @@ class WebhookSender:
                     attempt + 1,
                     reason,
                 )
-                if not retry or attempt == self.max_attempts - 1:
-                    return False
+                if not retry:
+                    return Delivery.REFUSED
+                if attempt == self.max_attempts - 1:
+                    return Delivery.FAILED
                 await asyncio.sleep(self.backoff_seconds * 2**attempt)
-        return False
+        return Delivery.FAILED
 
 
 class CallWebhooks:
@@ -321,13 +338,15 @@ class CallWebhooks:
             log.warning("webhook for thread %s not claimed (a sweep sends it): %s", tid, exc)
             return False
         event_type = "call.completed" if status is CallStatus.COMPLETED else "call.failed"
-        if not await self.webhooks.deliver(url, event_type, thread):
-            return False
-        try:
+        payload = build_payload(event_type, thread)
+        outcome = await self.webhooks.attempt(url, payload, about=f"thread {tid}")
+        if outcome is Delivery.FAILED:
+            return False  # a sweep tries again
+        try:  # delivered, or refused for good: no sweep sends it again
             await threads_repo.webhook_sent(self.sb, tid)
         except (DatabaseUnavailable, DatabaseError) as exc:
-            log.warning("webhook for thread %s sent, not marked (may be resent): %s", tid, exc)
-        return True
+            log.warning("webhook for thread %s done, not marked (may be resent): %s", tid, exc)
+        return outcome is Delivery.DELIVERED
 
     async def sweep(self, limit: int = WEBHOOK_SWEEP_LIMIT) -> list[str]:
         """Claim the webhooks due again (at most ``limit``, the oldest calls first) and

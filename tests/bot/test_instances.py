@@ -309,3 +309,19 @@ async def test_a_finished_call_nobody_claimed_is_swept_once_it_settled(
     [event] = [json.loads(r["body"]) for r in receiver.requests if r["path"] == path]
     assert event["data"]["workflow_thread_id"] == settled
     await threads_repo.webhook_sent(sb, just_now)  # no later sweep sends it anywhere
+
+
+async def test_a_webhook_refused_for_good_is_not_sent_again(
+    settings: Settings, sb: AsyncClient, api_key: dict[str, Any], receiver: RecordingSink
+) -> None:
+    path = f"/gone-{uuid.uuid4().hex[:8]}"
+    receiver.answer(path, 410)
+    tid = await finished_thread(sb, api_key, receiver.url + path, timedelta(0))
+    hooks = call_webhooks(settings, sb)
+    row = await threads_repo.get_thread(sb, tid)
+    assert row is not None and await hooks.send(row) is False
+    assert await sent_at(sb, tid) is not None  # done: a 410 is not retried later
+    long_ago = datetime.now(UTC) - timedelta(seconds=WEBHOOK_LEASE_SECONDS + 60)
+    await threads_repo.update_thread(sb, tid, webhook_claimed_at=long_ago.isoformat())
+    assert tid not in await hooks.sweep(ALL)
+    assert len([r for r in receiver.requests if r["path"] == path]) == 1
