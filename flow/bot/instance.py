@@ -17,7 +17,8 @@
   once older than ``FLOW_MAX_CALL_SECONDS`` plus :data:`ABANDONED_AFTER_SECONDS`
   (``calls_ended`` is told of them too, and of the calls whose late end is settled).
 - **Sweeps**: what other parts ask to run every round (the call webhooks that were
-  never marked sent, :meth:`flow.workflows.webhook.CallWebhooks.sweep`).
+  never marked sent, :meth:`flow.workflows.webhook.CallWebhooks.sweep`; the console's
+  period, kept once a day, :class:`flow.billing.reports.ConsoleSpan`).
 - **Stop requests**: ``POST /api/bot/{id}/stop`` may reach an instance that is not
   running the call; it records the request in the database and the instance running
   the call picks it up here within ``stop_poll_seconds``.

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from supabase import AsyncClient
 
 from flow.analytics.posthog import PostHogAnalytics
+from flow.billing.reports import ConsoleSpan
 from flow.bot.contract import CallRequest
 from flow.bot.runner import BotRunner, create_runner
 from flow.config import Settings
@@ -245,4 +246,6 @@ def build_runner(
         # Calls the database ended without their instance get their webhook too.
         runner.jobs.calls_ended = workflow.call_webhooks.send_soon
         runner.jobs.sweeps.append(workflow.call_webhooks.sweep)
+        # The console's first report of a day finds its period's closed days kept.
+        runner.jobs.sweeps.append(ConsoleSpan(sb).keep)
     return runner, workflow

@@ -200,7 +200,7 @@ class Delivery(Enum):
 
     DELIVERED = "delivered"  # the receiver answered 2xx
     REFUSED = "refused"  # never deliverable as it is: trying again would not help
-    FAILED = "failed"  # not delivered after every retry: worth trying later
+    UNDELIVERED = "undelivered"  # not delivered after every retry: worth trying later
 
 
 class WebhookSender:
@@ -286,9 +286,9 @@ class WebhookSender:
                 if not retry:
                     return Delivery.REFUSED
                 if attempt == self.max_attempts - 1:
-                    return Delivery.FAILED
+                    return Delivery.UNDELIVERED
                 await asyncio.sleep(self.backoff_seconds * 2**attempt)
-        return Delivery.FAILED
+        return Delivery.UNDELIVERED
 
 
 class CallWebhooks:
@@ -340,7 +340,7 @@ class CallWebhooks:
         event_type = "call.completed" if status is CallStatus.COMPLETED else "call.failed"
         payload = build_payload(event_type, thread)
         outcome = await self.webhooks.attempt(url, payload, about=f"thread {tid}")
-        if outcome is Delivery.FAILED:
+        if outcome is Delivery.UNDELIVERED:
             return False  # a sweep tries again
         try:  # delivered, or refused for good: no sweep sends it again
             await threads_repo.webhook_sent(self.sb, tid)

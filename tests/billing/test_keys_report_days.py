@@ -23,6 +23,7 @@ import pytest
 from supabase import AsyncClient
 
 from flow import localstack
+from flow.billing.reports import CONSOLE_DAYS, ConsoleSpan
 from flow.billing.reprice import reprice
 from flow.db import keys as keys_repo
 from flow.db import reports
@@ -327,3 +328,16 @@ async def test_a_range_the_database_refuses_is_its_error_not_a_document(sb: Asyn
             sb, "usage_keys_report", {"p_start": ANCHOR.isoformat(), "p_end": ANCHOR.isoformat()}
         )
     assert refused.value.code == "22023" and "start must be before end" in refused.value.message
+
+
+async def test_the_consoles_period_is_kept_by_the_first_round_of_each_day(
+    sb: AsyncClient,
+) -> None:
+    console = ConsoleSpan(sb)
+    assert await console.keep()
+    now = datetime.now(UTC)
+    assert span(now - timedelta(days=CONSOLE_DAYS), now) in await kept_spans(sb)
+    assert console.kept_on == now.date()
+    assert not await console.keep()  # once a day
+    console.kept_on = now.date() - timedelta(days=1)  # the next day's first round
+    assert await console.keep()
