@@ -157,10 +157,14 @@ class InstanceJobs:
         except Exception:
             log.warning("heartbeat failed; retrying", exc_info=True)
             return []
-        for tid in lost:
-            log.warning("call %s: no instance runs it any more; marked failed", tid)
-        self._ended(lost)
-        return lost
+        return self._failed_here(lost, "no instance runs it any more")
+
+    def _failed_here(self, thread_ids: list[str], why: str) -> list[str]:
+        """Calls this instance failed for another: logged, and told of (their webhook)."""
+        for tid in thread_ids:
+            log.warning("call %s: %s; marked failed", tid, why)
+        self._ended(thread_ids)
+        return thread_ids
 
     def _ended(self, thread_ids: list[str]) -> None:
         if thread_ids and self.calls_ended is not None:
@@ -196,10 +200,7 @@ class InstanceJobs:
         except Exception:
             log.warning("could not look for abandoned threads; retrying", exc_info=True)
             return []
-        for tid in failed:
-            log.warning("thread %s: its instance stopped; marked failed", tid)
-        self._ended(failed)
-        return failed
+        return self._failed_here(failed, "its instance stopped")
 
     async def _housekeeping(self) -> None:
         while True:
