@@ -249,13 +249,14 @@ class Settings(BaseSettings):
         """The hosts a Daily room may be on beside ``*.daily.co`` (``DAILY_ROOM_HOSTS``,
         comma-separated): ``rooms.example.com`` is that host, ``*.example.com`` any
         name under it."""
-        hosts = [
+        given = (
             h.strip().lower().rstrip(".").strip("[]") for h in self.daily_room_hosts.split(",")
-        ]
-        for host in filter(None, hosts):
+        )
+        hosts = [h for h in given if h]
+        for host in hosts:
             if not _ROOM_HOST.fullmatch(host):
                 raise ValueError(f"DAILY_ROOM_HOSTS entry {host!r} is not a host name (or *.name)")
-        return [h for h in hosts if h]
+        return hosts
 
     def webrtc_ice_servers(self) -> list[dict[str, Any]]:
         """The STUN/TURN servers of WebRTC calls: ``{"urls": [...], "username",

@@ -265,20 +265,37 @@ async def sent_at(sb: AsyncClient, tid: str) -> Any:
     return res.data[0]["webhook_sent_at"]
 
 
-async def test_a_webhook_the_receiver_never_took_is_sent_again_with_its_event_id(
-    settings: Settings, sb: AsyncClient, api_key: dict[str, Any], receiver: RecordingSink
-) -> None:
-    path = f"/down-{uuid.uuid4().hex[:8]}"
-    receiver.answer(path, 503)
+async def first_sending_answered(
+    settings: Settings,
+    sb: AsyncClient,
+    api_key: dict[str, Any],
+    receiver: RecordingSink,
+    status: int,
+) -> tuple[str, str, CallWebhooks]:
+    """A finished call whose webhook's first sending the receiver answered ``status``
+    (every retry): its receiver path, its id and its sender."""
+    path = f"/answers-{status}-{uuid.uuid4().hex[:8]}"
+    receiver.answer(path, status)
     tid = await finished_thread(sb, api_key, receiver.url + path, timedelta(0))
     hooks = call_webhooks(settings, sb)
     row = await threads_repo.get_thread(sb, tid)
-    assert row is not None and await hooks.send(row) is False  # every retry refused
+    assert row is not None and await hooks.send(row) is False
+    return path, tid, hooks
+
+
+async def claim_lease_expired(sb: AsyncClient, tid: str) -> None:
+    long_ago = datetime.now(UTC) - timedelta(seconds=WEBHOOK_LEASE_SECONDS + 60)
+    await threads_repo.update_thread(sb, tid, webhook_claimed_at=long_ago.isoformat())
+
+
+async def test_a_webhook_the_receiver_never_took_is_sent_again_with_its_event_id(
+    settings: Settings, sb: AsyncClient, api_key: dict[str, Any], receiver: RecordingSink
+) -> None:
+    path, tid, hooks = await first_sending_answered(settings, sb, api_key, receiver, 503)
     assert tid not in await hooks.sweep(ALL)  # its claim holds for the lease
     assert await sent_at(sb, tid) is None
 
-    long_ago = datetime.now(UTC) - timedelta(seconds=WEBHOOK_LEASE_SECONDS + 60)
-    await threads_repo.update_thread(sb, tid, webhook_claimed_at=long_ago.isoformat())
+    await claim_lease_expired(sb, tid)
     receiver.answer(path, 200)
     assert tid in await hooks.sweep(ALL)
     await hooks.drain(10)
@@ -314,14 +331,8 @@ async def test_a_finished_call_nobody_claimed_is_swept_once_it_settled(
 async def test_a_webhook_refused_for_good_is_not_sent_again(
     settings: Settings, sb: AsyncClient, api_key: dict[str, Any], receiver: RecordingSink
 ) -> None:
-    path = f"/gone-{uuid.uuid4().hex[:8]}"
-    receiver.answer(path, 410)
-    tid = await finished_thread(sb, api_key, receiver.url + path, timedelta(0))
-    hooks = call_webhooks(settings, sb)
-    row = await threads_repo.get_thread(sb, tid)
-    assert row is not None and await hooks.send(row) is False
+    path, tid, hooks = await first_sending_answered(settings, sb, api_key, receiver, 410)
     assert await sent_at(sb, tid) is not None  # done: a 410 is not retried later
-    long_ago = datetime.now(UTC) - timedelta(seconds=WEBHOOK_LEASE_SECONDS + 60)
-    await threads_repo.update_thread(sb, tid, webhook_claimed_at=long_ago.isoformat())
+    await claim_lease_expired(sb, tid)
     assert tid not in await hooks.sweep(ALL)
     assert len([r for r in receiver.requests if r["path"] == path]) == 1
